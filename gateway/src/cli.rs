@@ -1,0 +1,58 @@
+//! Command line: `chatter-gateway [--config chatter.toml]`.
+
+use chatter_shared::config::Config;
+use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+/// chatter's WebSocket and REST gateway.
+///
+/// Configuration comes from built-in defaults, then the optional TOML file, then
+/// environment variables (PORT, REDIS_URL, DATABASE_URL, JWT_SECRET, ...); see the
+/// README for every key.
+#[derive(Parser)]
+#[command(name = "chatter-gateway", version)]
+struct Args {
+    /// A TOML file with configuration keys (lower-case env names, e.g. `port = 8080`).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+/// The gateway binary's whole `main`.
+pub fn main() -> ExitCode {
+    chatter_shared::install_crypto_provider();
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref(), std::env::vars().collect()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("chatter-gateway: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    chatter_shared::telemetry::init(&config.log_level, config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chatter-gateway: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(chatter_shared::shutdown::cancel_on_signal(shutdown.clone()));
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot listen on {addr} (HOST, PORT): {error}"))?;
+        crate::serve(config, listener, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("chatter-gateway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

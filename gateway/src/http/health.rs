@@ -1,0 +1,36 @@
+//! Liveness and readiness probes.
+
+use super::error::ApiError;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use fred::interfaces::ClientLike;
+use std::time::Duration;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+}
+
+/// Liveness: the process serves HTTP.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: Redis and Postgres answer, and the pod is not shutting down.
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::unavailable("the gateway is draining"));
+    }
+    let redis = tokio::time::timeout(PROBE_TIMEOUT, state.redis.ping::<String>(None)).await;
+    if !matches!(redis, Ok(Ok(_))) {
+        return Err(ApiError::unavailable("Redis does not answer"));
+    }
+    let database = tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await;
+    if !matches!(database, Ok(Ok(()))) {
+        return Err(ApiError::unavailable("Postgres does not answer"));
+    }
+    Ok("ready")
+}

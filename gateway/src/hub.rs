@@ -1,0 +1,345 @@
+//! The hub: which local sockets want which Redis channels, and delivery to them.
+//!
+//! Every gateway subscribes only to the channels its own connections need: a room's
+//! channel while at least one local member is connected, and each connected user's
+//! personal channel. Published frames arrive already serialized (see
+//! `chatter_shared::ingest`), so delivery is a map lookup and a cheap clone of the
+//! same bytes into each local socket's queue — no parsing, no per-recipient
+//! serialization, no lock held across an `.await`.
+//!
+//! Three parts:
+//! - [`Hub`]: the registry, `channel → local connections`, shared by all tasks.
+//! - the subscription manager task: the only place that sends SUBSCRIBE and
+//!   UNSUBSCRIBE. It reconciles Redis with the registry, batching requests, so a
+//!   leave racing a join can never leave a wanted channel unsubscribed.
+//! - the dispatcher task: reads the subscriber's message stream and delivers.
+//!   Membership events on user channels go to a small sequential task that joins or
+//!   leaves room channels, because that needs a SUBSCRIBE round trip the dispatcher
+//!   must not wait for.
+
+use axum::extract::ws::Utf8Bytes;
+use chatter_shared::keyspace::{self, ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
+use dashmap::DashMap;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// How often the subscription manager re-checks every channel, healing anything a
+/// failed SUBSCRIBE or a missed request left behind.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// One WebSocket connection as the hub sees it.
+pub struct Conn {
+    pub id: u64,
+    pub user_id: String,
+    outbox: mpsc::Sender<Utf8Bytes>,
+    /// The rooms this connection may send to and receive from. A std mutex: held
+    /// only for set operations, never across an `.await`.
+    rooms: Mutex<HashSet<Uuid>>,
+    /// Cancelled when the outbox overflows: the socket task closes the connection.
+    pub overflowed: CancellationToken,
+}
+
+impl Conn {
+    /// Queues a frame for the socket. A full queue marks the connection as a slow
+    /// consumer instead of letting memory grow.
+    pub fn push(&self, frame: Utf8Bytes) {
+        match self.outbox.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.overflowed.cancel(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    pub fn is_member(&self, room_id: Uuid) -> bool {
+        self.rooms.lock().is_ok_and(|rooms| rooms.contains(&room_id))
+    }
+
+    fn add_room(&self, room_id: Uuid) -> bool {
+        self.rooms.lock().is_ok_and(|mut rooms| rooms.insert(room_id))
+    }
+
+    fn room_ids(&self) -> Vec<Uuid> {
+        self.rooms.lock().map(|rooms| rooms.iter().copied().collect()).unwrap_or_default()
+    }
+}
+
+enum Request {
+    /// Make Redis match the registry for these channels; reply when done.
+    Sync(Vec<String>, Option<oneshot::Sender<Result<(), Error>>>),
+}
+
+/// The registry of local connections by channel. Cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    channels: Arc<DashMap<Box<str>, Vec<Arc<Conn>>>>,
+    requests: mpsc::Sender<Request>,
+    membership: mpsc::Sender<(Box<str>, Utf8Bytes)>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Hub {
+    /// Creates the hub and starts its subscription manager, dispatcher and
+    /// membership tasks; they stop when `shutdown` is cancelled.
+    pub fn start(subscriber: SubscriberClient, shutdown: CancellationToken) -> Hub {
+        let (requests, request_rx) = mpsc::channel(4096);
+        let (membership, membership_rx) = mpsc::channel(4096);
+        let hub = Hub {
+            channels: Arc::new(DashMap::new()),
+            requests,
+            membership,
+            next_id: Arc::new(AtomicU64::new(1)),
+        };
+        tokio::spawn(manage_subscriptions(hub.clone(), subscriber.clone(), request_rx, shutdown.clone()));
+        tokio::spawn(dispatch(hub.clone(), subscriber, shutdown.clone()));
+        tokio::spawn(apply_membership(hub.clone(), membership_rx, shutdown));
+        hub
+    }
+
+    /// Registers a new connection for `user_id`, member of `rooms`, and waits until
+    /// Redis delivers every channel it needs. The returned [`Registration`]
+    /// unregisters it when dropped.
+    pub async fn register(
+        &self,
+        user_id: &str,
+        rooms: Vec<Uuid>,
+        queue: usize,
+    ) -> Result<(Registration, mpsc::Receiver<Utf8Bytes>), Error> {
+        let (outbox, inbox) = mpsc::channel(queue);
+        let conn = Arc::new(Conn {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            user_id: user_id.to_owned(),
+            outbox,
+            rooms: Mutex::new(HashSet::new()),
+            overflowed: CancellationToken::new(),
+        });
+        // User channel first: a room created while we load can then only be missed
+        // by the room list or by the event, never by both.
+        let mut wanted = vec![keyspace::user_channel(user_id)];
+        self.join(&conn, &wanted[0]);
+        for room_id in rooms {
+            if conn.add_room(room_id) {
+                let channel = keyspace::room_channel(room_id);
+                self.join(&conn, &channel);
+                wanted.push(channel);
+            }
+        }
+        let registration = Registration { hub: self.clone(), conn };
+        self.sync(wanted).await?;
+        Ok((registration, inbox))
+    }
+
+    fn join(&self, conn: &Arc<Conn>, channel: &str) {
+        let mut members = self.channels.entry(channel.into()).or_default();
+        if !members.iter().any(|c| c.id == conn.id) {
+            members.push(conn.clone());
+        }
+    }
+
+    fn leave(&self, conn_id: u64, channel: &str) {
+        if let Some(mut members) = self.channels.get_mut(channel) {
+            members.retain(|c| c.id != conn_id);
+        }
+        self.channels.remove_if(channel, |_, members| members.is_empty());
+    }
+
+    /// Asks the manager to reconcile `channels` and waits for it.
+    async fn sync(&self, channels: Vec<String>) -> Result<(), Error> {
+        let (reply, done) = oneshot::channel();
+        self.requests
+            .send(Request::Sync(channels, Some(reply)))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?;
+        done.await.map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?
+    }
+
+    /// Delivers `frame` to every local connection on `channel`.
+    fn deliver(&self, channel: &str, frame: &Utf8Bytes) {
+        if let Some(members) = self.channels.get(channel) {
+            for conn in members.iter() {
+                conn.push(frame.clone());
+            }
+        }
+    }
+
+    /// Number of local connections (each is on its user's channel exactly once).
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+/// A registered connection; dropping it removes the connection from every channel.
+pub struct Registration {
+    hub: Hub,
+    pub conn: Arc<Conn>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut channels = vec![keyspace::user_channel(&self.conn.user_id)];
+        channels.extend(self.conn.room_ids().into_iter().map(keyspace::room_channel));
+        for channel in &channels {
+            self.hub.leave(self.conn.id, channel);
+        }
+        // Fire and forget: if the queue is full, the periodic reconcile unsubscribes.
+        let _ = self.hub.requests.try_send(Request::Sync(channels, None));
+    }
+}
+
+/// The one task that talks SUBSCRIBE/UNSUBSCRIBE to Redis.
+async fn manage_subscriptions(
+    hub: Hub,
+    subscriber: SubscriberClient,
+    mut requests: mpsc::Receiver<Request>,
+    shutdown: CancellationToken,
+) {
+    let mut subscribed: HashSet<String> = HashSet::new();
+    let mut batch = Vec::with_capacity(256);
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    loop {
+        let mut candidates: HashSet<String> = HashSet::new();
+        let mut replies = Vec::new();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = requests.recv_many(&mut batch, 256) => {
+                if received == 0 { return; }
+                for Request::Sync(channels, reply) in batch.drain(..) {
+                    candidates.extend(channels);
+                    replies.extend(reply);
+                }
+            }
+            _ = reconcile.tick() => {
+                candidates.extend(subscribed.iter().cloned());
+                candidates.extend(hub.channels.iter().map(|entry| entry.key().to_string()));
+            }
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for channel in candidates {
+            let wanted = hub.channels.contains_key(channel.as_str());
+            match (wanted, subscribed.contains(&channel)) {
+                (true, false) => add.push(channel),
+                (false, true) => remove.push(channel),
+                _ => {}
+            }
+        }
+        let mut result = Ok(());
+        if !add.is_empty() {
+            match subscriber.subscribe(add.clone()).await {
+                Ok(()) => subscribed.extend(add),
+                Err(error) => {
+                    tracing::warn!(%error, "SUBSCRIBE failed; will retry");
+                    result = Err(error);
+                }
+            }
+        }
+        if !remove.is_empty() {
+            match subscriber.unsubscribe(remove.clone()).await {
+                Ok(()) => remove.iter().for_each(|channel| {
+                    subscribed.remove(channel);
+                }),
+                Err(error) => tracing::warn!(%error, "UNSUBSCRIBE failed; will retry"),
+            }
+        }
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// Reads published frames and hands them to local sockets.
+async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: CancellationToken) {
+    let mut messages = subscriber.message_rx();
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return,
+            message = messages.recv() => message,
+        };
+        match message {
+            Ok(message) => {
+                let Some(frame) = frame_bytes(message.value) else {
+                    tracing::warn!(channel = %message.channel, "dropping a non-text pub/sub payload");
+                    continue;
+                };
+                let channel: &str = &message.channel;
+                if channel.starts_with(ROOM_CHANNEL_PREFIX) {
+                    hub.deliver(channel, &frame);
+                } else if channel.starts_with(USER_CHANNEL_PREFIX) {
+                    // Membership changes must be applied before the user sees the
+                    // event; the membership task delivers it afterwards.
+                    if is_membership_event(&frame) {
+                        let _ = hub.membership.send((channel.into(), frame)).await;
+                    } else {
+                        hub.deliver(channel, &frame);
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                // Clients recover with Resume; this must never happen silently.
+                tracing::error!(missed, "gateway fell behind the pub/sub stream; frames were dropped");
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn frame_bytes(value: Value) -> Option<Utf8Bytes> {
+    match value {
+        Value::String(text) => Utf8Bytes::try_from(text.into_inner()).ok(),
+        Value::Bytes(bytes) => Utf8Bytes::try_from(bytes).ok(),
+        _ => None,
+    }
+}
+
+fn is_membership_event(frame: &Utf8Bytes) -> bool {
+    frame.as_str().starts_with(r#"{"type":"MemberAdded""#)
+}
+
+#[derive(serde::Deserialize)]
+struct MembershipEvent {
+    data: MembershipData,
+}
+
+#[derive(serde::Deserialize)]
+struct MembershipData {
+    room_id: Uuid,
+}
+
+/// Applies membership events in order: joins the user's local connections to the
+/// room channel, waits for the subscription, then forwards the event to them.
+async fn apply_membership(
+    hub: Hub,
+    mut events: mpsc::Receiver<(Box<str>, Utf8Bytes)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (channel, frame) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            item = events.recv() => match item { Some(item) => item, None => return },
+        };
+        let Ok(event) = serde_json::from_str::<MembershipEvent>(frame.as_str()) else {
+            tracing::warn!(%channel, "ignoring a malformed membership event");
+            continue;
+        };
+        let room_channel = keyspace::room_channel(event.data.room_id);
+        let conns: Vec<Arc<Conn>> = hub.channels.get(&channel).map(|c| c.clone()).unwrap_or_default();
+        for conn in &conns {
+            if conn.add_room(event.data.room_id) {
+                hub.join(conn, &room_channel);
+            }
+        }
+        if !conns.is_empty()
+            && let Err(error) = hub.sync(vec![room_channel]).await
+        {
+            tracing::warn!(%error, "could not subscribe to a room a local user joined");
+        }
+        for conn in &conns {
+            conn.push(frame.clone());
+        }
+    }
+}

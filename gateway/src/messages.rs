@@ -1,0 +1,102 @@
+//! Accepting a message: validation, membership, and the single Redis round trip.
+//!
+//! WebSocket `SendMessage` comes through here, and so will the HTTP publish route,
+//! so both get the same ordering, deduplication and answers.
+
+use crate::state::App;
+use chatter_shared::ingest::{AppendOutcome, NewMessage};
+use chatter_shared::protocol::now_micros;
+use uuid::Uuid;
+
+/// Why a message was not accepted; the `reason` of a negative confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NotMember,
+    EmptyMessage,
+    MessageTooLong,
+    TempIdTooLong,
+    Backlogged,
+    Unavailable,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::NotMember => "not_a_member",
+            Refusal::EmptyMessage => "empty_message",
+            Refusal::MessageTooLong => "message_too_long",
+            Refusal::TempIdTooLong => "temp_id_too_long",
+            Refusal::Backlogged => "server_busy",
+            Refusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A message Redis accepted (or had accepted before, for a repeated temp id).
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    pub id: Uuid,
+    pub seq: i64,
+}
+
+pub struct Draft<'a> {
+    pub room_id: Uuid,
+    pub sender_id: &'a str,
+    pub body: &'a str,
+    pub temp_id: Option<&'a str>,
+    pub parent_id: Option<Uuid>,
+}
+
+/// Checks the draft's shape; membership is the caller's to check (a socket knows
+/// its rooms locally, HTTP asks the database).
+pub fn validate(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
+    if draft.body.trim().is_empty() {
+        return Err(Refusal::EmptyMessage);
+    }
+    if draft.body.chars().count() > app.config.max_message_chars {
+        return Err(Refusal::MessageTooLong);
+    }
+    if draft.temp_id.is_some_and(|t| t.chars().count() > app.config.max_temp_id_chars) {
+        return Err(Refusal::TempIdTooLong);
+    }
+    Ok(())
+}
+
+/// Appends the message to Redis: sequence, stream, dedupe and publish in one call.
+pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
+    let message = NewMessage {
+        id: Uuid::now_v7(),
+        room_id: draft.room_id,
+        sender_id: draft.sender_id,
+        body: draft.body,
+        temp_id: draft.temp_id.filter(|t| !t.is_empty()),
+        parent_id: draft.parent_id,
+        created_at: now_micros(),
+    };
+    let mut floor = None;
+    loop {
+        let outcome = app
+            .append
+            .append(&app.redis, &message, &app.append_limits, floor)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "append failed");
+                Refusal::Unavailable
+            })?;
+        match outcome {
+            AppendOutcome::Accepted { seq } => return Ok(Accepted { id: message.id, seq }),
+            AppendOutcome::Duplicate { id, seq } => return Ok(Accepted { id, seq }),
+            AppendOutcome::BacklogFull => return Err(Refusal::Backlogged),
+            AppendOutcome::Cold if floor.is_none() => {
+                // The room's counter is gone (new room, or Redis lost its data):
+                // resume above what is persisted so seqs never go backwards.
+                let persisted = app.store.max_seq(draft.room_id).await.map_err(|error| {
+                    tracing::warn!(%error, "cannot read the persisted seq floor");
+                    Refusal::Unavailable
+                })?;
+                floor = Some(persisted);
+            }
+            AppendOutcome::Cold => return Err(Refusal::Unavailable),
+        }
+    }
+}

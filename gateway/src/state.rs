@@ -1,0 +1,84 @@
+//! The one piece of shared state every handler receives.
+
+use crate::hub::Hub;
+use chatter_shared::auth::{Identity, Tokens};
+use chatter_shared::config::Config;
+use chatter_shared::ingest::{AppendLimits, AppendScript};
+use chatter_shared::store::Store;
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// How long a user counts as "recently upserted": within it, further requests by
+/// the same user skip the database write.
+const USER_REFRESH: Duration = Duration::from_secs(60);
+/// Past this many remembered users the memo is cleared rather than grown.
+const USER_MEMO_LIMIT: usize = 200_000;
+
+pub type AppState = Arc<App>;
+
+pub struct App {
+    pub config: Config,
+    pub tokens: Tokens,
+    pub store: Store,
+    pub redis: fred::clients::Client,
+    pub append: AppendScript,
+    pub append_limits: AppendLimits,
+    pub hub: Hub,
+    /// One permit per open WebSocket: `MAX_CONNECTIONS` is a hard cap.
+    pub connection_slots: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    recently_seen: DashMap<String, Instant>,
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        tokens: Tokens,
+        store: Store,
+        redis: fred::clients::Client,
+        hub: Hub,
+        shutdown: CancellationToken,
+    ) -> App {
+        App {
+            connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            append_limits: AppendLimits {
+                dedupe_ttl_secs: config.dedupe_ttl_secs,
+                max_backlog: config.ingest_max_backlog,
+            },
+            config,
+            tokens,
+            store,
+            redis,
+            append: AppendScript::default(),
+            hub,
+            shutdown,
+            recently_seen: DashMap::new(),
+        }
+    }
+
+    /// Users are created on first sight: upsert unless done within `USER_REFRESH`.
+    pub async fn ensure_user(&self, identity: &Identity) -> Result<(), sqlx::Error> {
+        let fresh = self
+            .recently_seen
+            .get(&identity.user_id)
+            .is_some_and(|seen| seen.elapsed() < USER_REFRESH);
+        if fresh {
+            return Ok(());
+        }
+        self.store.upsert_user(identity).await?;
+        if self.recently_seen.len() >= USER_MEMO_LIMIT {
+            self.recently_seen.clear();
+        }
+        self.recently_seen.insert(identity.user_id.clone(), Instant::now());
+        Ok(())
+    }
+
+    /// Forgets that a user was seen, so the next request writes them again
+    /// (after an explicit `POST /users` changed them).
+    pub fn forget_user(&self, user_id: &str) {
+        self.recently_seen.remove(user_id);
+    }
+}

@@ -1,0 +1,76 @@
+//! Single-use WebSocket tickets.
+//!
+//! Browsers cannot set headers on a WebSocket upgrade, and a long-lived JWT in a
+//! URL ends up in proxy logs. So a client trades its JWT for a ticket
+//! (`GET /ws_token`) and opens `/ws?token=<ticket>` within `TICKET_TTL_SECS`. The
+//! ticket lives in Redis, so it works on any gateway replica, and is consumed with
+//! `GETDEL`, so it works exactly once.
+
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, User};
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chatter_shared::auth::Identity;
+use chatter_shared::keyspace;
+use fred::prelude::*;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/ws_token", get(issue))
+}
+
+#[derive(Serialize)]
+struct Ticket {
+    token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+}
+
+/// What a ticket stores: the identity it stands for.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    user_id: String,
+    name: Option<String>,
+    group: Option<String>,
+    roles: Vec<String>,
+}
+
+async fn issue(State(state): State<AppState>, User(identity): User) -> Result<Json<Ticket>, ApiError> {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = URL_SAFE_NO_PAD.encode(bytes);
+    let ttl = state.config.ticket_ttl_secs;
+    let stored = Stored {
+        user_id: identity.user_id,
+        name: identity.name,
+        group: identity.group,
+        roles: identity.roles,
+    };
+    let value = serde_json::to_string(&stored).map_err(|_| ApiError::unavailable("cannot encode ticket"))?;
+    let _: () = state
+        .redis
+        .set(keyspace::ticket(&token), value, Some(Expiration::EX(ttl as i64)), Some(SetOptions::NX), false)
+        .await?;
+    let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(ttl as i64);
+    Ok(Json(Ticket { token, expires_at }))
+}
+
+/// Consumes a ticket: `Ok(None)` when it is unknown, expired or already used.
+pub async fn redeem(redis: &Client, token: &str) -> Result<Option<Identity>, Error> {
+    if token.len() > 128 {
+        return Ok(None);
+    }
+    let stored: Option<String> = redis.getdel(keyspace::ticket(token)).await?;
+    Ok(stored.and_then(|json| serde_json::from_str::<Stored>(&json).ok()).map(|stored| Identity {
+        user_id: stored.user_id,
+        name: stored.name,
+        group: stored.group,
+        roles: stored.roles,
+    }))
+}

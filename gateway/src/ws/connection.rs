@@ -1,0 +1,224 @@
+//! One WebSocket connection's loop: frames in, frames out, heartbeat, limits.
+
+use super::close;
+use crate::hub::Registration;
+use crate::messages::{self, Draft, Refusal};
+use crate::state::AppState;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use chatter_shared::auth::Identity;
+use chatter_shared::protocol::{ClientFrame, CloseCode, Confirmation, SendMessage, ServerFrame};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::Instrument;
+
+/// What handling one inbound frame decided.
+enum Next {
+    Continue,
+    Close(CloseCode, &'static str),
+    /// The socket is gone; nothing more can be sent.
+    Gone,
+}
+
+pub async fn run(
+    socket: WebSocket,
+    state: AppState,
+    identity: Identity,
+    registration: Registration,
+    inbox: mpsc::Receiver<Utf8Bytes>,
+    permit: OwnedSemaphorePermit,
+) {
+    let span = tracing::info_span!("ws", conn = registration.conn.id, user = %identity.user_id);
+    async move {
+        tracing::debug!("connected");
+        let rate = FrameRate::new(state.config.frames_per_sec);
+        let mut connection = Connection { socket, state, identity, rate, bad_frames: 0 };
+        let end = connection.serve(&registration, inbox).await;
+        if let Some((code, reason)) = end {
+            tracing::debug!(code = code.code(), reason, "closing");
+            close(&mut connection.socket, code, reason).await;
+        }
+        // Leave the hub before the permit frees the slot.
+        drop(registration);
+        drop(permit);
+        tracing::debug!("disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+struct Connection {
+    socket: WebSocket,
+    state: AppState,
+    identity: Identity,
+    rate: FrameRate,
+    bad_frames: u32,
+}
+
+impl Connection {
+    /// Runs until the connection should end; `Some` carries the close to send.
+    async fn serve(
+        &mut self,
+        registration: &Registration,
+        mut inbox: mpsc::Receiver<Utf8Bytes>,
+    ) -> Option<(CloseCode, &'static str)> {
+        let conn = registration.conn.clone();
+        let shutdown = self.state.shutdown.clone();
+        let idle_timeout = Duration::from_secs(self.state.config.idle_timeout_secs);
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(self.state.config.ping_interval_secs));
+        heartbeat.tick().await;
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Some((CloseCode::ServerShutdown, "server shutting down; reconnect")),
+                () = conn.overflowed.cancelled() => {
+                    return Some((CloseCode::ConnectionClosed, "too slow: the send queue is full"));
+                }
+                frame = inbox.recv() => {
+                    let frame = frame?;
+                    self.socket.send(Message::Text(frame)).await.ok()?;
+                }
+                incoming = self.socket.recv() => {
+                    let message = match incoming? {
+                        Ok(message) => message,
+                        Err(error) => {
+                            let too_big = error.to_string().to_ascii_lowercase().contains("too long");
+                            return too_big.then_some((CloseCode::MessageTooLarge, "frame too large"));
+                        }
+                    };
+                    last_heard = Instant::now();
+                    match self.handle(message, &conn).await {
+                        Next::Continue => {}
+                        Next::Close(code, reason) => return Some((code, reason)),
+                        Next::Gone => return None,
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= idle_timeout {
+                        return Some((CloseCode::Idle, "idle timeout"));
+                    }
+                    self.socket.send(Message::Ping(Default::default())).await.ok()?;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: Message, conn: &crate::hub::Conn) -> Next {
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(_) => return self.bad_frame("bad_frame", "binary frames are not supported", None).await,
+            Message::Ping(_) | Message::Pong(_) => return Next::Continue,
+            Message::Close(_) => return Next::Gone,
+        };
+        if text.len() > self.state.config.max_frame_bytes {
+            return Next::Close(CloseCode::MessageTooLarge, "frame too large");
+        }
+        if !self.rate.allow(Instant::now()) {
+            return Next::Close(CloseCode::RateLimited, "too many frames");
+        }
+        match ClientFrame::parse(text.as_str()) {
+            Ok(frame) => {
+                self.bad_frames = 0;
+                match frame {
+                    ClientFrame::SendMessage(send) => self.send_message(send, conn).await,
+                    ClientFrame::Ping => reply(&mut self.socket, &ServerFrame::Pong {}).await,
+                }
+            }
+            Err(error) => self.bad_frame(error.code, &error.message, error.reference.as_deref()).await,
+        }
+    }
+
+    async fn send_message(&mut self, send: SendMessage, conn: &crate::hub::Conn) -> Next {
+        let draft = Draft {
+            room_id: send.room_id,
+            sender_id: &self.identity.user_id,
+            body: &send.message,
+            temp_id: send.message_temp_id.as_deref(),
+            parent_id: send.parent_id,
+        };
+        let outcome = if conn.is_member(send.room_id) {
+            match messages::validate(&self.state, &draft) {
+                Ok(()) => messages::accept(&self.state, &draft).await,
+                Err(refusal) => Err(refusal),
+            }
+        } else {
+            Err(Refusal::NotMember)
+        };
+        let confirmation = match outcome {
+            Ok(accepted) => Confirmation {
+                confirmed: true,
+                reason: None,
+                message_id: Some(accepted.id),
+                message_temp_id: draft.temp_id,
+                seq: Some(accepted.seq),
+            },
+            Err(refusal) => Confirmation {
+                confirmed: false,
+                reason: Some(refusal.reason()),
+                message_id: None,
+                message_temp_id: draft.temp_id,
+                seq: None,
+            },
+        };
+        reply(&mut self.socket, &ServerFrame::MessageSentConfirmation(confirmation)).await
+    }
+
+    /// Answers a frame that was not understood; too many in a row close the socket.
+    async fn bad_frame(&mut self, code: &str, message: &str, reference: Option<&str>) -> Next {
+        self.bad_frames += 1;
+        if self.bad_frames >= self.state.config.bad_frame_limit {
+            return Next::Close(CloseCode::BadMessageStructure, "too many malformed frames");
+        }
+        reply(&mut self.socket, &ServerFrame::Error { code, message, reference }).await
+    }
+
+}
+
+async fn reply(socket: &mut WebSocket, frame: &ServerFrame<'_>) -> Next {
+    match socket.send(Message::Text(frame.to_json().into())).await {
+        Ok(()) => Next::Continue,
+        Err(_) => Next::Gone,
+    }
+}
+
+/// A token bucket: `per_sec` frames a second sustained, bursts of twice that.
+struct FrameRate {
+    per_sec: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl FrameRate {
+    fn new(per_sec: u32) -> FrameRate {
+        let per_sec = f64::from(per_sec);
+        FrameRate { per_sec, capacity: per_sec * 2.0, tokens: per_sec * 2.0, last: Instant::now() }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FrameRate;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn frame_rate_allows_a_burst_then_the_sustained_rate() {
+        let mut rate = FrameRate::new(10);
+        let start = Instant::now();
+        let burst = (0..100).filter(|_| rate.allow(start)).count();
+        assert_eq!(burst, 20);
+        assert!(rate.allow(start + Duration::from_millis(100)));
+        assert!(!rate.allow(start + Duration::from_millis(100)));
+    }
+}

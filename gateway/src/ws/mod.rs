@@ -1,0 +1,130 @@
+//! `GET /ws`: authenticate, register with the hub, then upgrade.
+//!
+//! Everything that can fail slowly — token check, user upsert, loading the user's
+//! rooms, subscribing to their channels — happens *before* the 101 response, so a
+//! client that sees the upgrade succeed is already receiving its rooms' messages.
+//! Refusals that the protocol defines as close codes (no token 4001, bad token
+//! 4002) are sent as a `Disconnection` frame and a close right after the upgrade,
+//! because browsers cannot read the HTTP status of a failed WebSocket handshake.
+
+mod connection;
+
+use crate::http::error::ApiError;
+use crate::http::extract::bearer;
+use crate::state::AppState;
+use crate::tickets;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::http::header::ORIGIN;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use chatter_shared::auth::{AuthError, Identity, looks_like_jwt};
+use chatter_shared::protocol::{CloseCode, ServerFrame};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// How long to wait for the client's answering close frame before dropping TCP.
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+#[derive(Deserialize)]
+pub struct WsParams {
+    token: Option<String>,
+}
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(params): Query<WsParams>,
+    parts: Parts,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = parts.headers.get(ORIGIN) {
+        let allowed = &state.config.allowed_origins.0;
+        let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+        if !allowed.iter().any(|a| a == "*" || a == origin) {
+            return ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", "this origin may not connect")
+                .into_response();
+        }
+    }
+    if state.shutdown.is_cancelled() {
+        return ApiError::unavailable("the gateway is draining; connect to another").into_response();
+    }
+    let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+        return ApiError::unavailable("the gateway is at its connection limit").into_response();
+    };
+    // tungstenite's own cap sits above ours so that frames just over the limit get
+    // a clean 4014 from us rather than a torn connection.
+    let hard_cap = (state.config.max_frame_bytes * 2).max(64 * 1024);
+    let ws = ws.max_message_size(hard_cap).max_frame_size(hard_cap);
+
+    let token = params.token.as_deref().filter(|t| !t.is_empty()).or_else(|| bearer(&parts));
+    let Some(token) = token else {
+        return refuse(ws, CloseCode::NoAuthToken, "no token");
+    };
+    let identity = match authenticate(&state, token).await {
+        Ok(identity) => identity,
+        Err(Refusal(code, reason)) => return refuse(ws, code, reason),
+    };
+    let prepared = async {
+        state.ensure_user(&identity).await.map_err(|e| e.to_string())?;
+        let rooms = state.store.room_ids_of(&identity.user_id).await.map_err(|e| e.to_string())?;
+        state
+            .hub
+            .register(&identity.user_id, rooms, state.config.send_queue_frames)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match prepared.await {
+        Ok((registration, inbox)) => ws.on_upgrade(move |socket| {
+            connection::run(socket, state, identity, registration, inbox, permit)
+        }),
+        Err(error) => {
+            tracing::warn!(%error, "cannot prepare a connection");
+            refuse(ws, CloseCode::ServerError, "server error; try again")
+        }
+    }
+}
+
+struct Refusal(CloseCode, &'static str);
+
+/// A `?token=` is a JWT (three dot-separated parts) or else a ticket.
+async fn authenticate(state: &AppState, token: &str) -> Result<Identity, Refusal> {
+    if looks_like_jwt(token) {
+        return state.tokens.verify(token).map_err(|error| match error {
+            AuthError::NoUserId => Refusal(CloseCode::InvalidToken, "token carries no user id"),
+            AuthError::Missing | AuthError::Invalid => Refusal(CloseCode::InvalidToken, "invalid or expired token"),
+        });
+    }
+    match tickets::redeem(&state.redis, token).await {
+        Ok(Some(identity)) => Ok(identity),
+        Ok(None) => Err(Refusal(CloseCode::InvalidToken, "unknown, expired or used ticket")),
+        Err(error) => {
+            tracing::warn!(%error, "cannot redeem a ticket");
+            Err(Refusal(CloseCode::ServerError, "server error; try again"))
+        }
+    }
+}
+
+/// Upgrades only to say why the connection cannot stay.
+fn refuse(ws: WebSocketUpgrade, code: CloseCode, reason: &'static str) -> Response {
+    ws.on_upgrade(move |mut socket| async move { close(&mut socket, code, reason).await })
+}
+
+/// Sends `Disconnection {code, reason}`, then the close frame, then waits briefly
+/// for the client's close so the TCP teardown is clean.
+pub async fn close(socket: &mut WebSocket, code: CloseCode, reason: &str) {
+    let notice = ServerFrame::Disconnection { code: code.code(), reason }.to_json();
+    let _ = socket.send(Message::Text(notice.into())).await;
+    let frame = CloseFrame { code: code.code(), reason: reason.into() };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,213 @@
+//! The ingest path: how an accepted message enters Redis, and how the worker reads it back.
+//!
+//! One script call per message does everything atomically, in a single round trip:
+//! 1. a repeated `(room, sender, message_temp_id)` returns the original id and seq;
+//! 2. the room's counter assigns the next sequence number;
+//! 3. the message is appended to the durable ingest stream (the worker persists it);
+//! 4. the finished `MessageReceived` frame is published on the room's channel.
+//!
+//! Because the frame is spliced together inside Redis (`HEAD .. seq .. tail`),
+//! receiving gateways forward the published bytes to their sockets untouched.
+//!
+//! **Sequence floor.** If the room's counter is missing (a new room, or Redis lost
+//! its data) the script answers `cold` instead of starting at 1; the caller reads the
+//! highest persisted seq from Postgres and calls again with it as the floor, so seqs
+//! never go backwards. This costs a second round trip once per room per Redis life.
+
+use crate::keyspace;
+use crate::protocol::{MESSAGE_RECEIVED_HEAD, MessageReceivedTail};
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+const APPEND_LUA: &str = r#"
+-- KEYS: 1 seq counter, 2 dedupe key, 3 ingest stream
+-- ARGV: 1 room channel, 2 message id, 3 room id, 4 sender, 5 body, 6 temp id ('' = none),
+--       7 parent id ('' = none), 8 created_at (unix micros), 9 frame head, 10 frame tail,
+--       11 dedupe ttl secs, 12 max backlog (0 = unbounded), 13 seq floor ('' = unknown)
+if ARGV[6] ~= '' then
+  local seen = redis.call('GET', KEYS[2])
+  if seen then return {'dup', seen} end
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[13] == '' then return {'cold'} end
+  redis.call('SET', KEYS[1], ARGV[13], 'NX')
+end
+local max_backlog = tonumber(ARGV[12])
+if max_backlog > 0 and redis.call('XLEN', KEYS[3]) >= max_backlog then return {'full'} end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'room', ARGV[3], 'seq', seq, 'sender', ARGV[4],
+  'body', ARGV[5], 'temp', ARGV[6], 'parent', ARGV[7], 'at', ARGV[8])
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[2] .. ':' .. seq, 'EX', ARGV[11])
+end
+redis.call('PUBLISH', ARGV[1], ARGV[9] .. seq .. ARGV[10])
+return {'new', tostring(seq)}
+"#;
+
+/// The loaded ingest script; cheap to clone.
+#[derive(Clone)]
+pub struct AppendScript(Script);
+
+impl Default for AppendScript {
+    fn default() -> Self {
+        AppendScript(Script::from_lua(APPEND_LUA))
+    }
+}
+
+/// A message the gateway has validated and wants to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    pub sender_id: &'a str,
+    pub body: &'a str,
+    pub temp_id: Option<&'a str>,
+    pub parent_id: Option<Uuid>,
+    pub created_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored in the stream and published with this seq.
+    Accepted { seq: i64 },
+    /// The temp id was seen before: this is the original message.
+    Duplicate { id: Uuid, seq: i64 },
+    /// The room's counter is missing: call again with the persisted floor.
+    Cold,
+    /// The ingest stream is at `INGEST_MAX_BACKLOG`.
+    BacklogFull,
+}
+
+pub struct AppendLimits {
+    pub dedupe_ttl_secs: u64,
+    pub max_backlog: u64,
+}
+
+impl AppendScript {
+    pub async fn append(
+        &self,
+        client: &Client,
+        message: &NewMessage<'_>,
+        limits: &AppendLimits,
+        floor: Option<i64>,
+    ) -> Result<AppendOutcome, Error> {
+        let temp_id = message.temp_id.unwrap_or("");
+        let tail = MessageReceivedTail {
+            id: message.id,
+            room_id: message.room_id,
+            sender_id: Cow::Borrowed(message.sender_id),
+            message: Cow::Borrowed(message.body),
+            created_at: message.created_at,
+            message_temp_id: message.temp_id.map(Cow::Borrowed),
+            parent_id: message.parent_id,
+        }
+        .encode();
+        let keys = vec![
+            keyspace::room_seq(message.room_id),
+            keyspace::dedupe(message.room_id, message.sender_id, temp_id),
+            keyspace::INGEST_STREAM.to_owned(),
+        ];
+        let args: Vec<Value> = vec![
+            keyspace::room_channel(message.room_id).into(),
+            message.id.to_string().into(),
+            message.room_id.to_string().into(),
+            message.sender_id.into(),
+            message.body.into(),
+            temp_id.into(),
+            message.parent_id.map(|p| p.to_string()).unwrap_or_default().into(),
+            micros(message.created_at).to_string().into(),
+            MESSAGE_RECEIVED_HEAD.into(),
+            tail.into(),
+            limits.dedupe_ttl_secs.to_string().into(),
+            limits.max_backlog.to_string().into(),
+            floor.map(|f| f.to_string()).unwrap_or_default().into(),
+        ];
+        let reply: Vec<String> = self.0.evalsha_with_reload(client, keys, args).await?;
+        parse_reply(&reply)
+    }
+}
+
+fn parse_reply(reply: &[String]) -> Result<AppendOutcome, Error> {
+    let bad = || Error::new(ErrorKind::Parse, format!("unexpected ingest script reply {reply:?}"));
+    match reply.first().map(String::as_str) {
+        Some("new") => {
+            let seq = reply.get(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+            Ok(AppendOutcome::Accepted { seq })
+        }
+        Some("dup") => {
+            let (id, seq) = reply.get(1).and_then(|s| s.split_once(':')).ok_or_else(bad)?;
+            Ok(AppendOutcome::Duplicate {
+                id: id.parse().map_err(|_| bad())?,
+                seq: seq.parse().map_err(|_| bad())?,
+            })
+        }
+        Some("cold") => Ok(AppendOutcome::Cold),
+        Some("full") => Ok(AppendOutcome::BacklogFull),
+        _ => Err(bad()),
+    }
+}
+
+fn micros(at: OffsetDateTime) -> i128 {
+    at.unix_timestamp_nanos() / 1000
+}
+
+/// One message as read back from the ingest stream by the worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestEntry {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    pub seq: i64,
+    pub sender_id: String,
+    pub body: String,
+    pub temp_id: Option<String>,
+    pub parent_id: Option<Uuid>,
+    pub created_at: OffsetDateTime,
+}
+
+impl IngestEntry {
+    /// Parses the stream entry's fields; `Err` names the field that is wrong.
+    pub fn from_fields(fields: &HashMap<String, String>) -> Result<IngestEntry, String> {
+        let get = |name: &str| fields.get(name).ok_or_else(|| format!("missing field {name}"));
+        let optional = |name: &str| fields.get(name).filter(|v| !v.is_empty());
+        let uuid = |name: &str| -> Result<Uuid, String> {
+            get(name)?.parse().map_err(|_| format!("field {name} is not a UUID"))
+        };
+        let at: i128 = get("at")?.parse().map_err(|_| "field at is not a number".to_string())?;
+        Ok(IngestEntry {
+            id: uuid("id")?,
+            room_id: uuid("room")?,
+            seq: get("seq")?.parse().map_err(|_| "field seq is not a number".to_string())?,
+            sender_id: get("sender")?.clone(),
+            body: get("body")?.clone(),
+            temp_id: optional("temp").cloned(),
+            parent_id: match optional("parent") {
+                Some(parent) => Some(parent.parse().map_err(|_| "field parent is not a UUID".to_string())?),
+                None => None,
+            },
+            created_at: OffsetDateTime::from_unix_timestamp_nanos(at * 1000)
+                .map_err(|_| "field at is out of range".to_string())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_parse() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(parse_reply(&s(&["new", "7"])).ok(), Some(AppendOutcome::Accepted { seq: 7 }));
+        let id = Uuid::now_v7();
+        assert_eq!(
+            parse_reply(&s(&["dup", &format!("{id}:3")])).ok(),
+            Some(AppendOutcome::Duplicate { id, seq: 3 })
+        );
+        assert_eq!(parse_reply(&s(&["cold"])).ok(), Some(AppendOutcome::Cold));
+        assert!(parse_reply(&s(&["what"])).is_err());
+    }
+}

@@ -1,0 +1,48 @@
+//! Every Redis key and channel chatter uses, in one place.
+//!
+//! | key / channel | type | what |
+//! |---|---|---|
+//! | `chatter:seq:<room>` | string (counter) | last sequence number assigned in the room; no TTL |
+//! | `chatter:dedupe:<room>:<len>:<sender>:<temp_id>` | string `id:seq` | a sent `message_temp_id`, for `DEDUPE_TTL_SECS` |
+//! | `chatter:ingest` | stream | accepted messages waiting to be persisted (consumer group `persisters`) |
+//! | `chatter:ingest:dead` | stream | entries the worker could not store (bad data), kept for inspection |
+//! | `chatter:notify:dead` | stream | notifications that failed after every retry |
+//! | `chatter:ticket:<token>` | string (JSON identity) | single-use WebSocket ticket, `TICKET_TTL_SECS` |
+//! | channel `chatter:room:<room>` | pub/sub | ready-to-send frames for a room's members |
+//! | channel `chatter:user:<user>` | pub/sub | frames and membership events for one user |
+//!
+//! The sender id in dedupe keys is length-prefixed so that two different
+//! `(sender, temp_id)` pairs can never spell the same key (`a:b`+`c` vs `a`+`b:c`).
+//! Redis Cluster is not supported yet: the ingest script touches a room's keys and
+//! the single ingest stream in one call.
+
+use uuid::Uuid;
+
+pub const INGEST_STREAM: &str = "chatter:ingest";
+pub const INGEST_GROUP: &str = "persisters";
+pub const INGEST_DEAD_LETTER: &str = "chatter:ingest:dead";
+pub const NOTIFY_DEAD_LETTER: &str = "chatter:notify:dead";
+
+/// Prefix of room channels; the dispatcher tells rooms from users by it.
+pub const ROOM_CHANNEL_PREFIX: &str = "chatter:room:";
+pub const USER_CHANNEL_PREFIX: &str = "chatter:user:";
+
+pub fn room_channel(room_id: Uuid) -> String {
+    format!("{ROOM_CHANNEL_PREFIX}{room_id}")
+}
+
+pub fn user_channel(user_id: &str) -> String {
+    format!("{USER_CHANNEL_PREFIX}{user_id}")
+}
+
+pub fn room_seq(room_id: Uuid) -> String {
+    format!("chatter:seq:{room_id}")
+}
+
+pub fn dedupe(room_id: Uuid, sender_id: &str, temp_id: &str) -> String {
+    format!("chatter:dedupe:{room_id}:{}:{sender_id}:{temp_id}", sender_id.len())
+}
+
+pub fn ticket(token: &str) -> String {
+    format!("chatter:ticket:{token}")
+}

@@ -1,0 +1,233 @@
+//! The WebSocket wire protocol: JSON text frames `{"type": "...", "data": {...}}`.
+//!
+//! Client frames are parsed in two steps — first the envelope, then `data` for the
+//! named type — so a client learns whether it sent garbage, an unknown type, or a
+//! known type with bad fields (SPEC §5). Server frames are serialized once and the
+//! same bytes are written to every socket that should see them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Application close codes (SPEC §5). The numbers are a contract with client apps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    NoAuthToken = 4001,
+    InvalidToken = 4002,
+    Idle = 4003,
+    AdminAction = 4004,
+    Banned = 4005,
+    ServerError = 4006,
+    ServerShutdown = 4007,
+    NewDevice = 4008,
+    ConnectionClosed = 4009,
+    BadMessageStructure = 4010,
+    ContentRejected = 4011,
+    UnauthorizedAction = 4012,
+    RateLimited = 4013,
+    MessageTooLarge = 4014,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}
+
+// ---------------------------------------------------------------- client → server
+
+/// A frame a client may send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientFrame {
+    SendMessage(SendMessage),
+    Ping,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessage {
+    pub room_id: Uuid,
+    pub message: String,
+    #[serde(default)]
+    pub message_temp_id: Option<String>,
+    #[serde(default)]
+    pub parent_id: Option<Uuid>,
+}
+
+/// Why a client frame was not understood; becomes an `Error` frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    pub code: &'static str,
+    pub message: String,
+    pub reference: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, rename = "ref")]
+    reference: Option<String>,
+}
+
+impl ClientFrame {
+    /// Parses one text frame.
+    pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
+        let envelope: Envelope = serde_json::from_str(text).map_err(|error| FrameError {
+            code: "bad_frame",
+            message: format!("frames are JSON objects {{\"type\": ..., \"data\": {{...}}}}: {error}"),
+            reference: None,
+        })?;
+        let reference = envelope.reference;
+        let bad_data = |error: serde_json::Error, reference: Option<String>| FrameError {
+            code: "bad_data",
+            message: format!("invalid data for {}: {error}", envelope.kind),
+            reference,
+        };
+        match envelope.kind.as_ref() {
+            "SendMessage" => {
+                let data = envelope.data.map(RawValue::get).unwrap_or("null");
+                serde_json::from_str(data)
+                    .map(ClientFrame::SendMessage)
+                    .map_err(|error| bad_data(error, reference))
+            }
+            "Ping" => Ok(ClientFrame::Ping),
+            other => Err(FrameError {
+                code: "unknown_type",
+                message: format!("unknown frame type {other:?}"),
+                reference,
+            }),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- server → client
+
+/// A frame the server sends. `MessageReceived` is not here: it is assembled by the
+/// ingest script in Redis (see [`MessageReceivedTail`]) so that the sequence number
+/// assigned there lands in bytes that no gateway has to re-serialize.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", content = "data")]
+pub enum ServerFrame<'a> {
+    MessageSentConfirmation(Confirmation<'a>),
+    Error {
+        code: &'a str,
+        message: &'a str,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    Pong {},
+    Disconnection {
+        code: u16,
+        reason: &'a str,
+    },
+    MemberAdded {
+        room_id: Uuid,
+        user_id: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Confirmation<'a> {
+    pub confirmed: bool,
+    pub reason: Option<&'a str>,
+    pub message_id: Option<Uuid>,
+    pub message_temp_id: Option<&'a str>,
+    pub seq: Option<i64>,
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail: no maps with non-string keys,
+        // no custom serializers that error.
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+/// The start of every `MessageReceived` frame, up to where the sequence number goes.
+pub const MESSAGE_RECEIVED_HEAD: &str = r#"{"type":"MessageReceived","data":{"seq":"#;
+
+/// The fields of `MessageReceived` other than `seq`, known before Redis assigns it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessageReceivedTail<'a> {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    pub sender_id: Cow<'a, str>,
+    pub message: Cow<'a, str>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub message_temp_id: Option<Cow<'a, str>>,
+    pub parent_id: Option<Uuid>,
+}
+
+impl MessageReceivedTail<'_> {
+    /// The frame's bytes after the sequence number: `,"id":...}}`.
+    /// `HEAD + seq + tail` is the complete frame.
+    pub fn encode(&self) -> String {
+        let object = serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"));
+        // `object` is `{...}`; replace its opening brace with the separating comma
+        // and close the outer envelope.
+        format!(",{}}}", &object[1..])
+    }
+}
+
+/// A message as clients see it in history and frames.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MessageView {
+    pub id: Uuid,
+    pub room_id: Uuid,
+    pub seq: i64,
+    pub sender_id: String,
+    pub message: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub message_temp_id: Option<String>,
+    pub parent_id: Option<Uuid>,
+}
+
+/// Truncates a timestamp to microseconds, the precision Postgres keeps, so a
+/// message's `created_at` reads the same live and from history.
+pub fn now_micros() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_errors_are_told_apart() {
+        assert_eq!(ClientFrame::parse("not json").expect_err("bad").code, "bad_frame");
+        assert_eq!(ClientFrame::parse(r#"{"type":"Dance"}"#).expect_err("bad").code, "unknown_type");
+        let error = ClientFrame::parse(r#"{"type":"SendMessage","data":{"room_id":"x"},"ref":"7"}"#)
+            .expect_err("bad");
+        assert_eq!((error.code, error.reference.as_deref()), ("bad_data", Some("7")));
+        assert_eq!(ClientFrame::parse(r#"{"type":"Ping"}"#), Ok(ClientFrame::Ping));
+    }
+
+    #[test]
+    fn spliced_message_received_is_valid_json() {
+        let tail = MessageReceivedTail {
+            id: Uuid::now_v7(),
+            room_id: Uuid::now_v7(),
+            sender_id: "alice".into(),
+            message: "hi \"there\"".into(),
+            created_at: now_micros(),
+            message_temp_id: Some("t1".into()),
+            parent_id: None,
+        };
+        let frame = format!("{MESSAGE_RECEIVED_HEAD}42{}", tail.encode());
+        let value: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");
+        assert_eq!(value["type"], "MessageReceived");
+        assert_eq!(value["data"]["seq"], 42);
+        let view: MessageView = serde_json::from_value(value["data"].clone()).expect("a message");
+        assert_eq!(view.message, "hi \"there\"");
+        assert_eq!(view.id, tail.id);
+    }
+}

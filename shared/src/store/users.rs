@@ -1,0 +1,39 @@
+//! Users are created on first sight: the identity provider is the source of truth,
+//! chatter keeps a copy so rooms and messages can refer to them.
+
+use super::Store;
+use crate::auth::Identity;
+
+impl Store {
+    /// Inserts or refreshes a user. Fields the caller does not know (`None`, no
+    /// roles) keep their stored values.
+    pub async fn upsert_user(&self, identity: &Identity) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO users (id, name, user_group, roles, last_seen_at)
+             VALUES ($1, $2, $3, $4, now())
+             ON CONFLICT (id) DO UPDATE SET
+                 name = COALESCE(EXCLUDED.name, users.name),
+                 user_group = COALESCE(EXCLUDED.user_group, users.user_group),
+                 roles = CASE WHEN cardinality(EXCLUDED.roles) > 0 THEN EXCLUDED.roles ELSE users.roles END,
+                 last_seen_at = now()",
+        )
+        .bind(&identity.user_id)
+        .bind(&identity.name)
+        .bind(&identity.group)
+        .bind(&identity.roles)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The ids in `ids` that name no known user.
+    pub async fn unknown_users(&self, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT wanted FROM unnest($1::text[]) AS wanted
+             WHERE NOT EXISTS (SELECT 1 FROM users WHERE users.id = wanted)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
