@@ -1,7 +1,8 @@
 //! Command line: `chatter-gateway [--config chatter.toml]`.
 
 use chatter_shared::config::Config;
-use clap::Parser;
+use chatter_shared::auth::{Identity, Tokens};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,25 @@ struct Args {
     /// A TOML file with configuration keys (lower-case env names, e.g. `port = 8080`).
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a user token signed with the configured key (JWT_SECRET), for trying
+    /// chatter out and for scripts.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: i64,
+    },
 }
 
 /// The gateway binary's whole `main`.
@@ -30,6 +50,9 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Token { user, name, ttl_secs }) = args.command {
+        return print_token(&config, user, name, ttl_secs);
+    }
     chatter_shared::telemetry::init(&config.log_level, config.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -52,6 +75,31 @@ pub fn main() -> ExitCode {
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("chatter-gateway: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_token(config: &Config, user: String, name: Option<String>, ttl_secs: i64) -> ExitCode {
+    let tokens = match Tokens::from_config(config) {
+        Ok(tokens) => tokens,
+        Err(error) => {
+            eprintln!("chatter-gateway: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(problem) = chatter_shared::auth::validate_user_id(&user) {
+        eprintln!("chatter-gateway: --user: {problem}");
+        return ExitCode::FAILURE;
+    }
+    let identity = Identity { user_id: user, name, group: None, roles: Vec::new() };
+    match tokens.mint(&identity, time::Duration::seconds(ttl_secs)) {
+        Some((token, _)) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("chatter-gateway: no signing key: set JWT_SECRET (or JWT_PRIVATE_KEY for RS256)");
             ExitCode::FAILURE
         }
     }

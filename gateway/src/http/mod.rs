@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod rooms;
+mod tokens;
 mod users;
 
 use crate::state::AppState;
@@ -28,6 +29,7 @@ pub fn app(state: AppState) -> Router {
         .merge(health::router())
         .merge(users::router())
         .merge(rooms::router())
+        .merge(tokens::router())
         .merge(crate::tickets::router())
         .route("/ws", get(crate::ws::upgrade))
         .fallback(|| async { error::ApiError::not_found("not_found", "no such route") })
