@@ -1,7 +1,7 @@
 //! Command line: `chatter-gateway [--config chatter.toml]`.
 
-use chatter_shared::config::Config;
 use chatter_shared::auth::{Identity, Tokens};
+use chatter_shared::config::Config;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,7 +50,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Token { user, name, ttl_secs }) = args.command {
+    if let Some(Command::Token {
+        user,
+        name,
+        ttl_secs,
+    }) = args.command
+    {
         return print_token(&config, user, name, ttl_secs);
     }
     chatter_shared::telemetry::init(&config.log_level, config.log_format);
@@ -92,14 +97,21 @@ fn print_token(config: &Config, user: String, name: Option<String>, ttl_secs: i6
         eprintln!("chatter-gateway: --user: {problem}");
         return ExitCode::FAILURE;
     }
-    let identity = Identity { user_id: user, name, group: None, roles: Vec::new() };
+    let identity = Identity {
+        user_id: user,
+        name,
+        group: None,
+        roles: Vec::new(),
+    };
     match tokens.mint(&identity, time::Duration::seconds(ttl_secs)) {
         Some((token, _)) => {
             println!("{token}");
             ExitCode::SUCCESS
         }
         None => {
-            eprintln!("chatter-gateway: no signing key: set JWT_SECRET (or JWT_PRIVATE_KEY for RS256)");
+            eprintln!(
+                "chatter-gateway: no signing key: set JWT_SECRET (or JWT_PRIVATE_KEY for RS256)"
+            );
             ExitCode::FAILURE
         }
     }

@@ -58,15 +58,22 @@ impl Conn {
     }
 
     pub fn is_member(&self, room_id: Uuid) -> bool {
-        self.rooms.lock().is_ok_and(|rooms| rooms.contains(&room_id))
+        self.rooms
+            .lock()
+            .is_ok_and(|rooms| rooms.contains(&room_id))
     }
 
     fn add_room(&self, room_id: Uuid) -> bool {
-        self.rooms.lock().is_ok_and(|mut rooms| rooms.insert(room_id))
+        self.rooms
+            .lock()
+            .is_ok_and(|mut rooms| rooms.insert(room_id))
     }
 
     fn room_ids(&self) -> Vec<Uuid> {
-        self.rooms.lock().map(|rooms| rooms.iter().copied().collect()).unwrap_or_default()
+        self.rooms
+            .lock()
+            .map(|rooms| rooms.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -96,7 +103,12 @@ impl Hub {
             membership,
             next_id: Arc::new(AtomicU64::new(1)),
         };
-        tokio::spawn(manage_subscriptions(hub.clone(), subscriber.clone(), request_rx, shutdown.clone()));
+        tokio::spawn(manage_subscriptions(
+            hub.clone(),
+            subscriber.clone(),
+            request_rx,
+            shutdown.clone(),
+        ));
         tokio::spawn(dispatch(hub.clone(), subscriber, shutdown.clone()));
         tokio::spawn(apply_membership(hub.clone(), membership_rx, shutdown));
         hub
@@ -130,7 +142,10 @@ impl Hub {
                 wanted.push(channel);
             }
         }
-        let registration = Registration { hub: self.clone(), conn };
+        let registration = Registration {
+            hub: self.clone(),
+            conn,
+        };
         self.sync(wanted).await?;
         Ok((registration, inbox))
     }
@@ -146,7 +161,8 @@ impl Hub {
         if let Some(mut members) = self.channels.get_mut(channel) {
             members.retain(|c| c.id != conn_id);
         }
-        self.channels.remove_if(channel, |_, members| members.is_empty());
+        self.channels
+            .remove_if(channel, |_, members| members.is_empty());
     }
 
     /// Asks the manager to reconcile `channels` and waits for it.
@@ -156,7 +172,8 @@ impl Hub {
             .send(Request::Sync(channels, Some(reply)))
             .await
             .map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?;
-        done.await.map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?
+        done.await
+            .map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?
     }
 
     /// Delivers `frame` to every local connection on `channel`.
@@ -281,7 +298,10 @@ async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: Cancellation
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 // Clients recover with Resume; this must never happen silently.
-                tracing::error!(missed, "gateway fell behind the pub/sub stream; frames were dropped");
+                tracing::error!(
+                    missed,
+                    "gateway fell behind the pub/sub stream; frames were dropped"
+                );
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
@@ -327,7 +347,11 @@ async fn apply_membership(
             continue;
         };
         let room_channel = keyspace::room_channel(event.data.room_id);
-        let conns: Vec<Arc<Conn>> = hub.channels.get(&channel).map(|c| c.clone()).unwrap_or_default();
+        let conns: Vec<Arc<Conn>> = hub
+            .channels
+            .get(&channel)
+            .map(|c| c.clone())
+            .unwrap_or_default();
         for conn in &conns {
             if conn.add_room(event.data.room_id) {
                 hub.join(conn, &room_channel);

@@ -56,7 +56,10 @@ pub fn validate(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
     if draft.body.chars().count() > app.config.max_message_chars {
         return Err(Refusal::MessageTooLong);
     }
-    if draft.temp_id.is_some_and(|t| t.chars().count() > app.config.max_temp_id_chars) {
+    if draft
+        .temp_id
+        .is_some_and(|t| t.chars().count() > app.config.max_temp_id_chars)
+    {
         return Err(Refusal::TempIdTooLong);
     }
     Ok(())
@@ -84,7 +87,12 @@ pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
                 Refusal::Unavailable
             })?;
         match outcome {
-            AppendOutcome::Accepted { seq } => return Ok(Accepted { id: message.id, seq }),
+            AppendOutcome::Accepted { seq } => {
+                return Ok(Accepted {
+                    id: message.id,
+                    seq,
+                });
+            }
             AppendOutcome::Duplicate { id, seq } => return Ok(Accepted { id, seq }),
             AppendOutcome::BacklogFull => return Err(Refusal::Backlogged),
             AppendOutcome::Cold if floor.is_none() => {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// How long a user counts as "recently upserted": within it, further requests by
 /// the same user skip the database write.
@@ -30,6 +31,9 @@ pub struct App {
     /// One permit per open WebSocket: `MAX_CONNECTIONS` is a hard cap.
     pub connection_slots: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    /// Every socket task, so shutdown can wait for their close frames to go out
+    /// (axum's graceful shutdown does not track upgraded connections).
+    pub sockets: TaskTracker,
     recently_seen: DashMap<String, Instant>,
 }
 
@@ -55,6 +59,7 @@ impl App {
             append: AppendScript::default(),
             hub,
             shutdown,
+            sockets: TaskTracker::new(),
             recently_seen: DashMap::new(),
         }
     }
@@ -72,7 +77,8 @@ impl App {
         if self.recently_seen.len() >= USER_MEMO_LIMIT {
             self.recently_seen.clear();
         }
-        self.recently_seen.insert(identity.user_id.clone(), Instant::now());
+        self.recently_seen
+            .insert(identity.user_id.clone(), Instant::now());
         Ok(())
     }
 

@@ -41,7 +41,10 @@ struct Stored {
     roles: Vec<String>,
 }
 
-async fn issue(State(state): State<AppState>, User(identity): User) -> Result<Json<Ticket>, ApiError> {
+async fn issue(
+    State(state): State<AppState>,
+    User(identity): User,
+) -> Result<Json<Ticket>, ApiError> {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
     let token = URL_SAFE_NO_PAD.encode(bytes);
@@ -52,10 +55,17 @@ async fn issue(State(state): State<AppState>, User(identity): User) -> Result<Js
         group: identity.group,
         roles: identity.roles,
     };
-    let value = serde_json::to_string(&stored).map_err(|_| ApiError::unavailable("cannot encode ticket"))?;
+    let value = serde_json::to_string(&stored)
+        .map_err(|_| ApiError::unavailable("cannot encode ticket"))?;
     let _: () = state
         .redis
-        .set(keyspace::ticket(&token), value, Some(Expiration::EX(ttl as i64)), Some(SetOptions::NX), false)
+        .set(
+            keyspace::ticket(&token),
+            value,
+            Some(Expiration::EX(ttl as i64)),
+            Some(SetOptions::NX),
+            false,
+        )
         .await?;
     let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(ttl as i64);
     Ok(Json(Ticket { token, expires_at }))
@@ -67,10 +77,12 @@ pub async fn redeem(redis: &Client, token: &str) -> Result<Option<Identity>, Err
         return Ok(None);
     }
     let stored: Option<String> = redis.getdel(keyspace::ticket(token)).await?;
-    Ok(stored.and_then(|json| serde_json::from_str::<Stored>(&json).ok()).map(|stored| Identity {
-        user_id: stored.user_id,
-        name: stored.name,
-        group: stored.group,
-        roles: stored.roles,
-    }))
+    Ok(stored
+        .and_then(|json| serde_json::from_str::<Stored>(&json).ok())
+        .map(|stored| Identity {
+            user_id: stored.user_id,
+            name: stored.name,
+            group: stored.group,
+            roles: stored.roles,
+        }))
 }

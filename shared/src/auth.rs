@@ -73,7 +73,10 @@ impl Tokens {
                 )
             }
             JwtAlgorithm::RS256 => {
-                let public = config.jwt_public_key.as_deref().ok_or(KeyError::MissingPublicKey)?;
+                let public = config
+                    .jwt_public_key
+                    .as_deref()
+                    .ok_or(KeyError::MissingPublicKey)?;
                 let decoding = DecodingKey::from_rsa_pem(public.as_bytes())
                     .map_err(|e| KeyError::BadPublicKey(e.to_string()))?;
                 let encoding = match config.jwt_private_key.as_deref() {
@@ -111,8 +114,9 @@ impl Tokens {
 
     /// Verifies `token` and extracts the caller's identity.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
-            .map_err(|_| AuthError::Invalid)?;
+        let data =
+            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
+                .map_err(|_| AuthError::Invalid)?;
         let claims = data.claims;
         let user_id = match claims.get(&self.user_claim) {
             Some(Value::String(id)) => id.clone(),
@@ -122,7 +126,11 @@ impl Tokens {
         validate_user_id(&user_id).map_err(|_| AuthError::NoUserId)?;
         let text = |key: &str| claims.get(key).and_then(Value::as_str).map(str::to_owned);
         let roles = match claims.get("roles") {
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
             Some(Value::String(csv)) => csv.split(',').map(|r| r.trim().to_owned()).collect(),
             _ => Vec::new(),
         };
@@ -136,12 +144,19 @@ impl Tokens {
 
     /// Mints a token this gateway accepts, valid for `ttl`. `None` when only a
     /// public key is configured (chatter cannot sign for an outside issuer).
-    pub fn mint(&self, identity: &Identity, ttl: time::Duration) -> Option<(String, OffsetDateTime)> {
+    pub fn mint(
+        &self,
+        identity: &Identity,
+        ttl: time::Duration,
+    ) -> Option<(String, OffsetDateTime)> {
         let encoding = self.encoding.as_ref()?;
         let now = OffsetDateTime::now_utc();
         let expires_at = now + ttl;
         let mut claims = Map::new();
-        claims.insert(self.user_claim.clone(), Value::String(identity.user_id.clone()));
+        claims.insert(
+            self.user_claim.clone(),
+            Value::String(identity.user_id.clone()),
+        );
         if self.user_claim != "sub" {
             claims.insert("sub".into(), Value::String(identity.user_id.clone()));
         }
@@ -152,7 +167,10 @@ impl Tokens {
             claims.insert("group".into(), Value::String(group.clone()));
         }
         if !identity.roles.is_empty() {
-            claims.insert("roles".into(), identity.roles.iter().cloned().map(Value::String).collect());
+            claims.insert(
+                "roles".into(),
+                identity.roles.iter().cloned().map(Value::String).collect(),
+            );
         }
         claims.insert("iat".into(), now.unix_timestamp().into());
         claims.insert("exp".into(), expires_at.unix_timestamp().into());
@@ -200,21 +218,33 @@ mod tests {
     use super::*;
 
     fn tokens(secret: &str) -> Tokens {
-        let config = Config { jwt_secret: Some(secret.into()), ..Config::default() };
+        let config = Config {
+            jwt_secret: Some(secret.into()),
+            ..Config::default()
+        };
         Tokens::from_config(&config).expect("valid")
     }
 
     fn alice() -> Identity {
-        Identity { user_id: "alice".into(), name: Some("Alice".into()), group: None, roles: vec![] }
+        Identity {
+            user_id: "alice".into(),
+            name: Some("Alice".into()),
+            group: None,
+            roles: vec![],
+        }
     }
 
     #[test]
     fn minted_tokens_verify_and_foreign_or_expired_ones_do_not() {
         let ours = tokens("one");
-        let (token, _) = ours.mint(&alice(), time::Duration::minutes(5)).expect("mint");
+        let (token, _) = ours
+            .mint(&alice(), time::Duration::minutes(5))
+            .expect("mint");
         assert_eq!(ours.verify(&token), Ok(alice()));
         assert_eq!(tokens("two").verify(&token), Err(AuthError::Invalid));
-        let (expired, _) = ours.mint(&alice(), time::Duration::minutes(-5)).expect("mint");
+        let (expired, _) = ours
+            .mint(&alice(), time::Duration::minutes(-5))
+            .expect("mint");
         assert_eq!(ours.verify(&expired), Err(AuthError::Invalid));
         assert_eq!(ours.verify("garbage"), Err(AuthError::Invalid));
     }

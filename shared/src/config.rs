@@ -242,13 +242,22 @@ impl Config {
             ("MAX_CONNECTIONS", self.max_connections as u64),
             ("PAGE_SIZE_DEFAULT", u64::from(self.page_size_default)),
             ("WORKER_BATCH_SIZE", self.worker_batch_size as u64),
-            ("NOTIFICATION_CONCURRENCY", self.notification_concurrency as u64),
+            (
+                "NOTIFICATION_CONCURRENCY",
+                self.notification_concurrency as u64,
+            ),
             ("NOTIFICATION_QUEUE", self.notification_queue as u64),
-            ("DATABASE_MAX_CONNECTIONS", u64::from(self.database_max_connections)),
+            (
+                "DATABASE_MAX_CONNECTIONS",
+                u64::from(self.database_max_connections),
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(ConfigError::Key { key, problem: "must be greater than 0".into() });
+                return Err(ConfigError::Key {
+                    key,
+                    problem: "must be greater than 0".into(),
+                });
             }
         }
         if self.page_size_default > self.page_size_max {
@@ -324,7 +333,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -350,7 +362,10 @@ mod tests {
         assert_eq!(config.port, 9000);
         assert_eq!(config.app_url, "https://emotives.example/");
         assert_eq!(config.service_secret(), Some("s3cret"));
-        assert_eq!(config.allowed_origins.0, vec!["https://a.example", "https://b.example"]);
+        assert_eq!(
+            config.allowed_origins.0,
+            vec!["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]
@@ -366,8 +381,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("chatter-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("chatter.toml");
-        std::fs::write(&path, "port = 7000\nhost = \"127.0.0.1\"\nallowed_origins = [\"https://x.example\"]\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "port = 7000\nhost = \"127.0.0.1\"\nallowed_origins = [\"https://x.example\"]\n",
+        )
+        .expect("write");
         let config = Config::load(Some(&path), env(&[("PORT", "7100")])).expect("valid");
         assert_eq!(config.port, 7100);
         assert_eq!(config.host, "127.0.0.1");

@@ -118,7 +118,11 @@ impl AppendScript {
             message.sender_id.into(),
             message.body.into(),
             temp_id.into(),
-            message.parent_id.map(|p| p.to_string()).unwrap_or_default().into(),
+            message
+                .parent_id
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+                .into(),
             micros(message.created_at).to_string().into(),
             MESSAGE_RECEIVED_HEAD.into(),
             tail.into(),
@@ -132,14 +136,22 @@ impl AppendScript {
 }
 
 fn parse_reply(reply: &[String]) -> Result<AppendOutcome, Error> {
-    let bad = || Error::new(ErrorKind::Parse, format!("unexpected ingest script reply {reply:?}"));
+    let bad = || {
+        Error::new(
+            ErrorKind::Parse,
+            format!("unexpected ingest script reply {reply:?}"),
+        )
+    };
     match reply.first().map(String::as_str) {
         Some("new") => {
             let seq = reply.get(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?;
             Ok(AppendOutcome::Accepted { seq })
         }
         Some("dup") => {
-            let (id, seq) = reply.get(1).and_then(|s| s.split_once(':')).ok_or_else(bad)?;
+            let (id, seq) = reply
+                .get(1)
+                .and_then(|s| s.split_once(':'))
+                .ok_or_else(bad)?;
             Ok(AppendOutcome::Duplicate {
                 id: id.parse().map_err(|_| bad())?,
                 seq: seq.parse().map_err(|_| bad())?,
@@ -171,21 +183,35 @@ pub struct IngestEntry {
 impl IngestEntry {
     /// Parses the stream entry's fields; `Err` names the field that is wrong.
     pub fn from_fields(fields: &HashMap<String, String>) -> Result<IngestEntry, String> {
-        let get = |name: &str| fields.get(name).ok_or_else(|| format!("missing field {name}"));
+        let get = |name: &str| {
+            fields
+                .get(name)
+                .ok_or_else(|| format!("missing field {name}"))
+        };
         let optional = |name: &str| fields.get(name).filter(|v| !v.is_empty());
         let uuid = |name: &str| -> Result<Uuid, String> {
-            get(name)?.parse().map_err(|_| format!("field {name} is not a UUID"))
+            get(name)?
+                .parse()
+                .map_err(|_| format!("field {name} is not a UUID"))
         };
-        let at: i128 = get("at")?.parse().map_err(|_| "field at is not a number".to_string())?;
+        let at: i128 = get("at")?
+            .parse()
+            .map_err(|_| "field at is not a number".to_string())?;
         Ok(IngestEntry {
             id: uuid("id")?,
             room_id: uuid("room")?,
-            seq: get("seq")?.parse().map_err(|_| "field seq is not a number".to_string())?,
+            seq: get("seq")?
+                .parse()
+                .map_err(|_| "field seq is not a number".to_string())?,
             sender_id: get("sender")?.clone(),
             body: get("body")?.clone(),
             temp_id: optional("temp").cloned(),
             parent_id: match optional("parent") {
-                Some(parent) => Some(parent.parse().map_err(|_| "field parent is not a UUID".to_string())?),
+                Some(parent) => Some(
+                    parent
+                        .parse()
+                        .map_err(|_| "field parent is not a UUID".to_string())?,
+                ),
                 None => None,
             },
             created_at: OffsetDateTime::from_unix_timestamp_nanos(at * 1000)
@@ -201,7 +227,10 @@ mod tests {
     #[test]
     fn replies_parse() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(parse_reply(&s(&["new", "7"])).ok(), Some(AppendOutcome::Accepted { seq: 7 }));
+        assert_eq!(
+            parse_reply(&s(&["new", "7"])).ok(),
+            Some(AppendOutcome::Accepted { seq: 7 })
+        );
         let id = Uuid::now_v7();
         assert_eq!(
             parse_reply(&s(&["dup", &format!("{id}:3")])).ok(),

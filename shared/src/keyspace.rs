@@ -40,7 +40,10 @@ pub fn room_seq(room_id: Uuid) -> String {
 }
 
 pub fn dedupe(room_id: Uuid, sender_id: &str, temp_id: &str) -> String {
-    format!("chatter:dedupe:{room_id}:{}:{sender_id}:{temp_id}", sender_id.len())
+    format!(
+        "chatter:dedupe:{room_id}:{}:{sender_id}:{temp_id}",
+        sender_id.len()
+    )
 }
 
 pub fn ticket(token: &str) -> String {

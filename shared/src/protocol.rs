@@ -80,7 +80,9 @@ impl ClientFrame {
     pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
         let envelope: Envelope = serde_json::from_str(text).map_err(|error| FrameError {
             code: "bad_frame",
-            message: format!("frames are JSON objects {{\"type\": ..., \"data\": {{...}}}}: {error}"),
+            message: format!(
+                "frames are JSON objects {{\"type\": ..., \"data\": {{...}}}}: {error}"
+            ),
             reference: None,
         })?;
         let reference = envelope.reference;
@@ -194,7 +196,8 @@ pub struct MessageView {
 /// message's `created_at` reads the same live and from history.
 pub fn now_micros() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
-    now.replace_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now)
+    now.replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now)
 }
 
 #[cfg(test)]
@@ -203,12 +206,27 @@ mod tests {
 
     #[test]
     fn envelope_errors_are_told_apart() {
-        assert_eq!(ClientFrame::parse("not json").expect_err("bad").code, "bad_frame");
-        assert_eq!(ClientFrame::parse(r#"{"type":"Dance"}"#).expect_err("bad").code, "unknown_type");
-        let error = ClientFrame::parse(r#"{"type":"SendMessage","data":{"room_id":"x"},"ref":"7"}"#)
-            .expect_err("bad");
-        assert_eq!((error.code, error.reference.as_deref()), ("bad_data", Some("7")));
-        assert_eq!(ClientFrame::parse(r#"{"type":"Ping"}"#), Ok(ClientFrame::Ping));
+        assert_eq!(
+            ClientFrame::parse("not json").expect_err("bad").code,
+            "bad_frame"
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"Dance"}"#)
+                .expect_err("bad")
+                .code,
+            "unknown_type"
+        );
+        let error =
+            ClientFrame::parse(r#"{"type":"SendMessage","data":{"room_id":"x"},"ref":"7"}"#)
+                .expect_err("bad");
+        assert_eq!(
+            (error.code, error.reference.as_deref()),
+            ("bad_data", Some("7"))
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"Ping"}"#),
+            Ok(ClientFrame::Ping)
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ pub fn init(level: &str, format: LogFormat) {
         Ok(filter) => (filter, None),
         Err(error) => (EnvFilter::new("info"), Some(error)),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(false).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -19,16 +19,24 @@ use tokio_util::sync::CancellationToken;
 /// Runs a worker until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let redis_url = config.redis_url.clone().context("REDIS_URL must be set")?;
-    let database_url = config.database_url.clone().context("DATABASE_URL must be set")?;
+    let database_url = config
+        .database_url
+        .clone()
+        .context("DATABASE_URL must be set")?;
     let store = Store::connect(&database_url, config.database_max_connections)
         .await
         .context("cannot connect to Postgres (DATABASE_URL)")?;
-    let redis = chatter_shared::redis::connect(&redis_url).await.context("cannot connect to Redis (REDIS_URL)")?;
+    let redis = chatter_shared::redis::connect(&redis_url)
+        .await
+        .context("cannot connect to Redis (REDIS_URL)")?;
     // Blocking reads get their own connection so acknowledgements never queue
     // behind an XREADGROUP that is waiting for entries.
-    let reader = chatter_shared::redis::connect(&redis_url).await.context("cannot connect to Redis (REDIS_URL)")?;
+    let reader = chatter_shared::redis::connect(&redis_url)
+        .await
+        .context("cannot connect to Redis (REDIS_URL)")?;
     let notifier = notify::Notifier::start(&config, redis.clone(), shutdown.clone())?;
-    let persister = persist::Persister::new(&config, store, redis, reader, notifier.clone()).await?;
+    let persister =
+        persist::Persister::new(&config, store, redis, reader, notifier.clone()).await?;
     tracing::info!(consumer = %persister.consumer(), "worker ready");
     persister.run(shutdown).await;
     notifier.finish().await;

@@ -37,7 +37,11 @@ pub struct Notification {
 
 impl Notification {
     /// The notification telling `recipient` about `entry`.
-    pub fn for_message(entry: &IngestEntry, recipient: &str, app_url: &reqwest::Url) -> Notification {
+    pub fn for_message(
+        entry: &IngestEntry,
+        recipient: &str,
+        app_url: &reqwest::Url,
+    ) -> Notification {
         Notification {
             username: recipient.to_owned(),
             kind: "message",
@@ -74,7 +78,11 @@ struct Target {
 
 impl Notifier {
     /// Starts the senders; a notifier without `NOTIFICATION_URL` does nothing.
-    pub fn start(config: &Config, redis: Client, shutdown: CancellationToken) -> anyhow::Result<Notifier> {
+    pub fn start(
+        config: &Config,
+        redis: Client,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Notifier> {
         let Some(url) = config.notification_url.clone() else {
             tracing::info!("NOTIFICATION_URL is not set: notifications are off");
             return Ok(Notifier { inner: None });
@@ -83,7 +91,8 @@ impl Notifier {
         if !app_url.ends_with('/') {
             app_url.push('/');
         }
-        let app_url = reqwest::Url::parse(&app_url).map_err(|e| anyhow::anyhow!("APP_URL is not a URL: {e}"))?;
+        let app_url = reqwest::Url::parse(&app_url)
+            .map_err(|e| anyhow::anyhow!("APP_URL is not a URL: {e}"))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(config.notification_timeout_ms))
             .build()?;
@@ -139,7 +148,9 @@ impl Notifier {
 
 /// `<APP_URL>messenger?talking-to=<sender>`, the link the web app understands.
 fn link(app_url: &reqwest::Url, sender: &str) -> String {
-    let mut url = app_url.join("messenger").unwrap_or_else(|_| app_url.clone());
+    let mut url = app_url
+        .join("messenger")
+        .unwrap_or_else(|_| app_url.clone());
     url.query_pairs_mut().append_pair("talking-to", sender);
     url.to_string()
 }
@@ -156,7 +167,9 @@ async fn send_all(
             () = shutdown.cancelled() => break,
             next = receiver.recv() => match next { Some(n) => n, None => return },
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let (inner_for_task, target) = (inner.clone(), target.clone());
         inner.tracker.spawn(async move {
             deliver(&inner_for_task.redis, &target, notification).await;
@@ -193,7 +206,9 @@ async fn dead_letter(redis: &Client, notification: &Notification, problem: &str)
     tracing::warn!(problem, recipient = %notification.username_to, "notification dead-lettered");
     let body = serde_json::to_string(notification).unwrap_or_default();
     let fields = vec![("body", body), ("problem", problem.to_owned())];
-    let added: Result<String, Error> = redis.xadd(NOTIFY_DEAD_LETTER, false, None, "*", fields).await;
+    let added: Result<String, Error> = redis
+        .xadd(NOTIFY_DEAD_LETTER, false, None, "*", fields)
+        .await;
     if let Err(error) = added {
         tracing::error!(%error, "cannot write to the notification dead-letter stream");
     }
@@ -206,6 +221,9 @@ mod tests {
     #[test]
     fn links_follow_the_web_app_contract() {
         let app = reqwest::Url::parse("https://emotives.example/").expect("url");
-        assert_eq!(link(&app, "bob smith"), "https://emotives.example/messenger?talking-to=bob+smith");
+        assert_eq!(
+            link(&app, "bob smith"),
+            "https://emotives.example/messenger?talking-to=bob+smith"
+        );
     }
 }

@@ -6,7 +6,6 @@ use chatter_shared::ingest::IngestEntry;
 use chatter_shared::keyspace::{INGEST_DEAD_LETTER, INGEST_GROUP, INGEST_STREAM};
 use chatter_shared::store::{Store, is_transient};
 use fred::prelude::*;
-use fred::types::streams::XReadResponse;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -41,7 +40,9 @@ impl Persister {
         notifier: Notifier,
     ) -> anyhow::Result<Persister> {
         // "0": a group created after gateways already appended still reads it all.
-        let created: Result<(), Error> = redis.xgroup_create(INGEST_STREAM, INGEST_GROUP, "0", true).await;
+        let created: Result<(), Error> = redis
+            .xgroup_create(INGEST_STREAM, INGEST_GROUP, "0", true)
+            .await;
         if let Err(error) = created
             && !error.details().contains("BUSYGROUP")
         {
@@ -49,7 +50,11 @@ impl Persister {
         }
         let consumer = config.worker_name.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-            format!("{host}-{}-{:08x}", std::process::id(), rand::random::<u32>())
+            format!(
+                "{host}-{}-{:08x}",
+                std::process::id(),
+                rand::random::<u32>()
+            )
         });
         Ok(Persister {
             store,
@@ -78,9 +83,9 @@ impl Persister {
                 self.reclaim(&shutdown).await;
                 next_claim = Instant::now() + self.claim_every;
             }
-            let read: Result<XReadResponse<String, String, String, String>, Error> = self
+            let read: Result<Value, Error> = self
                 .reader
-                .xreadgroup_map(
+                .xreadgroup(
                     INGEST_GROUP,
                     self.consumer.as_str(),
                     Some(self.batch_size),
@@ -91,16 +96,24 @@ impl Persister {
                 )
                 .await;
             match read {
-                Ok(mut streams) => {
+                Ok(Value::Null) => backoff = RETRY_MIN, // BLOCK timed out: nothing new
+                Ok(reply) => {
                     backoff = RETRY_MIN;
-                    let entries = streams.remove(INGEST_STREAM).unwrap_or_default();
-                    self.handle(entries, &shutdown).await;
+                    match reply.into_xread_response::<String, String, String, String>() {
+                        Ok(mut streams) => {
+                            let entries = streams.remove(INGEST_STREAM).unwrap_or_default();
+                            self.handle(entries, &shutdown).await;
+                        }
+                        Err(error) => tracing::error!(%error, "unreadable XREADGROUP reply"),
+                    }
                 }
                 Err(error) => {
                     if error.details().contains("NOGROUP") {
                         // Redis lost its data (restart without persistence): recreate.
-                        let _: Result<(), Error> =
-                            self.redis.xgroup_create(INGEST_STREAM, INGEST_GROUP, "0", true).await;
+                        let _: Result<(), Error> = self
+                            .redis
+                            .xgroup_create(INGEST_STREAM, INGEST_GROUP, "0", true)
+                            .await;
                     }
                     tracing::warn!(%error, "cannot read the ingest stream; retrying");
                     sleep_or_cancel(&mut backoff, &shutdown).await;
@@ -128,7 +141,10 @@ impl Persister {
             match claimed {
                 Ok((next, entries)) => {
                     if !entries.is_empty() {
-                        tracing::info!(count = entries.len(), "reclaimed pending entries of a dead consumer");
+                        tracing::info!(
+                            count = entries.len(),
+                            "reclaimed pending entries of a dead consumer"
+                        );
                         self.handle(entries, shutdown).await;
                     }
                     if next == "0-0" || shutdown.is_cancelled() {
@@ -170,7 +186,11 @@ impl Persister {
     /// fails for another reason is stored entry by entry, and entries that still
     /// fail go to the dead-letter stream, so one bad row never blocks the rest.
     /// `None` only when shutdown interrupts the retries.
-    async fn store_batch(&self, batch: &[IngestEntry], shutdown: &CancellationToken) -> Option<HashSet<Uuid>> {
+    async fn store_batch(
+        &self,
+        batch: &[IngestEntry],
+        shutdown: &CancellationToken,
+    ) -> Option<HashSet<Uuid>> {
         let mut backoff = RETRY_MIN;
         loop {
             match self.store.insert_messages(batch).await {
@@ -185,11 +205,16 @@ impl Persister {
                     tracing::error!(%error, "batch insert failed; storing entries one by one");
                     let mut inserted = HashSet::new();
                     for entry in batch {
-                        match self.store.insert_messages(std::slice::from_ref(entry)).await {
+                        match self
+                            .store
+                            .insert_messages(std::slice::from_ref(entry))
+                            .await
+                        {
                             Ok(ids) => inserted.extend(ids),
                             Err(error) if is_transient(&error) => return None,
                             Err(error) => {
-                                let fields = HashMap::from([("id".to_owned(), entry.id.to_string())]);
+                                let fields =
+                                    HashMap::from([("id".to_owned(), entry.id.to_string())]);
                                 self.dead_letter("-", &fields, &error.to_string()).await;
                             }
                         }
@@ -204,7 +229,10 @@ impl Persister {
     async fn acknowledge(&self, ids: &[String], shutdown: &CancellationToken) {
         let mut backoff = RETRY_MIN;
         loop {
-            let acked: Result<(), Error> = self.redis.xack(INGEST_STREAM, INGEST_GROUP, ids.to_vec()).await;
+            let acked: Result<(), Error> = self
+                .redis
+                .xack(INGEST_STREAM, INGEST_GROUP, ids.to_vec())
+                .await;
             let deleted: Result<(), Error> = match acked {
                 Ok(()) => self.redis.xdel(INGEST_STREAM, ids.to_vec()).await,
                 Err(error) => Err(error),
@@ -239,7 +267,10 @@ impl Persister {
         };
         let mut by_room: HashMap<Uuid, Vec<&str>> = HashMap::new();
         for member in &members {
-            by_room.entry(member.room_id).or_default().push(&member.user_id);
+            by_room
+                .entry(member.room_id)
+                .or_default()
+                .push(&member.user_id);
         }
         for entry in fresh {
             for recipient in by_room.get(&entry.room_id).into_iter().flatten() {
@@ -251,11 +282,19 @@ impl Persister {
     }
 
     async fn dead_letter(&self, stream_id: &str, fields: &Fields, problem: &str) {
-        tracing::error!(stream_id, problem, "ingest entry cannot be stored; dead-lettered");
-        let mut record: Vec<(String, String)> = fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        tracing::error!(
+            stream_id,
+            problem,
+            "ingest entry cannot be stored; dead-lettered"
+        );
+        let mut record: Vec<(String, String)> =
+            fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         record.push(("stream_id".into(), stream_id.into()));
         record.push(("problem".into(), problem.into()));
-        let added: Result<String, Error> = self.redis.xadd(INGEST_DEAD_LETTER, false, None, "*", record).await;
+        let added: Result<String, Error> = self
+            .redis
+            .xadd(INGEST_DEAD_LETTER, false, None, "*", record)
+            .await;
         if let Err(error) = added {
             tracing::error!(%error, "cannot write to the ingest dead-letter stream");
         }

@@ -18,7 +18,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -52,7 +56,11 @@ impl From<sqlx::Error> for ApiError {
             return ApiError::unavailable("the database is unavailable; try again shortly");
         }
         tracing::error!(%error, "database error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
@@ -72,7 +80,11 @@ impl From<JsonRejection> for ApiError {
             _ => "bad_json",
         };
         // 422 (valid JSON, wrong shape) is reported as 400, as SPEC §4 lists.
-        let status = if status == StatusCode::UNPROCESSABLE_ENTITY { StatusCode::BAD_REQUEST } else { status };
+        let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            StatusCode::BAD_REQUEST
+        } else {
+            status
+        };
         ApiError::new(status, code, rejection.body_text())
     }
 }

@@ -38,9 +38,12 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<User, ApiError> {
         let state = AppState::from_ref(state);
-        let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("a Bearer token is required"))?;
+        let token =
+            bearer(parts).ok_or_else(|| ApiError::unauthorized("a Bearer token is required"))?;
         let identity = state.tokens.verify(token).map_err(|error| match error {
-            AuthError::Missing | AuthError::Invalid => ApiError::unauthorized("the token is invalid or expired"),
+            AuthError::Missing | AuthError::Invalid => {
+                ApiError::unauthorized("the token is invalid or expired")
+            }
             AuthError::NoUserId => ApiError::unauthorized("the token carries no usable user id"),
         })?;
         state.ensure_user(&identity).await?;
@@ -60,10 +63,9 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Service, ApiError> {
         let state = AppState::from_ref(state);
-        let secret = state
-            .config
-            .service_secret()
-            .ok_or_else(|| ApiError::unauthorized("service calls are disabled: SERVICE_SECRET is not set"))?;
+        let secret = state.config.service_secret().ok_or_else(|| {
+            ApiError::unauthorized("service calls are disabled: SERVICE_SECRET is not set")
+        })?;
         let header = parts
             .headers
             .get(AUTHORIZATION)

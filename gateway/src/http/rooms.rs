@@ -42,19 +42,26 @@ async fn create_room(
 ) -> Result<(StatusCode, Json<Room>), ApiError> {
     let kind = body.kind.unwrap_or(RoomKind::Group);
     if kind != RoomKind::Group {
-        return Err(ApiError::bad_request("unsupported_kind", "only group rooms can be created here"));
+        return Err(ApiError::bad_request(
+            "unsupported_kind",
+            "only group rooms can be created here",
+        ));
     }
     if let Some(name) = &body.name
         && name.chars().count() > state.config.max_room_name_chars
     {
         return Err(ApiError::bad_request(
             "name_too_long",
-            format!("room names are at most {} characters", state.config.max_room_name_chars),
+            format!(
+                "room names are at most {} characters",
+                state.config.max_room_name_chars
+            ),
         ));
     }
     let mut members = vec![caller.user_id.clone()];
     for member in body.members {
-        validate_user_id(&member).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
+        validate_user_id(&member)
+            .map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
         if !members.contains(&member) {
             members.push(member);
         }
@@ -62,12 +69,18 @@ async fn create_room(
     if members.len() > state.config.max_room_members {
         return Err(ApiError::bad_request(
             "too_many_members",
-            format!("rooms have at most {} members", state.config.max_room_members),
+            format!(
+                "rooms have at most {} members",
+                state.config.max_room_members
+            ),
         ));
     }
     let unknown = state.store.unknown_users(&members).await?;
     if !unknown.is_empty() {
-        return Err(ApiError::bad_request("unknown_user", format!("unknown users: {}", unknown.join(", "))));
+        return Err(ApiError::bad_request(
+            "unknown_user",
+            format!("unknown users: {}", unknown.join(", ")),
+        ));
     }
     let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
     let room = state
@@ -80,6 +93,20 @@ async fn create_room(
             metadata,
         })
         .await?;
+    // A new room's counter starts at 0, so its first message needs no floor read.
+    let counter: Result<(), _> = state
+        .redis
+        .set(
+            keyspace::room_seq(room.id),
+            0,
+            None,
+            Some(SetOptions::NX),
+            false,
+        )
+        .await;
+    if let Err(error) = counter {
+        tracing::warn!(%error, "cannot initialise a room's seq counter; the first send will");
+    }
     announce_members(&state.redis, room.id, &room.members).await;
     Ok((StatusCode::CREATED, Json(room)))
 }
@@ -89,7 +116,11 @@ async fn create_room(
 /// the room's messages reach it.
 async fn announce_members(redis: &Client, room_id: Uuid, members: &[String]) {
     let publishes = members.iter().map(|member| {
-        let frame = ServerFrame::MemberAdded { room_id, user_id: member }.to_json();
+        let frame = ServerFrame::MemberAdded {
+            room_id,
+            user_id: member,
+        }
+        .to_json();
         async move {
             let result: Result<(), _> = redis.publish(keyspace::user_channel(member), frame).await;
             if let Err(error) = result {
@@ -123,18 +154,31 @@ async fn history(
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<HistoryBody>, ApiError> {
     let max = i64::from(state.config.page_size_max);
-    let limit = query.limit.unwrap_or(i64::from(state.config.page_size_default));
+    let limit = query
+        .limit
+        .unwrap_or(i64::from(state.config.page_size_default));
     if !(1..=max).contains(&limit) {
-        return Err(ApiError::bad_request("bad_limit", format!("limit must be between 1 and {max}")));
+        return Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit must be between 1 and {max}"),
+        ));
     }
     let page = match (query.after_seq, query.before_seq) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request("bad_query", "give after_seq or before_seq, not both"));
+            return Err(ApiError::bad_request(
+                "bad_query",
+                "give after_seq or before_seq, not both",
+            ));
         }
         (Some(seq), None) if seq >= 0 => HistoryPage::After { seq, limit },
         (None, Some(seq)) if seq >= 0 => HistoryPage::Before { seq, limit },
         (None, None) => HistoryPage::Latest { limit },
-        _ => return Err(ApiError::bad_request("bad_query", "seq values are not negative")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_query",
+                "seq values are not negative",
+            ));
+        }
     };
     if !state.store.is_member(room_id, &caller.user_id).await? {
         return Err(ApiError::not_found("room_not_found", "no such room"));

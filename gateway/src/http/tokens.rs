@@ -39,15 +39,30 @@ async fn mint(
     _service: Service,
     Json(body): Json<MintToken>,
 ) -> Result<Json<Minted>, ApiError> {
-    validate_user_id(&body.user_id).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
+    validate_user_id(&body.user_id)
+        .map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
     let ttl = body.ttl_seconds.unwrap_or(DEFAULT_TTL_SECS);
     if !(1..=MAX_TTL_SECS).contains(&ttl) {
-        return Err(ApiError::bad_request("bad_ttl", format!("ttl_seconds must be 1 to {MAX_TTL_SECS}")));
+        return Err(ApiError::bad_request(
+            "bad_ttl",
+            format!("ttl_seconds must be 1 to {MAX_TTL_SECS}"),
+        ));
     }
-    let identity = Identity { user_id: body.user_id, name: body.name, group: None, roles: Vec::new() };
+    let identity = Identity {
+        user_id: body.user_id,
+        name: body.name,
+        group: None,
+        roles: Vec::new(),
+    };
     let (token, expires_at) = state
         .tokens
         .mint(&identity, time::Duration::seconds(ttl))
-        .ok_or_else(|| ApiError::unavailable("this gateway has no signing key (JWT_SECRET or JWT_PRIVATE_KEY)"))?;
-    Ok(Json(Minted { user_id: identity.user_id, token, expires_at }))
+        .ok_or_else(|| {
+            ApiError::unavailable("this gateway has no signing key (JWT_SECRET or JWT_PRIVATE_KEY)")
+        })?;
+    Ok(Json(Minted {
+        user_id: identity.user_id,
+        token,
+        expires_at,
+    }))
 }

@@ -10,7 +10,9 @@ use chatter_shared::auth::{Identity, validate_user_id};
 use serde::{Deserialize, Serialize};
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/users", post(upsert_user)).route("/user", post(upsert_user))
+    Router::new()
+        .route("/users", post(upsert_user))
+        .route("/user", post(upsert_user))
 }
 
 /// The body: `id`, or `username` as the older identity service sends it.
@@ -38,7 +40,12 @@ async fn upsert_user(
     Json(body): Json<UpsertUser>,
 ) -> Result<Json<UserBody>, ApiError> {
     validate_user_id(&body.id).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
-    let identity = Identity { user_id: body.id, name: body.name, group: body.user_group, roles: body.roles };
+    let identity = Identity {
+        user_id: body.id,
+        name: body.name,
+        group: body.user_group,
+        roles: body.roles,
+    };
     state.store.upsert_user(&identity).await?;
     state.forget_user(&identity.user_id);
     Ok(Json(UserBody {

@@ -31,7 +31,13 @@ pub async fn run(
     async move {
         tracing::debug!("connected");
         let rate = FrameRate::new(state.config.frames_per_sec);
-        let mut connection = Connection { socket, state, identity, rate, bad_frames: 0 };
+        let mut connection = Connection {
+            socket,
+            state,
+            identity,
+            rate,
+            bad_frames: 0,
+        };
         let end = connection.serve(&registration, inbox).await;
         if let Some((code, reason)) = end {
             tracing::debug!(code = code.code(), reason, "closing");
@@ -64,7 +70,8 @@ impl Connection {
         let conn = registration.conn.clone();
         let shutdown = self.state.shutdown.clone();
         let idle_timeout = Duration::from_secs(self.state.config.idle_timeout_secs);
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(self.state.config.ping_interval_secs));
+        let mut heartbeat =
+            tokio::time::interval(Duration::from_secs(self.state.config.ping_interval_secs));
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
         loop {
@@ -105,7 +112,11 @@ impl Connection {
     async fn handle(&mut self, message: Message, conn: &crate::hub::Conn) -> Next {
         let text = match message {
             Message::Text(text) => text,
-            Message::Binary(_) => return self.bad_frame("bad_frame", "binary frames are not supported", None).await,
+            Message::Binary(_) => {
+                return self
+                    .bad_frame("bad_frame", "binary frames are not supported", None)
+                    .await;
+            }
             Message::Ping(_) | Message::Pong(_) => return Next::Continue,
             Message::Close(_) => return Next::Gone,
         };
@@ -123,7 +134,10 @@ impl Connection {
                     ClientFrame::Ping => reply(&mut self.socket, &ServerFrame::Pong {}).await,
                 }
             }
-            Err(error) => self.bad_frame(error.code, &error.message, error.reference.as_deref()).await,
+            Err(error) => {
+                self.bad_frame(error.code, &error.message, error.reference.as_deref())
+                    .await
+            }
         }
     }
 
@@ -159,7 +173,11 @@ impl Connection {
                 seq: None,
             },
         };
-        reply(&mut self.socket, &ServerFrame::MessageSentConfirmation(confirmation)).await
+        reply(
+            &mut self.socket,
+            &ServerFrame::MessageSentConfirmation(confirmation),
+        )
+        .await
     }
 
     /// Answers a frame that was not understood; too many in a row close the socket.
@@ -168,9 +186,16 @@ impl Connection {
         if self.bad_frames >= self.state.config.bad_frame_limit {
             return Next::Close(CloseCode::BadMessageStructure, "too many malformed frames");
         }
-        reply(&mut self.socket, &ServerFrame::Error { code, message, reference }).await
+        reply(
+            &mut self.socket,
+            &ServerFrame::Error {
+                code,
+                message,
+                reference,
+            },
+        )
+        .await
     }
-
 }
 
 async fn reply(socket: &mut WebSocket, frame: &ServerFrame<'_>) -> Next {
@@ -191,7 +216,12 @@ struct FrameRate {
 impl FrameRate {
     fn new(per_sec: u32) -> FrameRate {
         let per_sec = f64::from(per_sec);
-        FrameRate { per_sec, capacity: per_sec * 2.0, tokens: per_sec * 2.0, last: Instant::now() }
+        FrameRate {
+            per_sec,
+            capacity: per_sec * 2.0,
+            tokens: per_sec * 2.0,
+            last: Instant::now(),
+        }
     }
 
     fn allow(&mut self, now: Instant) -> bool {

@@ -42,12 +42,17 @@ pub async fn upgrade(
         let allowed = &state.config.allowed_origins.0;
         let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
         if !allowed.iter().any(|a| a == "*" || a == origin) {
-            return ApiError::new(StatusCode::FORBIDDEN, "origin_not_allowed", "this origin may not connect")
-                .into_response();
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "this origin may not connect",
+            )
+            .into_response();
         }
     }
     if state.shutdown.is_cancelled() {
-        return ApiError::unavailable("the gateway is draining; connect to another").into_response();
+        return ApiError::unavailable("the gateway is draining; connect to another")
+            .into_response();
     }
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
         return ApiError::unavailable("the gateway is at its connection limit").into_response();
@@ -57,7 +62,11 @@ pub async fn upgrade(
     let hard_cap = (state.config.max_frame_bytes * 2).max(64 * 1024);
     let ws = ws.max_message_size(hard_cap).max_frame_size(hard_cap);
 
-    let token = params.token.as_deref().filter(|t| !t.is_empty()).or_else(|| bearer(&parts));
+    let token = params
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(&parts));
     let Some(token) = token else {
         return refuse(ws, CloseCode::NoAuthToken, "no token");
     };
@@ -66,8 +75,15 @@ pub async fn upgrade(
         Err(Refusal(code, reason)) => return refuse(ws, code, reason),
     };
     let prepared = async {
-        state.ensure_user(&identity).await.map_err(|e| e.to_string())?;
-        let rooms = state.store.room_ids_of(&identity.user_id).await.map_err(|e| e.to_string())?;
+        state
+            .ensure_user(&identity)
+            .await
+            .map_err(|e| e.to_string())?;
+        let rooms = state
+            .store
+            .room_ids_of(&identity.user_id)
+            .await
+            .map_err(|e| e.to_string())?;
         state
             .hub
             .register(&identity.user_id, rooms, state.config.send_queue_frames)
@@ -75,9 +91,19 @@ pub async fn upgrade(
             .map_err(|e| e.to_string())
     };
     match prepared.await {
-        Ok((registration, inbox)) => ws.on_upgrade(move |socket| {
-            connection::run(socket, state, identity, registration, inbox, permit)
-        }),
+        Ok((registration, inbox)) => {
+            let sockets = state.sockets.clone();
+            ws.on_upgrade(move |socket| {
+                sockets.track_future(connection::run(
+                    socket,
+                    state,
+                    identity,
+                    registration,
+                    inbox,
+                    permit,
+                ))
+            })
+        }
         Err(error) => {
             tracing::warn!(%error, "cannot prepare a connection");
             refuse(ws, CloseCode::ServerError, "server error; try again")
@@ -92,12 +118,17 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Identity, Refusal
     if looks_like_jwt(token) {
         return state.tokens.verify(token).map_err(|error| match error {
             AuthError::NoUserId => Refusal(CloseCode::InvalidToken, "token carries no user id"),
-            AuthError::Missing | AuthError::Invalid => Refusal(CloseCode::InvalidToken, "invalid or expired token"),
+            AuthError::Missing | AuthError::Invalid => {
+                Refusal(CloseCode::InvalidToken, "invalid or expired token")
+            }
         });
     }
     match tickets::redeem(&state.redis, token).await {
         Ok(Some(identity)) => Ok(identity),
-        Ok(None) => Err(Refusal(CloseCode::InvalidToken, "unknown, expired or used ticket")),
+        Ok(None) => Err(Refusal(
+            CloseCode::InvalidToken,
+            "unknown, expired or used ticket",
+        )),
         Err(error) => {
             tracing::warn!(%error, "cannot redeem a ticket");
             Err(Refusal(CloseCode::ServerError, "server error; try again"))
@@ -113,9 +144,16 @@ fn refuse(ws: WebSocketUpgrade, code: CloseCode, reason: &'static str) -> Respon
 /// Sends `Disconnection {code, reason}`, then the close frame, then waits briefly
 /// for the client's close so the TCP teardown is clean.
 pub async fn close(socket: &mut WebSocket, code: CloseCode, reason: &str) {
-    let notice = ServerFrame::Disconnection { code: code.code(), reason }.to_json();
+    let notice = ServerFrame::Disconnection {
+        code: code.code(),
+        reason,
+    }
+    .to_json();
     let _ = socket.send(Message::Text(notice.into())).await;
-    let frame = CloseFrame { code: code.code(), reason: reason.into() };
+    let frame = CloseFrame {
+        code: code.code(),
+        reason: reason.into(),
+    };
     if socket.send(Message::Close(Some(frame))).await.is_err() {
         return;
     }

@@ -24,29 +24,49 @@ pub struct MemberOfRoom {
     pub user_id: String,
 }
 
-type Row = (Uuid, Uuid, i64, String, String, OffsetDateTime, Option<String>, Option<Uuid>);
+type Row = (
+    Uuid,
+    Uuid,
+    i64,
+    String,
+    String,
+    OffsetDateTime,
+    Option<String>,
+    Option<Uuid>,
+);
 
 fn view(row: Row) -> MessageView {
     let (id, room_id, seq, sender_id, message, created_at, message_temp_id, parent_id) = row;
-    MessageView { id, room_id, seq, sender_id, message, created_at, message_temp_id, parent_id }
+    MessageView {
+        id,
+        room_id,
+        seq,
+        sender_id,
+        message,
+        created_at,
+        message_temp_id,
+        parent_id,
+    }
 }
 
 impl Store {
     /// A page of a room's history, always returned in ascending seq order.
-    pub async fn history(&self, room_id: Uuid, page: HistoryPage) -> Result<Vec<MessageView>, sqlx::Error> {
-        let rows: Vec<Row> = match page {
-            HistoryPage::Latest { limit } => {
-                sqlx::query_as(
+    pub async fn history(
+        &self,
+        room_id: Uuid,
+        page: HistoryPage,
+    ) -> Result<Vec<MessageView>, sqlx::Error> {
+        let rows: Vec<Row> =
+            match page {
+                HistoryPage::Latest { limit } => sqlx::query_as(
                     "SELECT id, room_id, seq, sender_id, body, created_at, client_msg_id, parent_id
                      FROM messages WHERE room_id = $1 ORDER BY seq DESC LIMIT $2",
                 )
                 .bind(room_id)
                 .bind(limit)
                 .fetch_all(&self.pool)
-                .await?
-            }
-            HistoryPage::After { seq, limit } => {
-                sqlx::query_as(
+                .await?,
+                HistoryPage::After { seq, limit } => sqlx::query_as(
                     "SELECT id, room_id, seq, sender_id, body, created_at, client_msg_id, parent_id
                      FROM messages WHERE room_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3",
                 )
@@ -54,10 +74,8 @@ impl Store {
                 .bind(seq)
                 .bind(limit)
                 .fetch_all(&self.pool)
-                .await?
-            }
-            HistoryPage::Before { seq, limit } => {
-                sqlx::query_as(
+                .await?,
+                HistoryPage::Before { seq, limit } => sqlx::query_as(
                     "SELECT id, room_id, seq, sender_id, body, created_at, client_msg_id, parent_id
                      FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
                 )
@@ -65,9 +83,8 @@ impl Store {
                 .bind(seq)
                 .bind(limit)
                 .fetch_all(&self.pool)
-                .await?
-            }
-        };
+                .await?,
+            };
         let mut messages: Vec<MessageView> = rows.into_iter().map(view).collect();
         if !matches!(page, HistoryPage::After { .. }) {
             messages.reverse();
