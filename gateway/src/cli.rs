@@ -1,7 +1,7 @@
 //! Command line: `chatter-gateway [--config chatter.toml]`.
 
 use chatter_shared::auth::{Identity, Tokens};
-use chatter_shared::config::Config;
+use chatter_shared::config::{Config, Mode};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,7 +86,15 @@ pub fn main() -> ExitCode {
 }
 
 fn print_token(config: &Config, user: String, name: Option<String>, ttl_secs: i64) -> ExitCode {
-    let tokens = match Tokens::from_config(config) {
+    // The embedded mode signs with the development secret in DATA_DIR; so does this.
+    let mut config = config.clone();
+    if let Ok(Mode::Embedded { data_dir }) = config.mode()
+        && let Err(error) = crate::use_dev_secret_if_unset(&mut config, &data_dir)
+    {
+        eprintln!("chatter-gateway: {error:#}");
+        return ExitCode::FAILURE;
+    }
+    let tokens = match Tokens::from_config(&config) {
         Ok(tokens) => tokens,
         Err(error) => {
             eprintln!("chatter-gateway: {error}");

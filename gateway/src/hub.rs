@@ -7,6 +7,9 @@
 //! same bytes into each local socket's queue — no parsing, no per-recipient
 //! serialization, no lock held across an `.await`.
 //!
+//! In the embedded mode there is no Redis: the in-process bus calls [`Hub::deliver`]
+//! and [`Hub::route`] directly and there is nothing to subscribe to.
+//!
 //! Three parts:
 //! - [`Hub`]: the registry, `channel → local connections`, shared by all tasks.
 //! - the subscription manager task: the only place that sends SUBSCRIBE and
@@ -86,30 +89,41 @@ enum Request {
 #[derive(Clone)]
 pub struct Hub {
     channels: Arc<DashMap<Box<str>, Vec<Arc<Conn>>>>,
-    requests: mpsc::Sender<Request>,
+    /// The subscription manager; `None` without Redis.
+    requests: Option<mpsc::Sender<Request>>,
     membership: mpsc::Sender<(Box<str>, Utf8Bytes)>,
     next_id: Arc<AtomicU64>,
 }
 
 impl Hub {
-    /// Creates the hub and starts its subscription manager, dispatcher and
-    /// membership tasks; they stop when `shutdown` is cancelled.
-    pub fn start(subscriber: SubscriberClient, shutdown: CancellationToken) -> Hub {
-        let (requests, request_rx) = mpsc::channel(4096);
+    /// Creates the hub and starts its tasks; they stop when `shutdown` is cancelled.
+    /// With a Redis subscriber it also runs the subscription manager and the
+    /// dispatcher; without one (embedded mode) frames come in through
+    /// [`Hub::deliver`] and [`Hub::route`].
+    pub fn start(subscriber: Option<SubscriberClient>, shutdown: CancellationToken) -> Hub {
         let (membership, membership_rx) = mpsc::channel(4096);
+        let (requests, request_rx) = match subscriber {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(4096);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let hub = Hub {
             channels: Arc::new(DashMap::new()),
             requests,
             membership,
             next_id: Arc::new(AtomicU64::new(1)),
         };
-        tokio::spawn(manage_subscriptions(
-            hub.clone(),
-            subscriber.clone(),
-            request_rx,
-            shutdown.clone(),
-        ));
-        tokio::spawn(dispatch(hub.clone(), subscriber, shutdown.clone()));
+        if let (Some(subscriber), Some(request_rx)) = (subscriber, request_rx) {
+            tokio::spawn(manage_subscriptions(
+                hub.clone(),
+                subscriber.clone(),
+                request_rx,
+                shutdown.clone(),
+            ));
+            tokio::spawn(dispatch(hub.clone(), subscriber, shutdown.clone()));
+        }
         tokio::spawn(apply_membership(hub.clone(), membership_rx, shutdown));
         hub
     }
@@ -167,8 +181,11 @@ impl Hub {
 
     /// Asks the manager to reconcile `channels` and waits for it.
     async fn sync(&self, channels: Vec<String>) -> Result<(), Error> {
+        let Some(requests) = &self.requests else {
+            return Ok(());
+        };
         let (reply, done) = oneshot::channel();
-        self.requests
+        requests
             .send(Request::Sync(channels, Some(reply)))
             .await
             .map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?;
@@ -177,7 +194,7 @@ impl Hub {
     }
 
     /// Delivers `frame` to every local connection on `channel`.
-    fn deliver(&self, channel: &str, frame: &Utf8Bytes) {
+    pub fn deliver(&self, channel: &str, frame: &Utf8Bytes) {
         if let Some(members) = self.channels.get(channel) {
             for conn in members.iter() {
                 conn.push(frame.clone());
@@ -185,9 +202,19 @@ impl Hub {
         }
     }
 
-    /// Number of local connections (each is on its user's channel exactly once).
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
+    /// Hands a published frame to the sockets that should see it. Membership
+    /// events on a user's channel are applied (joining the room's channel) before
+    /// the user sees them, by the membership task, in order.
+    pub async fn route(&self, channel: &str, frame: Utf8Bytes) {
+        if channel.starts_with(ROOM_CHANNEL_PREFIX) {
+            self.deliver(channel, &frame);
+        } else if channel.starts_with(USER_CHANNEL_PREFIX) {
+            if is_membership_event(&frame) {
+                let _ = self.membership.send((channel.into(), frame)).await;
+            } else {
+                self.deliver(channel, &frame);
+            }
+        }
     }
 }
 
@@ -205,7 +232,9 @@ impl Drop for Registration {
             self.hub.leave(self.conn.id, channel);
         }
         // Fire and forget: if the queue is full, the periodic reconcile unsubscribes.
-        let _ = self.hub.requests.try_send(Request::Sync(channels, None));
+        if let Some(requests) = &self.hub.requests {
+            let _ = requests.try_send(Request::Sync(channels, None));
+        }
     }
 }
 
@@ -283,18 +312,7 @@ async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: Cancellation
                     tracing::warn!(channel = %message.channel, "dropping a non-text pub/sub payload");
                     continue;
                 };
-                let channel: &str = &message.channel;
-                if channel.starts_with(ROOM_CHANNEL_PREFIX) {
-                    hub.deliver(channel, &frame);
-                } else if channel.starts_with(USER_CHANNEL_PREFIX) {
-                    // Membership changes must be applied before the user sees the
-                    // event; the membership task delivers it afterwards.
-                    if is_membership_event(&frame) {
-                        let _ = hub.membership.send((channel.into(), frame)).await;
-                    } else {
-                        hub.deliver(channel, &frame);
-                    }
-                }
+                hub.route(&message.channel, frame).await;
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 // Clients recover with Resume; this must never happen silently.

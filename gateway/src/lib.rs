@@ -1,9 +1,16 @@
 //! The chatter gateway: WebSocket connections and the REST API.
 //!
 //! [`serve`] is the whole gateway given a configuration, a bound listener and a
-//! shutdown token; the binary only wires those up (see [`cli`]).
+//! shutdown token; the binary only wires those up (see [`cli`]). It runs in one of
+//! two modes (see `Config::mode`):
+//! - **cluster**: Redis carries messages between gateways, Postgres stores them,
+//!   `chatter-worker` processes persist and notify;
+//! - **embedded** (no `REDIS_URL`, no `DATABASE_URL`): one process does it all,
+//!   with an in-process bus, SQLite under `DATA_DIR` and the worker loop inside.
 
+pub mod bus;
 pub mod cli;
+pub mod embedded;
 pub mod http;
 pub mod hub;
 pub mod messages;
@@ -13,42 +20,85 @@ pub mod ws;
 
 use anyhow::Context;
 use chatter_shared::auth::Tokens;
-use chatter_shared::config::Config;
+use chatter_shared::config::{Config, JwtAlgorithm, Mode};
 use chatter_shared::store::Store;
+use chatter_worker::batch::Batches;
+use chatter_worker::dead_letter::DeadLetters;
+use chatter_worker::notify::Notifier;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long sockets get to close after shutdown before the process exits anyway.
-const SOCKET_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long the embedded worker gets to store what was accepted before exit.
+const WORKER_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
-/// Connects to Redis and Postgres, then serves on `listener` until `shutdown`.
+/// Connects the backends for the configured mode, then serves on `listener`
+/// until `shutdown`.
 pub async fn serve(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mode = config.mode()?;
+    if let Mode::Embedded { data_dir } = &mode {
+        use_dev_secret_if_unset(&mut config, data_dir)?;
+    }
     let tokens = Tokens::from_config(&config).context("invalid JWT configuration")?;
-    let redis_url = config.redis_url.clone().context("REDIS_URL must be set")?;
-    let database_url = config
-        .database_url
-        .clone()
-        .context("DATABASE_URL must be set")?;
-    let store = Store::connect(&database_url, config.database_max_connections)
-        .await
-        .context("cannot connect to Postgres (DATABASE_URL)")?;
-    let redis = chatter_shared::redis::connect(&redis_url)
-        .await
-        .context("cannot connect to Redis (REDIS_URL)")?;
-    let subscriber = chatter_shared::redis::connect_subscriber(&redis_url)
-        .await
-        .context("cannot connect to Redis (REDIS_URL)")?;
-    let hub = hub::Hub::start(subscriber, shutdown.clone());
+    let (store, bus, hub, embedded_worker) = match mode {
+        Mode::Cluster {
+            redis_url,
+            database_url,
+        } => {
+            let store = Store::connect_postgres(&database_url, config.database_max_connections)
+                .await
+                .context("cannot connect to Postgres (DATABASE_URL)")?;
+            let redis = chatter_shared::redis::connect(&redis_url)
+                .await
+                .context("cannot connect to Redis (REDIS_URL)")?;
+            let subscriber = chatter_shared::redis::connect_subscriber(&redis_url)
+                .await
+                .context("cannot connect to Redis (REDIS_URL)")?;
+            let hub = hub::Hub::start(Some(subscriber), shutdown.clone());
+            (store, bus::Bus::redis(redis), hub, None)
+        }
+        Mode::Embedded { data_dir } => {
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("cannot create DATA_DIR {}", data_dir.display()))?;
+            let path = embedded::database_path(&data_dir);
+            let store = Store::open_sqlite(&path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            tracing::info!(database = %path.display(), "embedded mode: in-process bus, SQLite, worker inside");
+            let hub = hub::Hub::start(None, shutdown.clone());
+            let backlog = usize::try_from(config.ingest_max_backlog)
+                .unwrap_or(usize::MAX)
+                .max(1);
+            let (ingest, entries) = tokio::sync::mpsc::channel(backlog);
+            // The worker's notifier must outlive `shutdown` long enough to drain.
+            let notifier = Notifier::start(&config, DeadLetters::Log, CancellationToken::new())?;
+            let batches = Batches {
+                store: store.clone(),
+                notifier,
+                dead_letters: DeadLetters::Log,
+            };
+            let worker = tokio::spawn(chatter_worker::embedded::run(
+                entries,
+                batches,
+                config.worker_batch_size,
+            ));
+            let bus = bus::LocalBus::new(hub.clone(), ingest);
+            (store, bus::Bus::Local(bus), hub, Some(worker))
+        }
+    };
     let state = Arc::new(state::App::new(
         config,
         tokens,
         store,
-        redis,
+        bus,
         hub,
         shutdown.clone(),
     ));
@@ -66,6 +116,44 @@ pub async fn serve(
     {
         tracing::warn!(open = state.sockets.len(), "sockets still open at exit");
     }
+    if let (bus::Bus::Local(bus), Some(worker)) = (&state.bus, embedded_worker) {
+        drain_embedded_worker(bus, worker).await;
+    }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Stops the in-process bus and waits for the worker to store what it accepted.
+async fn drain_embedded_worker(bus: &bus::LocalBus, worker: JoinHandle<()>) {
+    bus.close();
+    if tokio::time::timeout(WORKER_DRAIN_GRACE, worker)
+        .await
+        .is_err()
+    {
+        tracing::error!("the embedded worker did not finish storing accepted messages in time");
+    }
+}
+
+/// Embedded mode without `JWT_SECRET`: use (or create) the development secret.
+pub fn use_dev_secret_if_unset(
+    config: &mut Config,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    if config.jwt_algorithm != JwtAlgorithm::HS256 || config.jwt_secret.is_some() {
+        return Ok(());
+    }
+    let (secret, created) = embedded::dev_secret(data_dir).with_context(|| {
+        format!(
+            "cannot keep a development JWT secret in {}",
+            data_dir.display()
+        )
+    })?;
+    tracing::warn!(
+        file = %data_dir.join("jwt_secret").display(),
+        created,
+        "no JWT_SECRET configured: using a development secret (fine for trying chatter, not for production); \
+         mint tokens with `chatter-gateway token --user NAME`"
+    );
+    config.jwt_secret = Some(secret);
     Ok(())
 }

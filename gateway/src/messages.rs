@@ -79,8 +79,8 @@ pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
     let mut floor = None;
     loop {
         let outcome = app
-            .append
-            .append(&app.redis, &message, &app.append_limits, floor)
+            .bus
+            .append(&message, &app.append_limits, floor)
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "append failed");

@@ -1,9 +1,10 @@
 //! The one piece of shared state every handler receives.
 
+use crate::bus::Bus;
 use crate::hub::Hub;
 use chatter_shared::auth::{Identity, Tokens};
 use chatter_shared::config::Config;
-use chatter_shared::ingest::{AppendLimits, AppendScript};
+use chatter_shared::ingest::AppendLimits;
 use chatter_shared::store::Store;
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -24,8 +25,7 @@ pub struct App {
     pub config: Config,
     pub tokens: Tokens,
     pub store: Store,
-    pub redis: fred::clients::Client,
-    pub append: AppendScript,
+    pub bus: Bus,
     pub append_limits: AppendLimits,
     pub hub: Hub,
     /// One permit per open WebSocket: `MAX_CONNECTIONS` is a hard cap.
@@ -42,7 +42,7 @@ impl App {
         config: Config,
         tokens: Tokens,
         store: Store,
-        redis: fred::clients::Client,
+        bus: Bus,
         hub: Hub,
         shutdown: CancellationToken,
     ) -> App {
@@ -55,8 +55,7 @@ impl App {
             config,
             tokens,
             store,
-            redis,
-            append: AppendScript::default(),
+            bus,
             hub,
             shutdown,
             sockets: TaskTracker::new(),

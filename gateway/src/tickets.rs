@@ -3,9 +3,10 @@
 //! Browsers cannot set headers on a WebSocket upgrade, and a long-lived JWT in a
 //! URL ends up in proxy logs. So a client trades its JWT for a ticket
 //! (`GET /ws_token`) and opens `/ws?token=<ticket>` within `TICKET_TTL_SECS`. The
-//! ticket lives in Redis, so it works on any gateway replica, and is consumed with
-//! `GETDEL`, so it works exactly once.
+//! ticket lives on the bus (Redis), so it works on any gateway replica, and is
+//! consumed atomically (`GETDEL`), so it works exactly once.
 
+use crate::bus::{Bus, BusError};
 use crate::http::error::ApiError;
 use crate::http::extract::{Json, User};
 use crate::state::AppState;
@@ -15,8 +16,6 @@ use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chatter_shared::auth::Identity;
-use chatter_shared::keyspace;
-use fred::prelude::*;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -57,26 +56,17 @@ async fn issue(
     };
     let value = serde_json::to_string(&stored)
         .map_err(|_| ApiError::unavailable("cannot encode ticket"))?;
-    let _: () = state
-        .redis
-        .set(
-            keyspace::ticket(&token),
-            value,
-            Some(Expiration::EX(ttl as i64)),
-            Some(SetOptions::NX),
-            false,
-        )
-        .await?;
+    state.bus.put_ticket(&token, value, ttl).await?;
     let expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(ttl as i64);
     Ok(Json(Ticket { token, expires_at }))
 }
 
 /// Consumes a ticket: `Ok(None)` when it is unknown, expired or already used.
-pub async fn redeem(redis: &Client, token: &str) -> Result<Option<Identity>, Error> {
+pub async fn redeem(bus: &Bus, token: &str) -> Result<Option<Identity>, BusError> {
     if token.len() > 128 {
         return Ok(None);
     }
-    let stored: Option<String> = redis.getdel(keyspace::ticket(token)).await?;
+    let stored = bus.take_ticket(token).await?;
     Ok(stored
         .and_then(|json| serde_json::from_str::<Stored>(&json).ok())
         .map(|stored| Identity {

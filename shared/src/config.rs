@@ -35,6 +35,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Postgres pool size per process.
     pub database_max_connections: u32,
+    /// Embedded mode (no `REDIS_URL`, no `DATABASE_URL`): where the SQLite file and
+    /// the generated development JWT secret live.
+    pub data_dir: String,
 
     // --- auth ---
     pub jwt_algorithm: JwtAlgorithm,
@@ -108,6 +111,7 @@ impl Default for Config {
             database_url: None,
             redis_url: None,
             database_max_connections: 20,
+            data_dir: "./data".into(),
             jwt_algorithm: JwtAlgorithm::HS256,
             jwt_secret: None,
             jwt_public_key: None,
@@ -148,6 +152,18 @@ impl Default for Config {
             notification_queue: 10_000,
         }
     }
+}
+
+/// Cluster (Redis + Postgres, separate workers) or embedded (one process, SQLite).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Cluster {
+        redis_url: String,
+        database_url: String,
+    },
+    Embedded {
+        data_dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -221,6 +237,31 @@ impl Config {
         Ok(config)
     }
 
+    /// Which deployment this configuration describes.
+    pub fn mode(&self) -> Result<Mode, ConfigError> {
+        match (&self.redis_url, &self.database_url) {
+            (Some(redis), Some(database)) => Ok(Mode::Cluster {
+                redis_url: redis.clone(),
+                database_url: database.clone(),
+            }),
+            (None, None) => Ok(Mode::Embedded {
+                data_dir: self.data_dir.clone().into(),
+            }),
+            (None, Some(_)) => Err(ConfigError::Key {
+                key: "REDIS_URL",
+                problem: "DATABASE_URL is set but REDIS_URL is not: set both to run as a cluster, \
+                          or neither for the embedded mode"
+                    .into(),
+            }),
+            (Some(_), None) => Err(ConfigError::Key {
+                key: "DATABASE_URL",
+                problem: "REDIS_URL is set but DATABASE_URL is not: set both to run as a cluster, \
+                          or neither for the embedded mode"
+                    .into(),
+            }),
+        }
+    }
+
     /// The secret that authorizes service calls, if any is configured.
     pub fn service_secret(&self) -> Option<&str> {
         self.service_secret
@@ -288,6 +329,7 @@ const KNOWN_KEYS: &[&str] = &[
     "database_url",
     "redis_url",
     "database_max_connections",
+    "data_dir",
     "jwt_algorithm",
     "jwt_secret",
     "jwt_public_key",

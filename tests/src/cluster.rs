@@ -142,7 +142,10 @@ impl ClusterBuilder {
         };
         let workers = self.workers.unwrap_or(if self.embedded { 0 } else { 1 });
         // Both binaries run migrations at start-up; that is safe concurrently.
-        let gateways = (0..self.gateways)
+        // One embedded process is the whole product: a second would be a second,
+        // unconnected chat server on the same SQLite file.
+        let gateway_count = if self.embedded { 1 } else { self.gateways };
+        let gateways = (0..gateway_count)
             .map(|_| cluster.spawn_gateway(&[]))
             .collect::<Vec<_>>();
         let workers = (0..workers)
@@ -198,13 +201,25 @@ impl Cluster {
 
     // ----- processes -----
 
+    /// Gateway `i`. In embedded mode every index names the one process, so a
+    /// test written for several gateways runs unchanged against it.
     /// Panics if there is no gateway `i` (a bug in the test).
     pub fn gateway(&self, i: usize) -> &Gateway {
-        &self.gateways[i]
+        &self.gateways[self.gateway_index(i)]
     }
 
     pub fn gateway_mut(&mut self, i: usize) -> &mut Gateway {
+        let i = self.gateway_index(i);
         &mut self.gateways[i]
+    }
+
+    fn gateway_index(&self, i: usize) -> usize {
+        if self.is_embedded() { 0 } else { i }
+    }
+
+    /// True when the cluster runs the embedded mode (one process, no Redis/Postgres).
+    pub fn is_embedded(&self) -> bool {
+        self.redis.is_none()
     }
 
     pub fn gateways(&self) -> &[Gateway] {
@@ -248,6 +263,7 @@ impl Cluster {
     /// SIGKILLs gateway `i` (if still running) and starts a fresh one in its
     /// place. The new one listens on a new port.
     pub async fn restart_gateway(&mut self, i: usize) -> Result<()> {
+        let i = self.gateway_index(i);
         self.gateways[i].kill9();
         self.gateways[i] = self.spawn_gateway(&[]).await?;
         Ok(())

@@ -7,23 +7,30 @@
 //! `WORKER_CLAIM_IDLE_MS`. Replays are harmless: stored rows are skipped and only
 //! newly stored messages trigger notifications.
 
+pub mod batch;
 pub mod cli;
+pub mod dead_letter;
+pub mod embedded;
 pub mod notify;
 pub mod persist;
 
 use anyhow::Context;
-use chatter_shared::config::Config;
+use chatter_shared::config::{Config, Mode};
 use chatter_shared::store::Store;
 use tokio_util::sync::CancellationToken;
 
 /// Runs a worker until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let redis_url = config.redis_url.clone().context("REDIS_URL must be set")?;
-    let database_url = config
-        .database_url
-        .clone()
-        .context("DATABASE_URL must be set")?;
-    let store = Store::connect(&database_url, config.database_max_connections)
+    let Mode::Cluster {
+        redis_url,
+        database_url,
+    } = config.mode()?
+    else {
+        anyhow::bail!(
+            "the worker needs REDIS_URL and DATABASE_URL (in the embedded mode the worker runs inside chatter-gateway)"
+        );
+    };
+    let store = Store::connect_postgres(&database_url, config.database_max_connections)
         .await
         .context("cannot connect to Postgres (DATABASE_URL)")?;
     let redis = chatter_shared::redis::connect(&redis_url)
@@ -34,9 +41,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let reader = chatter_shared::redis::connect(&redis_url)
         .await
         .context("cannot connect to Redis (REDIS_URL)")?;
-    let notifier = notify::Notifier::start(&config, redis.clone(), shutdown.clone())?;
-    let persister =
-        persist::Persister::new(&config, store, redis, reader, notifier.clone()).await?;
+    let dead_letters = dead_letter::DeadLetters::Redis(redis.clone());
+    let notifier = notify::Notifier::start(&config, dead_letters.clone(), shutdown.clone())?;
+    let batches = batch::Batches {
+        store,
+        notifier: notifier.clone(),
+        dead_letters,
+    };
+    let persister = persist::Persister::new(&config, batches, redis, reader).await?;
     tracing::info!(consumer = %persister.consumer(), "worker ready");
     persister.run(shutdown).await;
     notifier.finish().await;

@@ -6,10 +6,9 @@
 //! the queue full, or at shutdown — is written to the `chatter:notify:dead` stream
 //! for an operator to inspect or replay.
 
+use crate::dead_letter::DeadLetters;
 use chatter_shared::config::Config;
 use chatter_shared::ingest::IngestEntry;
-use chatter_shared::keyspace::NOTIFY_DEAD_LETTER;
-use fred::prelude::*;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,7 +62,7 @@ pub struct Notifier {
 struct Inner {
     queue: mpsc::Sender<Notification>,
     pending: Mutex<Option<mpsc::Receiver<Notification>>>,
-    redis: Client,
+    dead_letters: DeadLetters,
     app_url: reqwest::Url,
     tracker: TaskTracker,
 }
@@ -80,7 +79,7 @@ impl Notifier {
     /// Starts the senders; a notifier without `NOTIFICATION_URL` does nothing.
     pub fn start(
         config: &Config,
-        redis: Client,
+        dead_letters: DeadLetters,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Notifier> {
         let Some(url) = config.notification_url.clone() else {
@@ -107,7 +106,7 @@ impl Notifier {
         let inner = Arc::new(Inner {
             queue,
             pending: Mutex::new(None),
-            redis,
+            dead_letters,
             app_url,
             tracker: TaskTracker::new(),
         });
@@ -129,7 +128,7 @@ impl Notifier {
             let notification = match error {
                 mpsc::error::TrySendError::Full(n) | mpsc::error::TrySendError::Closed(n) => n,
             };
-            dead_letter(&inner.redis, &notification, "queue full").await;
+            dead_letter(&inner.dead_letters, &notification, "queue full").await;
         }
     }
 
@@ -140,7 +139,7 @@ impl Notifier {
         let _ = tokio::time::timeout(FINISH_GRACE, inner.tracker.wait()).await;
         if let Some(mut receiver) = inner.pending.lock().await.take() {
             while let Ok(notification) = receiver.try_recv() {
-                dead_letter(&inner.redis, &notification, "worker shut down").await;
+                dead_letter(&inner.dead_letters, &notification, "worker shut down").await;
             }
         }
     }
@@ -172,7 +171,7 @@ async fn send_all(
         };
         let (inner_for_task, target) = (inner.clone(), target.clone());
         inner.tracker.spawn(async move {
-            deliver(&inner_for_task.redis, &target, notification).await;
+            deliver(&inner_for_task.dead_letters, &target, notification).await;
             drop(permit);
         });
     }
@@ -180,7 +179,7 @@ async fn send_all(
     *inner.pending.lock().await = Some(receiver);
 }
 
-async fn deliver(redis: &Client, target: &Target, notification: Notification) {
+async fn deliver(dead_letters: &DeadLetters, target: &Target, notification: Notification) {
     let mut wait = target.backoff;
     let mut last_error = String::new();
     for attempt in 0..=target.retries {
@@ -199,19 +198,12 @@ async fn deliver(redis: &Client, target: &Target, notification: Notification) {
         }
         tracing::debug!(attempt, error = %last_error, "notification attempt failed");
     }
-    dead_letter(redis, &notification, &last_error).await;
+    dead_letter(dead_letters, &notification, &last_error).await;
 }
 
-async fn dead_letter(redis: &Client, notification: &Notification, problem: &str) {
-    tracing::warn!(problem, recipient = %notification.username_to, "notification dead-lettered");
+async fn dead_letter(dead_letters: &DeadLetters, notification: &Notification, problem: &str) {
     let body = serde_json::to_string(notification).unwrap_or_default();
-    let fields = vec![("body", body), ("problem", problem.to_owned())];
-    let added: Result<String, Error> = redis
-        .xadd(NOTIFY_DEAD_LETTER, false, None, "*", fields)
-        .await;
-    if let Err(error) = added {
-        tracing::error!(%error, "cannot write to the notification dead-letter stream");
-    }
+    dead_letters.notification(body, problem).await;
 }
 
 #[cfg(test)]

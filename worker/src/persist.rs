@@ -1,28 +1,21 @@
 //! Reading the ingest stream and writing it to Postgres.
 
-use crate::notify::Notifier;
+use crate::batch::{Batches, RETRY_MIN, sleep_or_cancel};
 use chatter_shared::config::Config;
 use chatter_shared::ingest::IngestEntry;
-use chatter_shared::keyspace::{INGEST_DEAD_LETTER, INGEST_GROUP, INGEST_STREAM};
-use chatter_shared::store::{Store, is_transient};
+use chatter_shared::keyspace::{INGEST_GROUP, INGEST_STREAM};
 use fred::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-
-/// Backoff bounds while Postgres or Redis is unavailable.
-const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
 
 type Fields = HashMap<String, String>;
 
 pub struct Persister {
-    store: Store,
+    batches: Batches,
     redis: Client,
     reader: Client,
-    notifier: Notifier,
     consumer: String,
     batch_size: u64,
     block_ms: u64,
@@ -34,10 +27,9 @@ impl Persister {
     /// Prepares the consumer group (creating the stream if needed).
     pub async fn new(
         config: &Config,
-        store: Store,
+        batches: Batches,
         redis: Client,
         reader: Client,
-        notifier: Notifier,
     ) -> anyhow::Result<Persister> {
         // "0": a group created after gateways already appended still reads it all.
         let created: Result<(), Error> = redis
@@ -57,10 +49,9 @@ impl Persister {
             )
         });
         Ok(Persister {
-            store,
+            batches,
             redis,
             reader,
-            notifier,
             consumer,
             batch_size: config.worker_batch_size as u64,
             block_ms: config.worker_block_ms,
@@ -170,59 +161,20 @@ impl Persister {
         for (stream_id, fields) in entries {
             match IngestEntry::from_fields(&fields) {
                 Ok(entry) => batch.push(entry),
-                Err(problem) => self.dead_letter(&stream_id, &fields, &problem).await,
+                Err(problem) => {
+                    let mut record: Vec<(String, String)> = fields.into_iter().collect();
+                    record.push(("stream_id".into(), stream_id.clone()));
+                    self.batches.dead_letters.ingest(record, &problem).await;
+                }
             }
             ids.push(stream_id);
         }
-        let Some(inserted) = self.store_batch(&batch, shutdown).await else {
+        let Some(inserted) = self.batches.store(&batch, shutdown).await else {
             return; // shutting down: leave the batch pending for the next worker
         };
         self.acknowledge(&ids, shutdown).await;
         tracing::debug!(read = ids.len(), stored = inserted.len(), "batch persisted");
-        self.notify(&batch, &inserted).await;
-    }
-
-    /// Inserts the batch, retrying while the database is unavailable. A batch that
-    /// fails for another reason is stored entry by entry, and entries that still
-    /// fail go to the dead-letter stream, so one bad row never blocks the rest.
-    /// `None` only when shutdown interrupts the retries.
-    async fn store_batch(
-        &self,
-        batch: &[IngestEntry],
-        shutdown: &CancellationToken,
-    ) -> Option<HashSet<Uuid>> {
-        let mut backoff = RETRY_MIN;
-        loop {
-            match self.store.insert_messages(batch).await {
-                Ok(inserted) => return Some(inserted.into_iter().collect()),
-                Err(error) if is_transient(&error) => {
-                    tracing::warn!(%error, "database unavailable; retrying the batch");
-                    if !sleep_or_cancel(&mut backoff, shutdown).await {
-                        return None;
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "batch insert failed; storing entries one by one");
-                    let mut inserted = HashSet::new();
-                    for entry in batch {
-                        match self
-                            .store
-                            .insert_messages(std::slice::from_ref(entry))
-                            .await
-                        {
-                            Ok(ids) => inserted.extend(ids),
-                            Err(error) if is_transient(&error) => return None,
-                            Err(error) => {
-                                let fields =
-                                    HashMap::from([("id".to_owned(), entry.id.to_string())]);
-                                self.dead_letter("-", &fields, &error.to_string()).await;
-                            }
-                        }
-                    }
-                    return Some(inserted);
-                }
-            }
-        }
+        self.batches.notify(&batch, &inserted).await;
     }
 
     /// XACK then XDEL: the stream only holds what is not yet stored.
@@ -248,65 +200,5 @@ impl Persister {
                 }
             }
         }
-    }
-
-    async fn notify(&self, batch: &[IngestEntry], inserted: &HashSet<Uuid>) {
-        if !self.notifier.enabled() || inserted.is_empty() {
-            return;
-        }
-        let fresh: Vec<&IngestEntry> = batch.iter().filter(|e| inserted.contains(&e.id)).collect();
-        let mut rooms: Vec<Uuid> = fresh.iter().map(|e| e.room_id).collect();
-        rooms.sort_unstable();
-        rooms.dedup();
-        let members = match self.store.members_of(&rooms).await {
-            Ok(members) => members,
-            Err(error) => {
-                tracing::warn!(%error, count = fresh.len(), "cannot load recipients; notifications skipped");
-                return;
-            }
-        };
-        let mut by_room: HashMap<Uuid, Vec<&str>> = HashMap::new();
-        for member in &members {
-            by_room
-                .entry(member.room_id)
-                .or_default()
-                .push(&member.user_id);
-        }
-        for entry in fresh {
-            for recipient in by_room.get(&entry.room_id).into_iter().flatten() {
-                if *recipient != entry.sender_id {
-                    self.notifier.enqueue(entry, recipient).await;
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(&self, stream_id: &str, fields: &Fields, problem: &str) {
-        tracing::error!(
-            stream_id,
-            problem,
-            "ingest entry cannot be stored; dead-lettered"
-        );
-        let mut record: Vec<(String, String)> =
-            fields.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        record.push(("stream_id".into(), stream_id.into()));
-        record.push(("problem".into(), problem.into()));
-        let added: Result<String, Error> = self
-            .redis
-            .xadd(INGEST_DEAD_LETTER, false, None, "*", record)
-            .await;
-        if let Err(error) = added {
-            tracing::error!(%error, "cannot write to the ingest dead-letter stream");
-        }
-    }
-}
-
-/// Sleeps for `backoff` (then doubles it, up to `RETRY_MAX`); false if cancelled.
-async fn sleep_or_cancel(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
-    let wait = *backoff;
-    *backoff = (*backoff * 2).min(RETRY_MAX);
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(wait) => true,
     }
 }

@@ -64,8 +64,8 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<fred::error::Error> for ApiError {
-    fn from(error: fred::error::Error) -> ApiError {
+impl From<crate::bus::BusError> for ApiError {
+    fn from(error: crate::bus::BusError) -> ApiError {
         tracing::warn!(%error, "redis unavailable");
         ApiError::unavailable("the message bus is unavailable; try again shortly")
     }

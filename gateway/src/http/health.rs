@@ -5,7 +5,6 @@ use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use fred::interfaces::ClientLike;
 use std::time::Duration;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -26,8 +25,8 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     if state.shutdown.is_cancelled() {
         return Err(ApiError::unavailable("the gateway is draining"));
     }
-    let redis = tokio::time::timeout(PROBE_TIMEOUT, state.redis.ping::<String>(None)).await;
-    if !matches!(redis, Ok(Ok(_))) {
+    let redis = tokio::time::timeout(PROBE_TIMEOUT, state.bus.ping()).await;
+    if !matches!(redis, Ok(Ok(()))) {
         return Err(ApiError::unavailable("Redis does not answer"));
     }
     let database = tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await;

@@ -2,6 +2,7 @@
 
 use super::error::ApiError;
 use super::extract::{Json, Path, Query, User};
+use crate::bus::Bus;
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
@@ -11,7 +12,6 @@ use chatter_shared::auth::validate_user_id;
 use chatter_shared::keyspace;
 use chatter_shared::protocol::{MessageView, ServerFrame};
 use chatter_shared::store::{HistoryPage, NewRoom, Room, RoomKind};
-use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -93,28 +93,17 @@ async fn create_room(
             metadata,
         })
         .await?;
-    // A new room's counter starts at 0, so its first message needs no floor read.
-    let counter: Result<(), _> = state
-        .redis
-        .set(
-            keyspace::room_seq(room.id),
-            0,
-            None,
-            Some(SetOptions::NX),
-            false,
-        )
-        .await;
-    if let Err(error) = counter {
+    if let Err(error) = state.bus.seed_room(room.id).await {
         tracing::warn!(%error, "cannot initialise a room's seq counter; the first send will");
     }
-    announce_members(&state.redis, room.id, &room.members).await;
+    announce_members(&state.bus, room.id, &room.members).await;
     Ok((StatusCode::CREATED, Json(room)))
 }
 
 /// Publishes `MemberAdded` on each member's channel. Gateways holding that user
 /// join the room's channel before forwarding the event, so once a client sees it,
 /// the room's messages reach it.
-async fn announce_members(redis: &Client, room_id: Uuid, members: &[String]) {
+async fn announce_members(bus: &Bus, room_id: Uuid, members: &[String]) {
     let publishes = members.iter().map(|member| {
         let frame = ServerFrame::MemberAdded {
             room_id,
@@ -122,8 +111,7 @@ async fn announce_members(redis: &Client, room_id: Uuid, members: &[String]) {
         }
         .to_json();
         async move {
-            let result: Result<(), _> = redis.publish(keyspace::user_channel(member), frame).await;
-            if let Err(error) = result {
+            if let Err(error) = bus.publish(&keyspace::user_channel(member), frame).await {
                 // The room exists; the member sees it on the next connect.
                 tracing::warn!(%error, "could not announce a new member");
             }

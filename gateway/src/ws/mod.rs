@@ -24,8 +24,11 @@ use chatter_shared::protocol::{CloseCode, ServerFrame};
 use serde::Deserialize;
 use std::time::Duration;
 
-/// How long to wait for the client's answering close frame before dropping TCP.
-const CLOSE_GRACE: Duration = Duration::from_millis(500);
+/// How long to keep reading after our close frame, waiting for the client's.
+/// Dropping TCP early is worse than it looks: a client that writes anything (a
+/// pong to an earlier ping) to a fully closed socket gets a reset, and a reset
+/// makes its kernel discard the unread `Disconnection` and close frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Deserialize)]
 pub struct WsParams {
@@ -123,7 +126,7 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Identity, Refusal
             }
         });
     }
-    match tickets::redeem(&state.redis, token).await {
+    match tickets::redeem(&state.bus, token).await {
         Ok(Some(identity)) => Ok(identity),
         Ok(None) => Err(Refusal(
             CloseCode::InvalidToken,

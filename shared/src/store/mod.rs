@@ -1,9 +1,14 @@
-//! Postgres storage: the pool, migrations, and the queries both binaries run.
+//! Storage: Postgres for a cluster, SQLite for the embedded mode.
 //!
-//! Queries are plain SQL with binds, grouped by resource (`users`, `rooms`,
-//! `messages`). They live here rather than beside each handler because the worker
-//! and the gateway share some, and because a second backend (SQLite, for the
-//! embedded mode) will implement the same functions.
+//! [`Store`] is an enum over the two pools. Each query is written once per dialect,
+//! side by side in the resource modules (`users`, `rooms`, `messages`), so a change
+//! to one is made to the other in the same place. Queries are plain SQL with binds;
+//! they live here rather than beside each handler because the gateway, the worker
+//! and the embedded mode share them.
+//!
+//! SQLite differences worth knowing: UUIDs are 16-byte blobs, timestamps RFC 3339
+//! text, arrays JSON text; batches are a transaction of single-row inserts rather
+//! than one `unnest` statement.
 
 mod messages;
 mod rooms;
@@ -13,32 +18,62 @@ pub use messages::{HistoryPage, MemberOfRoom};
 pub use rooms::{NewRoom, Room, RoomKind};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use std::path::Path;
+use std::str::FromStr;
 use std::time::Duration;
 
 /// A cheap-to-clone handle on the database.
 #[derive(Clone)]
-pub struct Store {
-    pool: PgPool,
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
 }
 
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Store {
-    /// Connects and applies pending migrations.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
+    /// Connects to Postgres and applies pending migrations.
+    pub async fn connect_postgres(url: &str, max_connections: u32) -> Result<Store, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(3))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Store::Postgres(pool))
+    }
+
+    /// Opens (creating if needed) the SQLite file and applies pending migrations.
+    ///
+    /// WAL with `synchronous=NORMAL`: a committed batch survives a process crash;
+    /// an OS crash may lose the last few commits, which is the embedded mode's
+    /// documented trade-off.
+    pub async fn open_sqlite(path: &Path) -> Result<Store, sqlx::Error> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store::Sqlite(pool))
     }
 
     /// `SELECT 1`, for readiness.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        match self {
+            Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+            Store::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
+        }
     }
 }
 
@@ -52,7 +87,8 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
     ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| {
-        // class 08: connection exceptions; 57P0x: admin/crash shutdown; 53: resources.
-        code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+        // Postgres class 08: connection exceptions; 57P0x: shutdown; 53: resources.
+        // SQLite 5/6: SQLITE_BUSY/SQLITE_LOCKED.
+        code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "5" || code == "6"
     }))
 }

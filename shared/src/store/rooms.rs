@@ -48,29 +48,65 @@ impl Store {
     /// Creates a room and its memberships in one transaction.
     pub async fn create_room(&self, new: NewRoom<'_>) -> Result<Room, sqlx::Error> {
         let id = Uuid::now_v7();
-        let mut tx = self.pool.begin().await?;
-        let created_at: OffsetDateTime = sqlx::query_scalar(
-            "INSERT INTO rooms (id, kind, name, owner_id, metadata) VALUES ($1, $2, $3, $4, $5)
-             RETURNING created_at",
-        )
-        .bind(id)
-        .bind(new.kind.as_str())
-        .bind(new.name)
-        .bind(new.owner_id)
-        .bind(&new.metadata)
-        .fetch_one(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO room_members (room_id, user_id, role)
-             SELECT $1, member, CASE WHEN member = $3 THEN 'owner' ELSE 'member' END
-             FROM unnest($2::text[]) AS member",
-        )
-        .bind(id)
-        .bind(new.members)
-        .bind(new.owner_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let created_at = crate::protocol::now_micros();
+        match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(id)
+                .bind(new.kind.as_str())
+                .bind(new.name)
+                .bind(new.owner_id)
+                .bind(&new.metadata)
+                .bind(created_at)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO room_members (room_id, user_id, role)
+                     SELECT $1, member, CASE WHEN member = $3 THEN 'owner' ELSE 'member' END
+                     FROM unnest($2::text[]) AS member",
+                )
+                .bind(id)
+                .bind(new.members)
+                .bind(new.owner_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .bind(id)
+                .bind(new.kind.as_str())
+                .bind(new.name)
+                .bind(new.owner_id)
+                .bind(new.metadata.to_string())
+                .bind(created_at)
+                .execute(&mut *tx)
+                .await?;
+                for member in new.members {
+                    let role = if member == new.owner_id {
+                        "owner"
+                    } else {
+                        "member"
+                    };
+                    sqlx::query("INSERT INTO room_members (room_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)")
+                        .bind(id)
+                        .bind(member)
+                        .bind(role)
+                        .bind(created_at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
         Ok(Room {
             id,
             kind: new.kind,
@@ -84,24 +120,51 @@ impl Store {
 
     /// The live (not deleted) rooms `user_id` belongs to.
     pub async fn room_ids_of(&self, user_id: &str) -> Result<Vec<Uuid>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT m.room_id FROM room_members m JOIN rooms r ON r.id = m.room_id
-             WHERE m.user_id = $1 AND r.deleted_at IS NULL",
-        )
-        .bind(user_id)
-        .fetch_all(&self.pool)
-        .await
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT m.room_id FROM room_members m JOIN rooms r ON r.id = m.room_id
+                     WHERE m.user_id = $1 AND r.deleted_at IS NULL",
+                )
+                .bind(user_id)
+                .fetch_all(pool)
+                .await
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT m.room_id FROM room_members m JOIN rooms r ON r.id = m.room_id
+                     WHERE m.user_id = ?1 AND r.deleted_at IS NULL",
+                )
+                .bind(user_id)
+                .fetch_all(pool)
+                .await
+            }
+        }
     }
 
     /// Whether `user_id` is a member of the live room `room_id`.
     pub async fn is_member(&self, room_id: Uuid, user_id: &str) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM room_members m JOIN rooms r ON r.id = m.room_id
-                            WHERE m.room_id = $1 AND m.user_id = $2 AND r.deleted_at IS NULL)",
-        )
-        .bind(room_id)
-        .bind(user_id)
-        .fetch_one(&self.pool)
-        .await
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM room_members m JOIN rooms r ON r.id = m.room_id
+                                    WHERE m.room_id = $1 AND m.user_id = $2 AND r.deleted_at IS NULL)",
+                )
+                .bind(room_id)
+                .bind(user_id)
+                .fetch_one(pool)
+                .await
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM room_members m JOIN rooms r ON r.id = m.room_id
+                                    WHERE m.room_id = ?1 AND m.user_id = ?2 AND r.deleted_at IS NULL)",
+                )
+                .bind(room_id)
+                .bind(user_id)
+                .fetch_one(pool)
+                .await
+            }
+        }
     }
 }

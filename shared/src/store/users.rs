@@ -3,37 +3,76 @@
 
 use super::Store;
 use crate::auth::Identity;
+use time::OffsetDateTime;
 
 impl Store {
     /// Inserts or refreshes a user. Fields the caller does not know (`None`, no
     /// roles) keep their stored values.
     pub async fn upsert_user(&self, identity: &Identity) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO users (id, name, user_group, roles, last_seen_at)
-             VALUES ($1, $2, $3, $4, now())
-             ON CONFLICT (id) DO UPDATE SET
-                 name = COALESCE(EXCLUDED.name, users.name),
-                 user_group = COALESCE(EXCLUDED.user_group, users.user_group),
-                 roles = CASE WHEN cardinality(EXCLUDED.roles) > 0 THEN EXCLUDED.roles ELSE users.roles END,
-                 last_seen_at = now()",
-        )
-        .bind(&identity.user_id)
-        .bind(&identity.name)
-        .bind(&identity.group)
-        .bind(&identity.roles)
-        .execute(&self.pool)
-        .await?;
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO users (id, name, user_group, roles, last_seen_at)
+                     VALUES ($1, $2, $3, $4, now())
+                     ON CONFLICT (id) DO UPDATE SET
+                         name = COALESCE(EXCLUDED.name, users.name),
+                         user_group = COALESCE(EXCLUDED.user_group, users.user_group),
+                         roles = CASE WHEN cardinality(EXCLUDED.roles) > 0 THEN EXCLUDED.roles ELSE users.roles END,
+                         last_seen_at = now()",
+                )
+                .bind(&identity.user_id)
+                .bind(&identity.name)
+                .bind(&identity.group)
+                .bind(&identity.roles)
+                .execute(pool)
+                .await?;
+            }
+            Store::Sqlite(pool) => {
+                let roles = serde_json::to_string(&identity.roles).unwrap_or_else(|_| "[]".into());
+                let now = OffsetDateTime::now_utc();
+                sqlx::query(
+                    "INSERT INTO users (id, name, user_group, roles, created_at, last_seen_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                     ON CONFLICT (id) DO UPDATE SET
+                         name = COALESCE(excluded.name, users.name),
+                         user_group = COALESCE(excluded.user_group, users.user_group),
+                         roles = CASE WHEN excluded.roles <> '[]' THEN excluded.roles ELSE users.roles END,
+                         last_seen_at = excluded.last_seen_at",
+                )
+                .bind(&identity.user_id)
+                .bind(&identity.name)
+                .bind(&identity.group)
+                .bind(roles)
+                .bind(now)
+                .execute(pool)
+                .await?;
+            }
+        }
         Ok(())
     }
 
     /// The ids in `ids` that name no known user.
     pub async fn unknown_users(&self, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT wanted FROM unnest($1::text[]) AS wanted
-             WHERE NOT EXISTS (SELECT 1 FROM users WHERE users.id = wanted)",
-        )
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT wanted FROM unnest($1::text[]) AS wanted
+                     WHERE NOT EXISTS (SELECT 1 FROM users WHERE users.id = wanted)",
+                )
+                .bind(ids)
+                .fetch_all(pool)
+                .await
+            }
+            Store::Sqlite(pool) => {
+                let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
+                sqlx::query_scalar(
+                    "SELECT wanted.value FROM json_each(?1) AS wanted
+                     WHERE NOT EXISTS (SELECT 1 FROM users WHERE users.id = wanted.value)",
+                )
+                .bind(ids)
+                .fetch_all(pool)
+                .await
+            }
+        }
     }
 }

@@ -1,0 +1,275 @@
+//! The message bus: Redis in a cluster, an in-process stand-in in the embedded mode.
+//!
+//! Everything the gateway asks of Redis goes through [`Bus`]: accepting a message
+//! (sequence, dedupe, durable hand-off to the worker, fan-out), single-use
+//! tickets, publishing events, and the readiness ping. The in-process bus keeps the
+//! same semantics with a mutex and maps, so clients cannot tell the two apart.
+
+use crate::hub::Hub;
+use axum::extract::ws::Utf8Bytes;
+use chatter_shared::ingest::{AppendLimits, AppendOutcome, AppendScript, IngestEntry, NewMessage};
+use chatter_shared::keyspace;
+use chatter_shared::protocol::{MESSAGE_RECEIVED_HEAD, MessageReceivedTail};
+use fred::prelude::*;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// How often the in-process bus forgets expired tickets and dedupe entries.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the message bus is unavailable: {0}")]
+pub struct BusError(String);
+
+impl From<Error> for BusError {
+    fn from(error: Error) -> BusError {
+        BusError(error.to_string())
+    }
+}
+
+#[derive(Clone)]
+pub enum Bus {
+    Redis {
+        client: Client,
+        script: AppendScript,
+    },
+    Local(Arc<LocalBus>),
+}
+
+impl Bus {
+    pub fn redis(client: Client) -> Bus {
+        Bus::Redis {
+            client,
+            script: AppendScript::default(),
+        }
+    }
+
+    /// Accepts a message; see `chatter_shared::ingest` for the Redis script.
+    pub async fn append(
+        &self,
+        message: &NewMessage<'_>,
+        limits: &AppendLimits,
+        floor: Option<i64>,
+    ) -> Result<AppendOutcome, BusError> {
+        match self {
+            Bus::Redis { client, script } => {
+                Ok(script.append(client, message, limits, floor).await?)
+            }
+            Bus::Local(local) => local.append(message, limits, floor),
+        }
+    }
+
+    /// Starts a new room's counter at 0, so its first message needs no floor read.
+    pub async fn seed_room(&self, room_id: Uuid) -> Result<(), BusError> {
+        match self {
+            Bus::Redis { client, .. } => Ok(client
+                .set(
+                    keyspace::room_seq(room_id),
+                    0,
+                    None,
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await?),
+            Bus::Local(local) => {
+                local.lock().seqs.entry(room_id).or_insert(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends `frame` to every gateway's subscribers of `channel`.
+    pub async fn publish(&self, channel: &str, frame: String) -> Result<(), BusError> {
+        match self {
+            Bus::Redis { client, .. } => Ok(client.publish(channel, frame).await?),
+            Bus::Local(local) => {
+                local.hub.route(channel, Utf8Bytes::from(frame)).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores a ticket for `ttl_secs` (first writer wins).
+    pub async fn put_ticket(
+        &self,
+        token: &str,
+        identity: String,
+        ttl_secs: u64,
+    ) -> Result<(), BusError> {
+        match self {
+            Bus::Redis { client, .. } => Ok(client
+                .set(
+                    keyspace::ticket(token),
+                    identity,
+                    Some(Expiration::EX(ttl_secs as i64)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await?),
+            Bus::Local(local) => {
+                let expires = Instant::now() + Duration::from_secs(ttl_secs);
+                local
+                    .lock()
+                    .tickets
+                    .entry(token.to_owned())
+                    .or_insert((identity, expires));
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes and returns a live ticket: each works exactly once.
+    pub async fn take_ticket(&self, token: &str) -> Result<Option<String>, BusError> {
+        match self {
+            Bus::Redis { client, .. } => Ok(client.getdel(keyspace::ticket(token)).await?),
+            Bus::Local(local) => Ok(local
+                .lock()
+                .tickets
+                .remove(token)
+                .filter(|(_, expires)| Instant::now() < *expires)
+                .map(|(identity, _)| identity)),
+        }
+    }
+
+    /// Readiness: does the bus answer?
+    pub async fn ping(&self) -> Result<(), BusError> {
+        match self {
+            Bus::Redis { client, .. } => Ok(client.ping::<String>(None).await.map(|_| ())?),
+            Bus::Local(_) => Ok(()),
+        }
+    }
+}
+
+/// The embedded mode's bus: per-room counters, dedupe and tickets in memory, the
+/// worker fed through a bounded queue, fan-out straight into the hub.
+pub struct LocalBus {
+    state: Mutex<LocalState>,
+    hub: Hub,
+}
+
+struct LocalState {
+    seqs: HashMap<Uuid, i64>,
+    /// `(room, sender, temp id)` → the original message and when it was seen.
+    dedupe: HashMap<(Uuid, String, String), (Uuid, i64, Instant)>,
+    tickets: HashMap<String, (String, Instant)>,
+    /// `None` once the bus is closed for shutdown.
+    ingest: Option<mpsc::Sender<IngestEntry>>,
+}
+
+impl LocalBus {
+    /// A bus handing accepted messages to `ingest`; the receiver is the in-process worker.
+    pub fn new(hub: Hub, ingest: mpsc::Sender<IngestEntry>) -> Arc<LocalBus> {
+        let bus = Arc::new(LocalBus {
+            state: Mutex::new(LocalState {
+                seqs: HashMap::new(),
+                dedupe: HashMap::new(),
+                tickets: HashMap::new(),
+                ingest: Some(ingest),
+            }),
+            hub,
+        });
+        let weak = Arc::downgrade(&bus);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                let Some(bus) = weak.upgrade() else { return };
+                bus.sweep();
+            }
+        });
+        bus
+    }
+
+    /// Stops accepting messages; the worker drains what was accepted and stops.
+    pub fn close(&self) {
+        self.lock().ingest = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LocalState> {
+        // A panic while holding this lock would be a bug; the state itself stays
+        // consistent (each update is a single insert), so carry on with it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.tickets.retain(|_, (_, expires)| *expires > now);
+        // Dedupe entries older than a day are dropped whatever the configured TTL:
+        // the sweep only bounds memory; `append` checks the real TTL.
+        let horizon = Duration::from_secs(24 * 3600);
+        state
+            .dedupe
+            .retain(|_, (_, _, seen)| now.duration_since(*seen) < horizon);
+    }
+
+    fn append(
+        &self,
+        message: &NewMessage<'_>,
+        limits: &AppendLimits,
+        floor: Option<i64>,
+    ) -> Result<AppendOutcome, BusError> {
+        let mut state = self.lock();
+        let temp_id = message.temp_id.unwrap_or("");
+        let dedupe_key = (
+            message.room_id,
+            message.sender_id.to_owned(),
+            temp_id.to_owned(),
+        );
+        if !temp_id.is_empty()
+            && let Some((id, seq, seen)) = state.dedupe.get(&dedupe_key)
+            && seen.elapsed() < Duration::from_secs(limits.dedupe_ttl_secs)
+        {
+            return Ok(AppendOutcome::Duplicate { id: *id, seq: *seq });
+        }
+        let Some(ingest) = state.ingest.as_ref() else {
+            return Err(BusError("the gateway is shutting down".into()));
+        };
+        let last = match (state.seqs.get(&message.room_id), floor) {
+            (Some(last), _) => *last,
+            (None, Some(floor)) => floor,
+            (None, None) => return Ok(AppendOutcome::Cold),
+        };
+        let seq = last + 1;
+        let entry = IngestEntry {
+            id: message.id,
+            room_id: message.room_id,
+            seq,
+            sender_id: message.sender_id.to_owned(),
+            body: message.body.to_owned(),
+            temp_id: message.temp_id.map(str::to_owned),
+            parent_id: message.parent_id,
+            created_at: message.created_at,
+        };
+        // The queue is the durable stream's stand-in, bounded like it.
+        if ingest.try_send(entry).is_err() {
+            return Ok(AppendOutcome::BacklogFull);
+        }
+        state.seqs.insert(message.room_id, seq);
+        if !temp_id.is_empty() {
+            state
+                .dedupe
+                .insert(dedupe_key, (message.id, seq, Instant::now()));
+        }
+        let tail = MessageReceivedTail {
+            id: message.id,
+            room_id: message.room_id,
+            sender_id: Cow::Borrowed(message.sender_id),
+            message: Cow::Borrowed(message.body),
+            created_at: message.created_at,
+            message_temp_id: message.temp_id.map(Cow::Borrowed),
+            parent_id: message.parent_id,
+        };
+        let frame = Utf8Bytes::from(format!("{MESSAGE_RECEIVED_HEAD}{seq}{}", tail.encode()));
+        // Delivered under the lock, so every socket sees a room's seqs in order.
+        self.hub
+            .deliver(&keyspace::room_channel(message.room_id), &frame);
+        Ok(AppendOutcome::Accepted { seq })
+    }
+}

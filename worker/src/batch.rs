@@ -1,0 +1,110 @@
+//! Storing a batch of accepted messages and notifying their recipients: the part
+//! of the worker that does not care where the batch came from (the Redis ingest
+//! stream in a cluster, an in-process queue in the embedded mode).
+
+use crate::dead_letter::DeadLetters;
+use crate::notify::Notifier;
+use chatter_shared::ingest::IngestEntry;
+use chatter_shared::store::{Store, is_transient};
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Backoff bounds while a backend is unavailable.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct Batches {
+    pub store: Store,
+    pub notifier: Notifier,
+    pub dead_letters: DeadLetters,
+}
+
+impl Batches {
+    /// Inserts the batch, retrying while the database is unavailable. A batch that
+    /// fails for another reason is stored entry by entry, and entries that still
+    /// fail are dead-lettered, so one bad row never blocks the rest.
+    /// `None` only when `shutdown` interrupts the retries.
+    pub async fn store(
+        &self,
+        batch: &[IngestEntry],
+        shutdown: &CancellationToken,
+    ) -> Option<HashSet<Uuid>> {
+        let mut backoff = RETRY_MIN;
+        loop {
+            match self.store.insert_messages(batch).await {
+                Ok(inserted) => return Some(inserted.into_iter().collect()),
+                Err(error) if is_transient(&error) => {
+                    tracing::warn!(%error, "database unavailable; retrying the batch");
+                    if !sleep_or_cancel(&mut backoff, shutdown).await {
+                        return None;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "batch insert failed; storing entries one by one");
+                    let mut inserted = HashSet::new();
+                    for entry in batch {
+                        match self
+                            .store
+                            .insert_messages(std::slice::from_ref(entry))
+                            .await
+                        {
+                            Ok(ids) => inserted.extend(ids),
+                            Err(error) if is_transient(&error) => return None,
+                            Err(error) => {
+                                let fields = vec![("id".to_owned(), entry.id.to_string())];
+                                self.dead_letters.ingest(fields, &error.to_string()).await;
+                            }
+                        }
+                    }
+                    return Some(inserted);
+                }
+            }
+        }
+    }
+
+    /// Queues a notification for every member but the sender of each newly stored
+    /// message. Replays (already stored) notify no one a second time.
+    pub async fn notify(&self, batch: &[IngestEntry], inserted: &HashSet<Uuid>) {
+        if !self.notifier.enabled() || inserted.is_empty() {
+            return;
+        }
+        let fresh: Vec<&IngestEntry> = batch.iter().filter(|e| inserted.contains(&e.id)).collect();
+        let mut rooms: Vec<Uuid> = fresh.iter().map(|e| e.room_id).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        let members = match self.store.members_of(&rooms).await {
+            Ok(members) => members,
+            Err(error) => {
+                tracing::warn!(%error, count = fresh.len(), "cannot load recipients; notifications skipped");
+                return;
+            }
+        };
+        let mut by_room: HashMap<Uuid, Vec<&str>> = HashMap::new();
+        for member in &members {
+            by_room
+                .entry(member.room_id)
+                .or_default()
+                .push(&member.user_id);
+        }
+        for entry in fresh {
+            for recipient in by_room.get(&entry.room_id).into_iter().flatten() {
+                if *recipient != entry.sender_id {
+                    self.notifier.enqueue(entry, recipient).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps for `backoff` (then doubles it, up to `RETRY_MAX`); false if cancelled.
+pub async fn sleep_or_cancel(backoff: &mut Duration, shutdown: &CancellationToken) -> bool {
+    let wait = *backoff;
+    *backoff = (*backoff * 2).min(RETRY_MAX);
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(wait) => true,
+    }
+}

@@ -1,0 +1,43 @@
+//! Where work that cannot be done goes, so it is never silently dropped.
+//!
+//! In a cluster: Redis streams (`chatter:ingest:dead`, `chatter:notify:dead`) that
+//! an operator can inspect and replay. In the embedded mode there is no Redis: the
+//! record is written to the log at error level, in full.
+
+use chatter_shared::keyspace::{INGEST_DEAD_LETTER, NOTIFY_DEAD_LETTER};
+use fred::prelude::*;
+
+#[derive(Clone)]
+pub enum DeadLetters {
+    Redis(Client),
+    Log,
+}
+
+impl DeadLetters {
+    /// An ingest entry that can never be stored.
+    pub async fn ingest(&self, fields: Vec<(String, String)>, problem: &str) {
+        tracing::error!(problem, "an ingest entry cannot be stored; dead-lettered");
+        self.write(INGEST_DEAD_LETTER, fields, problem).await;
+    }
+
+    /// A notification that failed after every retry (or never got a chance).
+    pub async fn notification(&self, body: String, problem: &str) {
+        tracing::warn!(problem, "notification dead-lettered");
+        self.write(NOTIFY_DEAD_LETTER, vec![("body".into(), body)], problem)
+            .await;
+    }
+
+    async fn write(&self, stream: &str, mut fields: Vec<(String, String)>, problem: &str) {
+        fields.push(("problem".into(), problem.into()));
+        match self {
+            DeadLetters::Redis(redis) => {
+                let added: Result<String, Error> =
+                    redis.xadd(stream, false, None, "*", fields).await;
+                if let Err(error) = added {
+                    tracing::error!(%error, stream, "cannot write a dead letter");
+                }
+            }
+            DeadLetters::Log => tracing::error!(stream, ?fields, "dead letter"),
+        }
+    }
+}
