@@ -1,11 +1,12 @@
 //! A minimal terminal chat client, for trying chatter out (see the README).
 //!
 //! ```sh
-//! cargo run -p chatter-gateway --example chat -- --token "$TOKEN"                 # listen
+//! cargo run -p chatter-gateway --example chat -- --token "$TOKEN" --for 10       # listen 10 s
 //! echo hi | cargo run -p chatter-gateway --example chat -- --token "$TOKEN" --room "$ROOM"   # say hi
 //! ```
 //!
-//! Prints every frame the server sends, one JSON object per line. With `--room`,
+//! Prints every frame the server sends, one JSON object per line. `--for SECONDS`
+//! leaves after that long (default: when the server closes). With `--room`,
 //! each line typed (or piped) in is sent there as a message; at the end of input
 //! it waits a moment for the confirmations, then leaves.
 
@@ -20,11 +21,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let Some(token) = arg("--token") else {
-        eprintln!("usage: chat --token TOKEN [--room ROOM_ID] [--url ws://127.0.0.1:8080/ws]");
+        eprintln!("usage: chat --token TOKEN [--room ROOM_ID] [--for SECONDS] [--url ws://127.0.0.1:8080/ws]");
         std::process::exit(2);
     };
     let url = arg("--url").unwrap_or_else(|| "ws://127.0.0.1:8080/ws".into());
     let room = arg("--room");
+    let lifetime = arg("--for").and_then(|s| s.parse().ok()).map(Duration::from_secs);
 
     let (socket, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}")).await?;
     let (mut outgoing, mut incoming) = socket.split();
@@ -44,8 +46,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     let Some(room) = room else {
-        // Listen only, until the server closes or Ctrl-C.
-        printer.await?;
+        // Listen only: until the server closes, `--for` runs out, or Ctrl-C.
+        match lifetime {
+            Some(lifetime) => {
+                let _ = tokio::time::timeout(lifetime, printer).await;
+            }
+            None => printer.await?,
+        }
         return Ok(());
     };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
