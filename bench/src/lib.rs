@@ -1,0 +1,1 @@
+//! Load generator and benchmarks for chatter (see bench/README.md).
