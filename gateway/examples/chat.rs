@@ -19,14 +19,23 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let Some(token) = arg("--token") else {
-        eprintln!("usage: chat --token TOKEN [--room ROOM_ID] [--for SECONDS] [--url ws://127.0.0.1:8080/ws]");
+        eprintln!(
+            "usage: chat --token TOKEN [--room ROOM_ID] [--for SECONDS] [--url ws://127.0.0.1:8080/ws]"
+        );
         std::process::exit(2);
     };
     let url = arg("--url").unwrap_or_else(|| "ws://127.0.0.1:8080/ws".into());
     let room = arg("--room");
-    let lifetime = arg("--for").and_then(|s| s.parse().ok()).map(Duration::from_secs);
+    let lifetime = arg("--for")
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs);
 
     let (socket, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}")).await?;
     let (mut outgoing, mut incoming) = socket.split();
@@ -63,7 +72,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "type": "SendMessage",
             "data": {"room_id": room, "message": line, "message_temp_id": format!("cli-{}-{n}", std::process::id())},
         });
-        outgoing.send(Message::Text(frame.to_string().into())).await?;
+        outgoing
+            .send(Message::Text(frame.to_string().into()))
+            .await?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     outgoing.send(Message::Close(None)).await?;
