@@ -7,12 +7,14 @@
 
 use crate::hub::Hub;
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::ingest::{AppendLimits, AppendOutcome, AppendScript, IngestEntry, NewMessage};
+use chatter_shared::ingest::{
+    AppendLimits, AppendOutcome, AppendScript, IngestEntry, NewMessage, RecentLog, RecentScript,
+};
 use chatter_shared::keyspace;
 use chatter_shared::protocol::{MESSAGE_RECEIVED_HEAD, MessageReceivedTail};
 use fred::prelude::*;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -36,6 +38,7 @@ pub enum Bus {
     Redis {
         client: Client,
         script: AppendScript,
+        recent: RecentScript,
     },
     Local(Arc<LocalBus>),
 }
@@ -45,6 +48,7 @@ impl Bus {
         Bus::Redis {
             client,
             script: AppendScript::default(),
+            recent: RecentScript::default(),
         }
     }
 
@@ -56,7 +60,7 @@ impl Bus {
         floor: Option<i64>,
     ) -> Result<AppendOutcome, BusError> {
         match self {
-            Bus::Redis { client, script } => {
+            Bus::Redis { client, script, .. } => {
                 Ok(script.append(client, message, limits, floor).await?)
             }
             Bus::Local(local) => local.append(message, limits, floor),
@@ -135,6 +139,25 @@ impl Bus {
         }
     }
 
+    /// The room's last seq and its newest frames, for `Resume`.
+    pub async fn recent(&self, room_id: Uuid) -> Result<RecentLog, BusError> {
+        match self {
+            Bus::Redis { client, recent, .. } => Ok(recent.read(client, room_id).await?),
+            Bus::Local(local) => {
+                let state = local.lock();
+                let frames = state.recent.get(&room_id).map(|(log, _)| {
+                    log.iter()
+                        .map(|(seq, frame)| (*seq, frame.as_str().to_owned()))
+                        .collect()
+                });
+                Ok(RecentLog {
+                    last_seq: state.seqs.get(&room_id).copied().unwrap_or(0),
+                    frames: frames.unwrap_or_default(),
+                })
+            }
+        }
+    }
+
     /// Readiness: does the bus answer?
     pub async fn ping(&self) -> Result<(), BusError> {
         match self {
@@ -156,6 +179,8 @@ struct LocalState {
     /// `(room, sender, temp id)` → the original message and when it was seen.
     dedupe: HashMap<(Uuid, String, String), (Uuid, i64, Instant)>,
     tickets: HashMap<String, (String, Instant)>,
+    /// Each room's newest frames and when it last had one, for `Resume`.
+    recent: HashMap<Uuid, (VecDeque<(i64, Utf8Bytes)>, Instant)>,
     /// `None` once the bus is closed for shutdown.
     ingest: Option<mpsc::Sender<IngestEntry>>,
 }
@@ -168,6 +193,7 @@ impl LocalBus {
                 seqs: HashMap::new(),
                 dedupe: HashMap::new(),
                 tickets: HashMap::new(),
+                recent: HashMap::new(),
                 ingest: Some(ingest),
             }),
             hub,

@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod http;
 pub mod hub;
 pub mod messages;
+pub mod resume;
 pub mod state;
 pub mod tickets;
 pub mod ws;
@@ -31,7 +32,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How long sockets get to close after shutdown before the process exits anyway.
+/// How long past the drain window sockets get to finish closing before the
+/// process exits anyway (the close handshake itself waits up to 3 s).
 const SOCKET_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long the embedded worker gets to store what was accepted before exit.
 const WORKER_DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -48,6 +50,8 @@ pub async fn serve(
         use_dev_secret_if_unset(&mut config, data_dir)?;
     }
     let tokens = Tokens::from_config(&config).context("invalid JWT configuration")?;
+    // The hub keeps delivering while sockets drain; it stops after they are gone.
+    let hub_stop = CancellationToken::new();
     let (store, bus, hub, embedded_worker) = match mode {
         Mode::Cluster {
             redis_url,
@@ -62,7 +66,7 @@ pub async fn serve(
             let subscriber = chatter_shared::redis::connect_subscriber(&redis_url)
                 .await
                 .context("cannot connect to Redis (REDIS_URL)")?;
-            let hub = hub::Hub::start(Some(subscriber), shutdown.clone());
+            let hub = hub::Hub::start(Some(subscriber), hub_stop.clone());
             (store, bus::Bus::redis(redis), hub, None)
         }
         Mode::Embedded { data_dir } => {
@@ -73,7 +77,7 @@ pub async fn serve(
                 .await
                 .with_context(|| format!("cannot open {}", path.display()))?;
             tracing::info!(database = %path.display(), "embedded mode: in-process bus, SQLite, worker inside");
-            let hub = hub::Hub::start(None, shutdown.clone());
+            let hub = hub::Hub::start(None, hub_stop.clone());
             let backlog = usize::try_from(config.ingest_max_backlog)
                 .unwrap_or(usize::MAX)
                 .max(1);
@@ -107,15 +111,21 @@ pub async fn serve(
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("server error")?;
-    // Sockets were told to close when `shutdown` fired; give their close frames
-    // time to go out before the runtime stops.
+    // Sockets close themselves at random moments within the drain window.
+    let drain_window = Duration::from_secs(state.config.drain_window_secs);
+    tracing::info!(
+        open = state.sockets.len(),
+        window_secs = drain_window.as_secs(),
+        "draining"
+    );
     state.sockets.close();
-    if tokio::time::timeout(SOCKET_CLOSE_GRACE, state.sockets.wait())
+    if tokio::time::timeout(drain_window + SOCKET_CLOSE_GRACE, state.sockets.wait())
         .await
         .is_err()
     {
         tracing::warn!(open = state.sockets.len(), "sockets still open at exit");
     }
+    hub_stop.cancel();
     if let (bus::Bus::Local(bus), Some(worker)) = (&state.bus, embedded_worker) {
         drain_embedded_worker(bus, worker).await;
     }

@@ -51,6 +51,8 @@ impl App {
             append_limits: AppendLimits {
                 dedupe_ttl_secs: config.dedupe_ttl_secs,
                 max_backlog: config.ingest_max_backlog,
+                recent_log_size: config.recent_log_size,
+                recent_log_ttl_secs: config.recent_log_ttl_secs,
             },
             config,
             tokens,

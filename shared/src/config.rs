@@ -69,6 +69,15 @@ pub struct Config {
     /// Frames queued for one socket before it counts as a slow consumer and is closed.
     pub send_queue_frames: usize,
     pub max_connections: usize,
+    /// On SIGTERM, sockets are closed (4007) at random moments spread over this
+    /// window, so clients do not all reconnect elsewhere at once.
+    pub drain_window_secs: u64,
+    /// Frames kept per room in Redis for `Resume` (the newest ones).
+    pub recent_log_size: u64,
+    /// How long a quiet room's recent log is kept.
+    pub recent_log_ttl_secs: u64,
+    /// Missed messages beyond which `Resume` answers `ResyncRequired`.
+    pub resume_max: u64,
 
     // --- messages and rooms ---
     /// How long a `(room, sender, message_temp_id)` is remembered for deduplication.
@@ -131,6 +140,10 @@ impl Default for Config {
             idle_timeout_secs: 60,
             send_queue_frames: 512,
             max_connections: 100_000,
+            drain_window_secs: 10,
+            recent_log_size: 200,
+            recent_log_ttl_secs: 3600,
+            resume_max: 1000,
             dedupe_ttl_secs: 24 * 3600,
             ingest_max_backlog: 1_000_000,
             page_size_default: 50,
@@ -349,6 +362,10 @@ const KNOWN_KEYS: &[&str] = &[
     "idle_timeout_secs",
     "send_queue_frames",
     "max_connections",
+    "drain_window_secs",
+    "recent_log_size",
+    "recent_log_ttl_secs",
+    "resume_max",
     "dedupe_ttl_secs",
     "ingest_max_backlog",
     "page_size_default",

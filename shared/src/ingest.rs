@@ -4,7 +4,8 @@
 //! 1. a repeated `(room, sender, message_temp_id)` returns the original id and seq;
 //! 2. the room's counter assigns the next sequence number;
 //! 3. the message is appended to the durable ingest stream (the worker persists it);
-//! 4. the finished `MessageReceived` frame is published on the room's channel.
+//! 4. the finished `MessageReceived` frame is published on the room's channel and
+//!    kept in the room's recent log (a capped sorted set) for `Resume`.
 //!
 //! Because the frame is spliced together inside Redis (`HEAD .. seq .. tail`),
 //! receiving gateways forward the published bytes to their sockets untouched.
@@ -24,10 +25,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 const APPEND_LUA: &str = r#"
--- KEYS: 1 seq counter, 2 dedupe key, 3 ingest stream
+-- KEYS: 1 seq counter, 2 dedupe key, 3 ingest stream, 4 recent log
 -- ARGV: 1 room channel, 2 message id, 3 room id, 4 sender, 5 body, 6 temp id ('' = none),
 --       7 parent id ('' = none), 8 created_at (unix micros), 9 frame head, 10 frame tail,
---       11 dedupe ttl secs, 12 max backlog (0 = unbounded), 13 seq floor ('' = unknown)
+--       11 dedupe ttl secs, 12 max backlog (0 = unbounded), 13 seq floor ('' = unknown),
+--       14 recent log size, 15 recent log ttl secs
 if ARGV[6] ~= '' then
   local seen = redis.call('GET', KEYS[2])
   if seen then return {'dup', seen} end
@@ -44,7 +46,11 @@ redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'room', ARGV[3], 'seq', seq, 'se
 if ARGV[6] ~= '' then
   redis.call('SET', KEYS[2], ARGV[2] .. ':' .. seq, 'EX', ARGV[11])
 end
-redis.call('PUBLISH', ARGV[1], ARGV[9] .. seq .. ARGV[10])
+local frame = ARGV[9] .. seq .. ARGV[10]
+redis.call('PUBLISH', ARGV[1], frame)
+redis.call('ZADD', KEYS[4], seq, frame)
+redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[14]) + 1))
+redis.call('EXPIRE', KEYS[4], ARGV[15])
 return {'new', tostring(seq)}
 "#;
 
@@ -85,6 +91,8 @@ pub enum AppendOutcome {
 pub struct AppendLimits {
     pub dedupe_ttl_secs: u64,
     pub max_backlog: u64,
+    pub recent_log_size: u64,
+    pub recent_log_ttl_secs: u64,
 }
 
 impl AppendScript {
@@ -110,6 +118,7 @@ impl AppendScript {
             keyspace::room_seq(message.room_id),
             keyspace::dedupe(message.room_id, message.sender_id, temp_id),
             keyspace::INGEST_STREAM.to_owned(),
+            keyspace::recent_log(message.room_id),
         ];
         let args: Vec<Value> = vec![
             keyspace::room_channel(message.room_id).into(),
@@ -129,9 +138,55 @@ impl AppendScript {
             limits.dedupe_ttl_secs.to_string().into(),
             limits.max_backlog.to_string().into(),
             floor.map(|f| f.to_string()).unwrap_or_default().into(),
+            limits.recent_log_size.max(1).to_string().into(),
+            limits.recent_log_ttl_secs.max(1).to_string().into(),
         ];
         let reply: Vec<String> = self.0.evalsha_with_reload(client, keys, args).await?;
         parse_reply(&reply)
+    }
+}
+
+/// A room's recent frames, for `Resume`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecentLog {
+    /// The room's last assigned seq (0 when the counter is gone).
+    pub last_seq: i64,
+    /// `(seq, frame)`, ascending; the newest `RECENT_LOG_SIZE` at most.
+    pub frames: Vec<(i64, String)>,
+}
+
+const RECENT_LUA: &str = r#"
+-- KEYS: 1 seq counter, 2 recent log. One call, so the two agree.
+return {redis.call('GET', KEYS[1]) or '0', redis.call('ZRANGE', KEYS[2], 0, -1)}
+"#;
+
+/// Reads a room's counter and recent log in one atomic call.
+#[derive(Clone)]
+pub struct RecentScript(Script);
+
+impl Default for RecentScript {
+    fn default() -> Self {
+        RecentScript(Script::from_lua(RECENT_LUA))
+    }
+}
+
+impl RecentScript {
+    pub async fn read(&self, client: &Client, room_id: Uuid) -> Result<RecentLog, Error> {
+        let keys = vec![keyspace::room_seq(room_id), keyspace::recent_log(room_id)];
+        let (last_seq, frames): (String, Vec<String>) = self
+            .0
+            .evalsha_with_reload(client, keys, Vec::<Value>::new())
+            .await?;
+        let last_seq = last_seq
+            .parse()
+            .map_err(|_| Error::new(ErrorKind::Parse, "room counter is not a number"))?;
+        let frames = frames
+            .into_iter()
+            .filter_map(|frame| {
+                crate::protocol::peek_message_received(&frame).map(|(_, seq)| (seq, frame))
+            })
+            .collect();
+        Ok(RecentLog { last_seq, frames })
     }
 }
 

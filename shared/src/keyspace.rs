@@ -7,6 +7,7 @@
 //! | `chatter:ingest` | stream | accepted messages waiting to be persisted (consumer group `persisters`) |
 //! | `chatter:ingest:dead` | stream | entries the worker could not store (bad data), kept for inspection |
 //! | `chatter:notify:dead` | stream | notifications that failed after every retry |
+//! | `chatter:recent:<room>` | sorted set, score = seq | the newest `RECENT_LOG_SIZE` frames of the room, for `Resume`; expires after `RECENT_LOG_TTL_SECS` of quiet |
 //! | `chatter:ticket:<token>` | string (JSON identity) | single-use WebSocket ticket, `TICKET_TTL_SECS` |
 //! | channel `chatter:room:<room>` | pub/sub | ready-to-send frames for a room's members |
 //! | channel `chatter:user:<user>` | pub/sub | frames and membership events for one user |
@@ -37,6 +38,10 @@ pub fn user_channel(user_id: &str) -> String {
 
 pub fn room_seq(room_id: Uuid) -> String {
     format!("chatter:seq:{room_id}")
+}
+
+pub fn recent_log(room_id: Uuid) -> String {
+    format!("chatter:recent:{room_id}")
 }
 
 pub fn dedupe(room_id: Uuid, sender_id: &str, temp_id: &str) -> String {

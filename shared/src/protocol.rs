@@ -43,6 +43,7 @@ impl CloseCode {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientFrame {
     SendMessage(SendMessage),
+    Resume(Resume),
     Ping,
 }
 
@@ -55,6 +56,13 @@ pub struct SendMessage {
     pub message_temp_id: Option<String>,
     #[serde(default)]
     pub parent_id: Option<Uuid>,
+}
+
+/// `Resume {rooms: {room_id: last_seq}}`: the last seq the client has per room.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resume {
+    pub rooms: std::collections::HashMap<Uuid, i64>,
 }
 
 /// Why a client frame was not understood; becomes an `Error` frame.
@@ -98,6 +106,12 @@ impl ClientFrame {
                     .map(ClientFrame::SendMessage)
                     .map_err(|error| bad_data(error, reference))
             }
+            "Resume" => {
+                let data = envelope.data.map(RawValue::get).unwrap_or("null");
+                serde_json::from_str(data)
+                    .map(ClientFrame::Resume)
+                    .map_err(|error| bad_data(error, reference))
+            }
             "Ping" => Ok(ClientFrame::Ping),
             other => Err(FrameError {
                 code: "unknown_type",
@@ -132,6 +146,15 @@ pub enum ServerFrame<'a> {
         room_id: Uuid,
         user_id: &'a str,
     },
+    /// Every missed message of the room up to `seq` has been sent.
+    Resumed {
+        room_id: Uuid,
+        seq: i64,
+    },
+    /// The gap is too large to replay: reload the room's history over REST.
+    ResyncRequired {
+        room_id: Uuid,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +176,19 @@ impl ServerFrame<'_> {
 
 /// The start of every `MessageReceived` frame, up to where the sequence number goes.
 pub const MESSAGE_RECEIVED_HEAD: &str = r#"{"type":"MessageReceived","data":{"seq":"#;
+
+/// The room and seq of a `MessageReceived` frame, read from its fixed layout
+/// (`HEAD`, seq, then `,"id":"<uuid>","room_id":"<uuid>"`) without parsing the
+/// whole frame. `None` for any other frame.
+pub fn peek_message_received(frame: &str) -> Option<(Uuid, i64)> {
+    let rest = frame.strip_prefix(MESSAGE_RECEIVED_HEAD)?;
+    let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+    let seq = rest[..digits].parse().ok()?;
+    let rest = rest[digits..].strip_prefix(r#","id":""#)?;
+    let rest = rest.get(36..)?.strip_prefix(r#"","room_id":""#)?;
+    let room = Uuid::parse_str(rest.get(..36)?).ok()?;
+    Some((room, seq))
+}
 
 /// The fields of `MessageReceived` other than `seq`, known before Redis assigns it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -190,6 +226,23 @@ pub struct MessageView {
     pub created_at: OffsetDateTime,
     pub message_temp_id: Option<String>,
     pub parent_id: Option<Uuid>,
+}
+
+impl MessageView {
+    /// This message as a `MessageReceived` frame, byte for byte what live
+    /// delivery sends.
+    pub fn to_frame(&self) -> String {
+        let tail = MessageReceivedTail {
+            id: self.id,
+            room_id: self.room_id,
+            sender_id: Cow::Borrowed(&self.sender_id),
+            message: Cow::Borrowed(&self.message),
+            created_at: self.created_at,
+            message_temp_id: self.message_temp_id.as_deref().map(Cow::Borrowed),
+            parent_id: self.parent_id,
+        };
+        format!("{MESSAGE_RECEIVED_HEAD}{}{}", self.seq, tail.encode())
+    }
 }
 
 /// Truncates a timestamp to microseconds, the precision Postgres keeps, so a
@@ -244,6 +297,8 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");
         assert_eq!(value["type"], "MessageReceived");
         assert_eq!(value["data"]["seq"], 42);
+        assert_eq!(peek_message_received(&frame), Some((tail.room_id, 42)));
+        assert_eq!(peek_message_received(r#"{"type":"Pong","data":{}}"#), None);
         let view: MessageView = serde_json::from_value(value["data"].clone()).expect("a message");
         assert_eq!(view.message, "hi \"there\"");
         assert_eq!(view.id, tail.id);

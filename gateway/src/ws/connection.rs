@@ -3,10 +3,13 @@
 use super::close;
 use crate::hub::Registration;
 use crate::messages::{self, Draft, Refusal};
+use crate::resume::{self, Watch};
 use crate::state::AppState;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use chatter_shared::auth::Identity;
-use chatter_shared::protocol::{ClientFrame, CloseCode, Confirmation, SendMessage, ServerFrame};
+use chatter_shared::protocol::{
+    ClientFrame, CloseCode, Confirmation, Resume, SendMessage, ServerFrame,
+};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
@@ -37,6 +40,7 @@ pub async fn run(
             identity,
             rate,
             bad_frames: 0,
+            watch: Watch::at_connect(),
         };
         let end = connection.serve(&registration, inbox).await;
         if let Some((code, reason)) = end {
@@ -58,6 +62,7 @@ struct Connection {
     identity: Identity,
     rate: FrameRate,
     bad_frames: u32,
+    watch: Watch,
 }
 
 impl Connection {
@@ -69,6 +74,9 @@ impl Connection {
     ) -> Option<(CloseCode, &'static str)> {
         let conn = registration.conn.clone();
         let shutdown = self.state.shutdown.clone();
+        let drain_window = Duration::from_secs(self.state.config.drain_window_secs);
+        // Set when the pod starts draining: this socket's own moment to close.
+        let mut close_at: Option<tokio::time::Instant> = None;
         let idle_timeout = Duration::from_secs(self.state.config.idle_timeout_secs);
         let mut heartbeat =
             tokio::time::interval(Duration::from_secs(self.state.config.ping_interval_secs));
@@ -76,13 +84,25 @@ impl Connection {
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return Some((CloseCode::ServerShutdown, "server shutting down; reconnect")),
+                () = shutdown.cancelled(), if close_at.is_none() => {
+                    // Keep serving until a random moment in the drain window, so
+                    // clients reconnect to other pods gradually, not all at once.
+                    close_at = Some(tokio::time::Instant::now() + random_delay(drain_window));
+                }
+                () = tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)), if close_at.is_some() => {
+                    return Some((CloseCode::ServerShutdown, "server shutting down; reconnect"));
+                }
                 () = conn.overflowed.cancelled() => {
                     return Some((CloseCode::ConnectionClosed, "too slow: the send queue is full"));
                 }
-                frame = inbox.recv() => {
+                () = tokio::time::sleep_until(self.watch.hold_ends()), if self.watch.holding() => {
+                    self.watch.release();
+                }
+                frame = inbox.recv(), if !self.watch.holding() => {
                     let frame = frame?;
-                    self.socket.send(Message::Text(frame)).await.ok()?;
+                    if self.watch.admit(frame.as_str()) {
+                        self.socket.send(Message::Text(frame)).await.ok()?;
+                    }
                 }
                 incoming = self.socket.recv() => {
                     let message = match incoming? {
@@ -93,7 +113,11 @@ impl Connection {
                         }
                     };
                     last_heard = Instant::now();
-                    match self.handle(message, &conn).await {
+                    let next = self.handle(message, &conn).await;
+                    // The first frame (normally `Resume`) has been answered: live
+                    // frames held since the upgrade may flow now.
+                    self.watch.release();
+                    match next {
                         Next::Continue => {}
                         Next::Close(code, reason) => return Some((code, reason)),
                         Next::Gone => return None,
@@ -131,6 +155,7 @@ impl Connection {
                 self.bad_frames = 0;
                 match frame {
                     ClientFrame::SendMessage(send) => self.send_message(send, conn).await,
+                    ClientFrame::Resume(request) => self.resume(request, conn).await,
                     ClientFrame::Ping => reply(&mut self.socket, &ServerFrame::Pong {}).await,
                 }
             }
@@ -180,6 +205,32 @@ impl Connection {
         .await
     }
 
+    async fn resume(&mut self, request: Resume, conn: &crate::hub::Conn) -> Next {
+        let mut rooms: Vec<(uuid::Uuid, i64)> = request.rooms.into_iter().collect();
+        rooms.sort_unstable();
+        for (room_id, last_seq) in rooms {
+            let frames = if conn.is_member(room_id) {
+                resume::replay(&self.state, room_id, last_seq, &mut self.watch).await
+            } else {
+                let message = format!("not a member of room {room_id}");
+                vec![
+                    ServerFrame::Error {
+                        code: "not_a_member",
+                        message: &message,
+                        reference: None,
+                    }
+                    .to_json(),
+                ]
+            };
+            for frame in frames {
+                if self.socket.send(Message::Text(frame.into())).await.is_err() {
+                    return Next::Gone;
+                }
+            }
+        }
+        Next::Continue
+    }
+
     /// Answers a frame that was not understood; too many in a row close the socket.
     async fn bad_frame(&mut self, code: &str, message: &str, reference: Option<&str>) -> Next {
         self.bad_frames += 1;
@@ -202,6 +253,15 @@ async fn reply(socket: &mut WebSocket, frame: &ServerFrame<'_>) -> Next {
     match socket.send(Message::Text(frame.to_json().into())).await {
         Ok(()) => Next::Continue,
         Err(_) => Next::Gone,
+    }
+}
+
+fn random_delay(window: Duration) -> Duration {
+    let millis = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    if millis == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_millis(rand::random_range(0..millis))
     }
 }
 
