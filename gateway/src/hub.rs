@@ -22,6 +22,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::keyspace::{self, ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
+use chatter_shared::telemetry::metric;
 use dashmap::DashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -160,6 +161,7 @@ impl Hub {
             hub: self.clone(),
             conn,
         };
+        metrics::gauge!(metric::CONNECTIONS).increment(1.0);
         self.sync(wanted).await?;
         Ok((registration, inbox))
     }
@@ -195,10 +197,17 @@ impl Hub {
 
     /// Delivers `frame` to every local connection on `channel`.
     pub fn deliver(&self, channel: &str, frame: &Utf8Bytes) {
-        if let Some(members) = self.channels.get(channel) {
-            for conn in members.iter() {
-                conn.push(frame.clone());
-            }
+        let Some(members) = self.channels.get(channel) else {
+            return;
+        };
+        for conn in members.iter() {
+            conn.push(frame.clone());
+        }
+        metrics::counter!(metric::FRAMES_OUT).increment(members.len() as u64);
+        // Once per message per gateway, not per recipient.
+        if let Some(created_at) = chatter_shared::protocol::peek_created_at(frame.as_str()) {
+            let latency = (time::OffsetDateTime::now_utc() - created_at).as_seconds_f64();
+            metrics::histogram!(metric::DELIVERY_SECONDS).record(latency.max(0.0));
         }
     }
 
@@ -226,6 +235,7 @@ pub struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        metrics::gauge!(metric::CONNECTIONS).decrement(1.0);
         let mut channels = vec![keyspace::user_channel(&self.conn.user_id)];
         channels.extend(self.conn.room_ids().into_iter().map(keyspace::room_channel));
         for channel in &channels {

@@ -6,6 +6,7 @@
 use crate::state::App;
 use chatter_shared::ingest::{AppendOutcome, NewMessage};
 use chatter_shared::protocol::now_micros;
+use chatter_shared::telemetry::metric;
 use uuid::Uuid;
 
 /// Why a message was not accepted; the `reason` of a negative confirmation.
@@ -78,14 +79,17 @@ pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
     };
     let mut floor = None;
     loop {
+        let started = std::time::Instant::now();
         let outcome = app
             .bus
             .append(&message, &app.append_limits, floor)
             .await
             .map_err(|error| {
                 tracing::warn!(%error, "append failed");
+                metrics::counter!(metric::BUS_ERRORS).increment(1);
                 Refusal::Unavailable
             })?;
+        metrics::histogram!(metric::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
         match outcome {
             AppendOutcome::Accepted { seq } => {
                 return Ok(Accepted {

@@ -29,7 +29,7 @@ use uuid::Uuid;
 /// tracked (a cheap peek at each outgoing frame) during this window.
 const WATCH_WINDOW: Duration = Duration::from_secs(10);
 /// How long a new connection holds live frames waiting for its first frame.
-const HOLD: Duration = Duration::from_millis(300);
+const HOLD: Duration = Duration::from_secs(1);
 /// How long a replay waits for the worker to close a gap between Postgres and the log.
 const GAP_RETRIES: u32 = 10;
 const GAP_RETRY_EVERY: Duration = Duration::from_millis(200);

@@ -34,6 +34,7 @@ pub struct App {
     /// Every socket task, so shutdown can wait for their close frames to go out
     /// (axum's graceful shutdown does not track upgraded connections).
     pub sockets: TaskTracker,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     recently_seen: DashMap<String, Instant>,
 }
 
@@ -61,6 +62,7 @@ impl App {
             hub,
             shutdown,
             sockets: TaskTracker::new(),
+            metrics: chatter_shared::telemetry::metrics(),
             recently_seen: DashMap::new(),
         }
     }

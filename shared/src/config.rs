@@ -92,6 +92,8 @@ pub struct Config {
 
     // --- worker ---
     pub worker_name: Option<String>,
+    /// The worker's HTTP port for `/healthz` and `/metrics` (0: any free port).
+    pub worker_port: u16,
     pub worker_batch_size: usize,
     pub worker_block_ms: u64,
     /// A pending entry idle this long belongs to a dead worker and is reclaimed.
@@ -151,6 +153,7 @@ impl Default for Config {
             max_room_members: 1000,
             max_room_name_chars: 200,
             worker_name: None,
+            worker_port: 9091,
             worker_batch_size: 500,
             worker_block_ms: 1000,
             worker_claim_idle_ms: 30_000,
@@ -373,6 +376,7 @@ const KNOWN_KEYS: &[&str] = &[
     "max_room_members",
     "max_room_name_chars",
     "worker_name",
+    "worker_port",
     "worker_batch_size",
     "worker_block_ms",
     "worker_claim_idle_ms",

@@ -190,6 +190,17 @@ pub fn peek_message_received(frame: &str) -> Option<(Uuid, i64)> {
     Some((room, seq))
 }
 
+/// The `created_at` of a `MessageReceived` frame, for the delivery-latency metric.
+pub fn peek_created_at(frame: &str) -> Option<OffsetDateTime> {
+    let start = frame.find(r#""created_at":""#)? + r#""created_at":""#.len();
+    let end = start + frame[start..].find('"')?;
+    OffsetDateTime::parse(
+        &frame[start..end],
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()
+}
+
 /// The fields of `MessageReceived` other than `seq`, known before Redis assigns it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MessageReceivedTail<'a> {

@@ -100,6 +100,7 @@ impl ClusterBuilder {
         let defaults = [
             ("HOST", "127.0.0.1"),
             ("PORT", "0"),
+            ("WORKER_PORT", "0"),
             ("JWT_SECRET", &jwt_secret),
             ("SERVICE_SECRET", &service_secret),
             ("NOTIFICATION_URL", &notif.url()),

@@ -6,6 +6,7 @@ use crate::dead_letter::DeadLetters;
 use crate::notify::Notifier;
 use chatter_shared::ingest::IngestEntry;
 use chatter_shared::store::{Store, is_transient};
+use chatter_shared::telemetry::metric;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -35,7 +36,10 @@ impl Batches {
         let mut backoff = RETRY_MIN;
         loop {
             match self.store.insert_messages(batch).await {
-                Ok(inserted) => return Some(inserted.into_iter().collect()),
+                Ok(inserted) => {
+                    record_stored(batch, inserted.len());
+                    return Some(inserted.into_iter().collect());
+                }
                 Err(error) if is_transient(&error) => {
                     tracing::warn!(%error, "database unavailable; retrying the batch");
                     if !sleep_or_cancel(&mut backoff, shutdown).await {
@@ -96,6 +100,17 @@ impl Batches {
                 }
             }
         }
+    }
+}
+
+/// Batch size, and how long after sending each message was committed.
+fn record_stored(batch: &[IngestEntry], stored: usize) {
+    metrics::histogram!(metric::WORKER_BATCH_SIZE).record(batch.len() as f64);
+    metrics::counter!(metric::WORKER_STORED).increment(stored as u64);
+    let now = time::OffsetDateTime::now_utc();
+    if let Some(oldest) = batch.iter().map(|e| e.created_at).min() {
+        metrics::histogram!(metric::WORKER_LAG_SECONDS)
+            .record((now - oldest).as_seconds_f64().max(0.0));
     }
 }
 

@@ -49,8 +49,36 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         dead_letters,
     };
     let persister = persist::Persister::new(&config, batches, redis, reader).await?;
-    tracing::info!(consumer = %persister.consumer(), "worker ready");
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.worker_port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{} (HOST, WORKER_PORT)",
+                config.host, config.worker_port
+            )
+        })?;
+    let http_addr = listener.local_addr()?;
+    tokio::spawn(serve_probes(listener, shutdown.clone()));
+    tracing::info!(consumer = %persister.consumer(), %http_addr, "worker ready");
     persister.run(shutdown).await;
     notifier.finish().await;
     Ok(())
+}
+
+/// `/healthz` and `/metrics` for Kubernetes probes and Prometheus.
+async fn serve_probes(listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+    use axum::routing::get;
+    let metrics = chatter_shared::telemetry::metrics();
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.render())),
+        );
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::error!(%error, "the worker's HTTP listener failed");
+    }
 }

@@ -9,6 +9,7 @@
 use crate::dead_letter::DeadLetters;
 use chatter_shared::config::Config;
 use chatter_shared::ingest::IngestEntry;
+use chatter_shared::telemetry::metric;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,7 +193,10 @@ async fn deliver(dead_letters: &DeadLetters, target: &Target, notification: Noti
             request = request.header(reqwest::header::AUTHORIZATION, auth);
         }
         match request.send().await {
-            Ok(response) if response.status().is_success() => return,
+            Ok(response) if response.status().is_success() => {
+                metrics::counter!(metric::NOTIFICATIONS, "outcome" => "sent").increment(1);
+                return;
+            }
             Ok(response) => last_error = format!("notif answered {}", response.status()),
             Err(error) => last_error = format!("notif unreachable: {error}"),
         }
@@ -202,6 +206,7 @@ async fn deliver(dead_letters: &DeadLetters, target: &Target, notification: Noti
 }
 
 async fn dead_letter(dead_letters: &DeadLetters, notification: &Notification, problem: &str) {
+    metrics::counter!(metric::NOTIFICATIONS, "outcome" => "dead_lettered").increment(1);
     let body = serde_json::to_string(notification).unwrap_or_default();
     dead_letters.notification(body, problem).await;
 }

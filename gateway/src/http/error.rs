@@ -53,9 +53,11 @@ impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> ApiError {
         if chatter_shared::store::is_transient(&error) {
             tracing::warn!(%error, "database unavailable");
+            metrics::counter!(chatter_shared::telemetry::metric::DB_ERRORS).increment(1);
             return ApiError::unavailable("the database is unavailable; try again shortly");
         }
         tracing::error!(%error, "database error");
+        metrics::counter!(chatter_shared::telemetry::metric::DB_ERRORS).increment(1);
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -1,4 +1,4 @@
-//! Liveness and readiness probes.
+//! Liveness and readiness probes, and Prometheus metrics.
 
 use super::error::ApiError;
 use crate::state::AppState;
@@ -13,6 +13,12 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+}
+
+/// Prometheus text format; `chatter_shared::telemetry::metric` lists the names.
+async fn metrics_text(State(state): State<AppState>) -> String {
+    state.metrics.render()
 }
 
 /// Liveness: the process serves HTTP.

@@ -10,6 +10,7 @@ use chatter_shared::auth::Identity;
 use chatter_shared::protocol::{
     ClientFrame, CloseCode, Confirmation, Resume, SendMessage, ServerFrame,
 };
+use chatter_shared::telemetry::metric;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
@@ -93,6 +94,7 @@ impl Connection {
                     return Some((CloseCode::ServerShutdown, "server shutting down; reconnect"));
                 }
                 () = conn.overflowed.cancelled() => {
+                    metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
                     return Some((CloseCode::ConnectionClosed, "too slow: the send queue is full"));
                 }
                 () = tokio::time::sleep_until(self.watch.hold_ends()), if self.watch.holding() => {
@@ -113,6 +115,7 @@ impl Connection {
                         }
                     };
                     last_heard = Instant::now();
+                    metrics::counter!(metric::FRAMES_IN).increment(1);
                     let next = self.handle(message, &conn).await;
                     // The first frame (normally `Resume`) has been answered: live
                     // frames held since the upgrade may flow now.
