@@ -11,10 +11,11 @@ use chatter_shared::ingest::{
     AppendLimits, AppendOutcome, AppendScript, IngestEntry, NewMessage, RecentLog, RecentScript,
 };
 use chatter_shared::keyspace;
+use chatter_shared::presence::{PRESENCE_CHANNEL, PresenceScripts, changed_frame};
 use chatter_shared::protocol::{MESSAGE_RECEIVED_HEAD, MessageReceivedTail};
 use fred::prelude::*;
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -33,12 +34,18 @@ impl From<Error> for BusError {
     }
 }
 
+// One `Bus` per process, cloned a handful of times: the variants' size
+// difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Bus {
     Redis {
         client: Client,
         script: AppendScript,
         recent: RecentScript,
+        presence: PresenceScripts,
+        /// This gateway's id in the presence keys.
+        gateway_id: Arc<str>,
     },
     Local(Arc<LocalBus>),
 }
@@ -49,6 +56,8 @@ impl Bus {
             client,
             script: AppendScript::default(),
             recent: RecentScript::default(),
+            presence: PresenceScripts::default(),
+            gateway_id: Uuid::new_v4().to_string().into(),
         }
     }
 
@@ -158,6 +167,158 @@ impl Bus {
         }
     }
 
+    /// The user's first connection on this gateway: register them (and tell
+    /// presence subscribers if they just came online).
+    pub async fn presence_up(&self, user_id: &str) -> Result<(), BusError> {
+        match self {
+            Bus::Redis {
+                client,
+                presence,
+                gateway_id,
+                ..
+            } => {
+                presence.up(client, gateway_id, user_id).await?;
+                Ok(())
+            }
+            Bus::Local(local) => {
+                local.lock().online.insert(user_id.to_owned());
+                local
+                    .hub
+                    .route(
+                        PRESENCE_CHANNEL,
+                        Utf8Bytes::from(changed_frame(user_id, true, None)),
+                    )
+                    .await;
+                Ok(())
+            }
+        }
+    }
+
+    /// The user's last connection on this gateway is gone.
+    pub async fn presence_down(&self, user_id: &str) -> Result<(), BusError> {
+        match self {
+            Bus::Redis {
+                client,
+                presence,
+                gateway_id,
+                ..
+            } => {
+                presence.down(client, gateway_id, user_id).await?;
+                Ok(())
+            }
+            Bus::Local(local) => {
+                let now = time::OffsetDateTime::now_utc()
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default();
+                {
+                    let mut state = local.lock();
+                    state.online.remove(user_id);
+                    state.last_seen.insert(user_id.to_owned(), now.clone());
+                }
+                let frame = changed_frame(user_id, false, Some(&now));
+                local
+                    .hub
+                    .route(PRESENCE_CHANNEL, Utf8Bytes::from(frame))
+                    .await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether each of `users` is online anywhere, and when each was last seen.
+    pub async fn presence_of(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(bool, Option<String>)>, BusError> {
+        match self {
+            Bus::Redis { client, .. } => {
+                let online = chatter_shared::presence::online(client, users).await?;
+                let last_seen: Vec<Option<String>> = if users.is_empty() {
+                    Vec::new()
+                } else {
+                    client
+                        .hmget(chatter_shared::presence::LAST_SEEN, users.to_vec())
+                        .await?
+                };
+                Ok(online.into_iter().zip(last_seen).collect())
+            }
+            Bus::Local(local) => {
+                let state = local.lock();
+                Ok(users
+                    .iter()
+                    .map(|u| (state.online.contains(u), state.last_seen.get(u).cloned()))
+                    .collect())
+            }
+        }
+    }
+
+    /// Refreshes this gateway's liveness entry; true if it was missing (first
+    /// beat, Redis lost its data, or the gateway was reaped after a stall), in
+    /// which case its users must be registered again.
+    pub async fn presence_heartbeat(&self, ttl: Duration) -> Result<bool, BusError> {
+        match self {
+            Bus::Redis {
+                client, gateway_id, ..
+            } => {
+                let expires = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
+                    + i128::try_from(ttl.as_millis() * 2 / 3).unwrap_or(0);
+                let added: i64 = client
+                    .zadd(
+                        chatter_shared::presence::GATEWAYS,
+                        None,
+                        None,
+                        false,
+                        false,
+                        (expires as f64, gateway_id.as_ref()),
+                    )
+                    .await?;
+                Ok(added == 1)
+            }
+            Bus::Local(_) => Ok(false),
+        }
+    }
+
+    /// Takes the users of gateways that stopped beating offline.
+    pub async fn reap_dead_gateways(&self) -> Result<usize, BusError> {
+        match self {
+            Bus::Redis {
+                client,
+                presence,
+                gateway_id,
+                ..
+            } => {
+                let now =
+                    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as f64;
+                let dead: Vec<String> = client
+                    .zrangebyscore(chatter_shared::presence::GATEWAYS, "-inf", now, false, None)
+                    .await?;
+                let mut reaped = 0;
+                for gateway in dead.iter().filter(|g| g.as_str() != gateway_id.as_ref()) {
+                    let offline = presence.reap(client, gateway).await?;
+                    tracing::info!(gateway, offline, "reaped a gateway that stopped beating");
+                    reaped += 1;
+                }
+                Ok(reaped)
+            }
+            Bus::Local(_) => Ok(0),
+        }
+    }
+
+    /// Leaves the cluster's presence on a clean stop.
+    pub async fn presence_leave(&self) -> Result<(), BusError> {
+        match self {
+            Bus::Redis {
+                client, gateway_id, ..
+            } => {
+                let _: i64 = client
+                    .zrem(chatter_shared::presence::GATEWAYS, gateway_id.as_ref())
+                    .await?;
+                Ok(())
+            }
+            Bus::Local(_) => Ok(()),
+        }
+    }
+
     /// Readiness: does the bus answer?
     pub async fn ping(&self) -> Result<(), BusError> {
         match self {
@@ -179,6 +340,9 @@ struct LocalState {
     /// `(room, sender, temp id)` → the original message and when it was seen.
     dedupe: HashMap<(Uuid, String, String), (Uuid, i64, Instant)>,
     tickets: HashMap<String, (String, Instant)>,
+    /// Users with a connection, and when the others were last seen.
+    online: HashSet<String>,
+    last_seen: HashMap<String, String>,
     /// Each room's newest frames and when it last had one, for `Resume`.
     recent: HashMap<Uuid, (VecDeque<(i64, Utf8Bytes)>, Instant)>,
     /// `None` once the bus is closed for shutdown.
@@ -193,6 +357,8 @@ impl LocalBus {
                 seqs: HashMap::new(),
                 dedupe: HashMap::new(),
                 tickets: HashMap::new(),
+                online: HashSet::new(),
+                last_seen: HashMap::new(),
                 recent: HashMap::new(),
                 ingest: Some(ingest),
             }),
@@ -208,6 +374,11 @@ impl LocalBus {
             }
         });
         bus
+    }
+
+    /// Whether `user_id` has a connection (the embedded mode has one gateway).
+    pub fn is_online(&self, user_id: &str) -> bool {
+        self.lock().online.contains(user_id)
     }
 
     /// Stops accepting messages; the worker drains what was accepted and stops.

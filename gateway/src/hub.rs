@@ -22,6 +22,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::keyspace::{self, ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
+use chatter_shared::presence::PRESENCE_CHANNEL;
 use chatter_shared::telemetry::metric;
 use dashmap::DashMap;
 use fred::clients::SubscriberClient;
@@ -30,7 +31,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -48,6 +49,16 @@ pub struct Conn {
     rooms: Mutex<HashSet<Uuid>>,
     /// Cancelled when the outbox overflows: the socket task closes the connection.
     pub overflowed: CancellationToken,
+    /// Whose presence changes this connection receives, once it subscribed.
+    presence_scope: Mutex<Option<PresenceScope>>,
+}
+
+/// Whose `PresenceChanged` events a dashboard connection may receive.
+pub enum PresenceScope {
+    /// Support agents and admins see everyone.
+    Everyone,
+    /// Others see the users they share a room or a group with.
+    Users(HashSet<String>),
 }
 
 impl Conn {
@@ -73,6 +84,20 @@ impl Conn {
             .is_ok_and(|mut rooms| rooms.insert(room_id))
     }
 
+    fn may_see(&self, user_id: &str) -> bool {
+        match self.presence_scope.lock().as_deref() {
+            Ok(Some(PresenceScope::Everyone)) => true,
+            Ok(Some(PresenceScope::Users(users))) => users.contains(user_id),
+            _ => false,
+        }
+    }
+
+    fn watches_presence(&self) -> bool {
+        self.presence_scope
+            .lock()
+            .is_ok_and(|scope| scope.is_some())
+    }
+
     fn room_ids(&self) -> Vec<Uuid> {
         self.rooms
             .lock()
@@ -94,6 +119,10 @@ pub struct Hub {
     requests: Option<mpsc::Sender<Request>>,
     membership: mpsc::Sender<(Box<str>, Utf8Bytes)>,
     next_id: Arc<AtomicU64>,
+    /// Users whose first local connection opened or last one closed, for the
+    /// presence task; a set (bounded by the number of users), not a queue.
+    presence_dirty: Arc<Mutex<HashSet<String>>>,
+    presence_wake: Arc<Notify>,
 }
 
 impl Hub {
@@ -115,6 +144,8 @@ impl Hub {
             requests,
             membership,
             next_id: Arc::new(AtomicU64::new(1)),
+            presence_dirty: Arc::new(Mutex::new(HashSet::new())),
+            presence_wake: Arc::new(Notify::new()),
         };
         if let (Some(subscriber), Some(request_rx)) = (subscriber, request_rx) {
             tokio::spawn(manage_subscriptions(
@@ -145,11 +176,14 @@ impl Hub {
             outbox,
             rooms: Mutex::new(HashSet::new()),
             overflowed: CancellationToken::new(),
+            presence_scope: Mutex::new(None),
         });
         // User channel first: a room created while we load can then only be missed
         // by the room list or by the event, never by both.
         let mut wanted = vec![keyspace::user_channel(user_id)];
-        self.join(&conn, &wanted[0]);
+        if self.join(&conn, &wanted[0]) {
+            self.mark_presence(user_id);
+        }
         for room_id in rooms {
             if conn.add_room(room_id) {
                 let channel = keyspace::room_channel(room_id);
@@ -166,19 +200,94 @@ impl Hub {
         Ok((registration, inbox))
     }
 
-    fn join(&self, conn: &Arc<Conn>, channel: &str) {
+    /// Adds `conn` to `channel`; true if it is the channel's first local connection.
+    fn join(&self, conn: &Arc<Conn>, channel: &str) -> bool {
         let mut members = self.channels.entry(channel.into()).or_default();
         if !members.iter().any(|c| c.id == conn.id) {
             members.push(conn.clone());
         }
+        members.len() == 1
     }
 
-    fn leave(&self, conn_id: u64, channel: &str) {
+    /// Removes a connection from `channel`; true if it was the last local one.
+    fn leave(&self, conn_id: u64, channel: &str) -> bool {
         if let Some(mut members) = self.channels.get_mut(channel) {
             members.retain(|c| c.id != conn_id);
         }
         self.channels
-            .remove_if(channel, |_, members| members.is_empty());
+            .remove_if(channel, |_, members| members.is_empty())
+            .is_some()
+    }
+
+    fn mark_presence(&self, user_id: &str) {
+        if let Ok(mut dirty) = self.presence_dirty.lock() {
+            dirty.insert(user_id.to_owned());
+        }
+        self.presence_wake.notify_one();
+    }
+
+    /// Waits until some user's local presence may have changed.
+    pub async fn presence_changed(&self) {
+        self.presence_wake.notified().await
+    }
+
+    /// The users to reconcile; they are forgotten until marked again.
+    pub fn take_presence_changes(&self) -> Vec<String> {
+        self.presence_dirty
+            .lock()
+            .map(|mut dirty| dirty.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// Puts a user back to be reconciled later (a Redis call failed).
+    pub fn mark_presence_again(&self, user_id: &str) {
+        if let Ok(mut dirty) = self.presence_dirty.lock() {
+            dirty.insert(user_id.to_owned());
+        }
+    }
+
+    /// Whether this gateway holds a connection of `user_id`.
+    pub fn has_local_user(&self, user_id: &str) -> bool {
+        self.channels
+            .contains_key(keyspace::user_channel(user_id).as_str())
+    }
+
+    /// Starts sending `conn` the presence changes `scope` allows.
+    pub async fn subscribe_presence(
+        &self,
+        conn: &Arc<Conn>,
+        scope: PresenceScope,
+    ) -> Result<(), Error> {
+        if let Ok(mut current) = conn.presence_scope.lock() {
+            *current = Some(scope);
+        }
+        self.join(conn, PRESENCE_CHANNEL);
+        self.sync(vec![PRESENCE_CHANNEL.to_owned()]).await
+    }
+
+    /// Presence events go only to subscribers allowed to see that user.
+    fn deliver_presence(&self, frame: &Utf8Bytes) {
+        #[derive(serde::Deserialize)]
+        struct Event<'a> {
+            #[serde(borrow)]
+            data: Data<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Data<'a> {
+            #[serde(borrow)]
+            user_id: std::borrow::Cow<'a, str>,
+        }
+        let Ok(event) = serde_json::from_str::<Event>(frame.as_str()) else {
+            return;
+        };
+        if let Some(members) = self.channels.get(PRESENCE_CHANNEL) {
+            for conn in members
+                .iter()
+                .filter(|conn| conn.may_see(&event.data.user_id))
+            {
+                conn.push(frame.clone());
+            }
+        }
     }
 
     /// Asks the manager to reconcile `channels` and waits for it.
@@ -217,6 +326,8 @@ impl Hub {
     pub async fn route(&self, channel: &str, frame: Utf8Bytes) {
         if channel.starts_with(ROOM_CHANNEL_PREFIX) {
             self.deliver(channel, &frame);
+        } else if channel == PRESENCE_CHANNEL {
+            self.deliver_presence(&frame);
         } else if channel.starts_with(USER_CHANNEL_PREFIX) {
             if is_membership_event(&frame) {
                 let _ = self.membership.send((channel.into(), frame)).await;
@@ -236,9 +347,16 @@ pub struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         metrics::gauge!(metric::CONNECTIONS).decrement(1.0);
-        let mut channels = vec![keyspace::user_channel(&self.conn.user_id)];
+        let user_channel = keyspace::user_channel(&self.conn.user_id);
+        if self.hub.leave(self.conn.id, &user_channel) {
+            self.hub.mark_presence(&self.conn.user_id);
+        }
+        let mut channels = vec![user_channel];
         channels.extend(self.conn.room_ids().into_iter().map(keyspace::room_channel));
-        for channel in &channels {
+        if self.conn.watches_presence() {
+            channels.push(PRESENCE_CHANNEL.to_owned());
+        }
+        for channel in &channels[1..] {
             self.hub.leave(self.conn.id, channel);
         }
         // Fire and forget: if the queue is full, the periodic reconcile unsubscribes.

@@ -14,6 +14,7 @@ pub mod embedded;
 pub mod http;
 pub mod hub;
 pub mod messages;
+pub mod presence;
 pub mod resume;
 pub mod state;
 pub mod tickets;
@@ -23,7 +24,7 @@ use anyhow::Context;
 use chatter_shared::auth::Tokens;
 use chatter_shared::config::{Config, JwtAlgorithm, Mode};
 use chatter_shared::store::Store;
-use chatter_worker::batch::Batches;
+use chatter_worker::batch::{Batches, Presence};
 use chatter_worker::dead_letter::DeadLetters;
 use chatter_worker::notify::Notifier;
 use std::sync::Arc;
@@ -84,20 +85,30 @@ pub async fn serve(
             let (ingest, entries) = tokio::sync::mpsc::channel(backlog);
             // The worker's notifier must outlive `shutdown` long enough to drain.
             let notifier = Notifier::start(&config, DeadLetters::Log, CancellationToken::new())?;
+            let bus = bus::LocalBus::new(hub.clone(), ingest);
+            let presence_view = bus.clone();
             let batches = Batches {
                 store: store.clone(),
                 notifier,
                 dead_letters: DeadLetters::Log,
+                presence: Presence::Local(Arc::new(move |user: &str| {
+                    presence_view.is_online(user)
+                })),
             };
             let worker = tokio::spawn(chatter_worker::embedded::run(
                 entries,
                 batches,
                 config.worker_batch_size,
             ));
-            let bus = bus::LocalBus::new(hub.clone(), ingest);
             (store, bus::Bus::Local(bus), hub, Some(worker))
         }
     };
+    let presence = tokio::spawn(presence::run(
+        hub.clone(),
+        bus.clone(),
+        Duration::from_secs(config.presence_ttl_secs),
+        hub_stop.clone(),
+    ));
     let state = Arc::new(state::App::new(
         config,
         tokens,
@@ -126,6 +137,7 @@ pub async fn serve(
         tracing::warn!(open = state.sockets.len(), "sockets still open at exit");
     }
     hub_stop.cancel();
+    let _ = presence.await;
     if let (bus::Bus::Local(bus), Some(worker)) = (&state.bus, embedded_worker) {
         drain_embedded_worker(bus, worker).await;
     }

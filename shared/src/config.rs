@@ -72,6 +72,8 @@ pub struct Config {
     /// On SIGTERM, sockets are closed (4007) at random moments spread over this
     /// window, so clients do not all reconnect elsewhere at once.
     pub drain_window_secs: u64,
+    /// A killed gateway's users go offline within this many seconds.
+    pub presence_ttl_secs: u64,
     /// Frames kept per room in Redis for `Resume` (the newest ones).
     pub recent_log_size: u64,
     /// How long a quiet room's recent log is kept.
@@ -143,6 +145,7 @@ impl Default for Config {
             send_queue_frames: 512,
             max_connections: 100_000,
             drain_window_secs: 10,
+            presence_ttl_secs: 30,
             recent_log_size: 200,
             recent_log_ttl_secs: 3600,
             resume_max: 1000,
@@ -294,6 +297,7 @@ impl Config {
             ("FRAMES_PER_SEC", u64::from(self.frames_per_sec)),
             ("BAD_FRAME_LIMIT", u64::from(self.bad_frame_limit)),
             ("PING_INTERVAL_SECS", self.ping_interval_secs),
+            ("PRESENCE_TTL_SECS", self.presence_ttl_secs),
             ("IDLE_TIMEOUT_SECS", self.idle_timeout_secs),
             ("SEND_QUEUE_FRAMES", self.send_queue_frames as u64),
             ("MAX_CONNECTIONS", self.max_connections as u64),
@@ -366,6 +370,7 @@ const KNOWN_KEYS: &[&str] = &[
     "send_queue_frames",
     "max_connections",
     "drain_window_secs",
+    "presence_ttl_secs",
     "recent_log_size",
     "recent_log_ttl_secs",
     "resume_max",

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod ingest;
 pub mod keyspace;
+pub mod presence;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;

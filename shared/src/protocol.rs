@@ -44,6 +44,7 @@ impl CloseCode {
 pub enum ClientFrame {
     SendMessage(SendMessage),
     Resume(Resume),
+    SubscribePresence,
     Ping,
 }
 
@@ -112,6 +113,7 @@ impl ClientFrame {
                     .map(ClientFrame::Resume)
                     .map_err(|error| bad_data(error, reference))
             }
+            "SubscribePresence" => Ok(ClientFrame::SubscribePresence),
             "Ping" => Ok(ClientFrame::Ping),
             other => Err(FrameError {
                 code: "unknown_type",

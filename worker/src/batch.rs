@@ -21,6 +21,32 @@ pub struct Batches {
     pub store: Store,
     pub notifier: Notifier,
     pub dead_letters: DeadLetters,
+    pub presence: Presence,
+}
+
+/// Who is online, for skipping notifications to people who saw the message live.
+#[derive(Clone)]
+pub enum Presence {
+    /// Cluster-wide presence in Redis.
+    Redis(fred::clients::Client),
+    /// The embedded mode's in-process view.
+    Local(std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>),
+}
+
+impl Presence {
+    /// Which of `users` are online. If Redis cannot say, everyone counts as
+    /// offline: a notification too many beats one missed.
+    async fn online(&self, users: &[String]) -> Vec<bool> {
+        match self {
+            Presence::Redis(client) => chatter_shared::presence::online(client, users)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(%error, "cannot read presence; notifying everyone");
+                    vec![false; users.len()]
+                }),
+            Presence::Local(is_online) => users.iter().map(|u| is_online(u)).collect(),
+        }
+    }
 }
 
 impl Batches {
@@ -93,9 +119,20 @@ impl Batches {
                 .or_default()
                 .push(&member.user_id);
         }
+        // Only recipients who are offline when the message is stored.
+        let mut recipients: Vec<String> =
+            by_room.values().flatten().map(|u| u.to_string()).collect();
+        recipients.sort_unstable();
+        recipients.dedup();
+        let online: HashSet<String> = recipients
+            .iter()
+            .zip(self.presence.online(&recipients).await)
+            .filter(|(_, online)| *online)
+            .map(|(user, _)| user.clone())
+            .collect();
         for entry in fresh {
             for recipient in by_room.get(&entry.room_id).into_iter().flatten() {
-                if *recipient != entry.sender_id {
+                if *recipient != entry.sender_id && !online.contains(*recipient) {
                     self.notifier.enqueue(entry, recipient).await;
                 }
             }

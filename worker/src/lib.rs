@@ -47,6 +47,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store,
         notifier: notifier.clone(),
         dead_letters,
+        presence: batch::Presence::Redis(redis.clone()),
     };
     let persister = persist::Persister::new(&config, batches, redis, reader).await?;
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.worker_port))

@@ -1,6 +1,7 @@
 //! The REST API: one module per resource, merged here with the cross-cutting layers
 //! (request ids, tracing, CORS, body limits).
 
+mod connections;
 pub mod error;
 pub mod extract;
 mod health;
@@ -27,6 +28,7 @@ pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.allowed_origins.0);
     Router::new()
         .merge(health::router())
+        .merge(connections::router())
         .merge(users::router())
         .merge(rooms::router())
         .merge(tokens::router())

@@ -1,7 +1,7 @@
 //! One WebSocket connection's loop: frames in, frames out, heartbeat, limits.
 
 use super::close;
-use crate::hub::Registration;
+use crate::hub::{Conn, PresenceScope, Registration};
 use crate::messages::{self, Draft, Refusal};
 use crate::resume::{self, Watch};
 use crate::state::AppState;
@@ -11,6 +11,7 @@ use chatter_shared::protocol::{
     ClientFrame, CloseCode, Confirmation, Resume, SendMessage, ServerFrame,
 };
 use chatter_shared::telemetry::metric;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
@@ -136,7 +137,7 @@ impl Connection {
         }
     }
 
-    async fn handle(&mut self, message: Message, conn: &crate::hub::Conn) -> Next {
+    async fn handle(&mut self, message: Message, conn: &Arc<Conn>) -> Next {
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
@@ -159,6 +160,7 @@ impl Connection {
                 match frame {
                     ClientFrame::SendMessage(send) => self.send_message(send, conn).await,
                     ClientFrame::Resume(request) => self.resume(request, conn).await,
+                    ClientFrame::SubscribePresence => self.subscribe_presence(conn).await,
                     ClientFrame::Ping => reply(&mut self.socket, &ServerFrame::Pong {}).await,
                 }
             }
@@ -169,7 +171,7 @@ impl Connection {
         }
     }
 
-    async fn send_message(&mut self, send: SendMessage, conn: &crate::hub::Conn) -> Next {
+    async fn send_message(&mut self, send: SendMessage, conn: &Conn) -> Next {
         let draft = Draft {
             room_id: send.room_id,
             sender_id: &self.identity.user_id,
@@ -208,7 +210,7 @@ impl Connection {
         .await
     }
 
-    async fn resume(&mut self, request: Resume, conn: &crate::hub::Conn) -> Next {
+    async fn resume(&mut self, request: Resume, conn: &Conn) -> Next {
         let mut rooms: Vec<(uuid::Uuid, i64)> = request.rooms.into_iter().collect();
         rooms.sort_unstable();
         for (room_id, last_seq) in rooms {
@@ -232,6 +234,46 @@ impl Connection {
             }
         }
         Next::Continue
+    }
+
+    /// Presence events for dashboards: everyone for support agents and admins,
+    /// otherwise the users the caller shares a room or group with.
+    async fn subscribe_presence(&mut self, conn: &Arc<Conn>) -> Next {
+        let sees_everyone = self
+            .identity
+            .roles
+            .iter()
+            .any(|r| r == "support" || r == "admin");
+        let scope = if sees_everyone {
+            Ok(PresenceScope::Everyone)
+        } else {
+            self.state
+                .store
+                .contacts_of(&self.identity.user_id)
+                .await
+                .map(|contacts| PresenceScope::Users(contacts.into_iter().map(|c| c.id).collect()))
+        };
+        let subscribed = match scope {
+            Ok(scope) => self
+                .state
+                .hub
+                .subscribe_presence(conn, scope)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        match subscribed {
+            Ok(()) => Next::Continue,
+            Err(error) => {
+                tracing::warn!(%error, "cannot subscribe to presence");
+                let frame = ServerFrame::Error {
+                    code: "unavailable",
+                    message: "presence is unavailable",
+                    reference: None,
+                };
+                reply(&mut self.socket, &frame).await
+            }
+        }
     }
 
     /// Answers a frame that was not understood; too many in a row close the socket.

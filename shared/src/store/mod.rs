@@ -16,6 +16,7 @@ mod users;
 
 pub use messages::{HistoryPage, MemberOfRoom};
 pub use rooms::{NewRoom, Room, RoomKind};
+pub use users::Contact;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{

@@ -75,4 +75,48 @@ impl Store {
             }
         }
     }
+
+    /// The users `user_id` shares a live room or a `user_group` with (not
+    /// themself): who they may see on `/connections` and in presence events.
+    pub async fn contacts_of(&self, user_id: &str) -> Result<Vec<Contact>, sqlx::Error> {
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT u.id, u.name FROM users u
+                     WHERE u.id <> $1 AND (
+                         u.id IN (SELECT other.user_id FROM room_members mine
+                                  JOIN room_members other ON other.room_id = mine.room_id
+                                  JOIN rooms r ON r.id = mine.room_id AND r.deleted_at IS NULL
+                                  WHERE mine.user_id = $1)
+                         OR u.user_group = (SELECT user_group FROM users WHERE id = $1))
+                     ORDER BY u.id",
+                )
+                .bind(user_id)
+                .fetch_all(pool)
+                .await
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT u.id, u.name FROM users u
+                     WHERE u.id <> ?1 AND (
+                         u.id IN (SELECT other.user_id FROM room_members mine
+                                  JOIN room_members other ON other.room_id = mine.room_id
+                                  JOIN rooms r ON r.id = mine.room_id AND r.deleted_at IS NULL
+                                  WHERE mine.user_id = ?1)
+                         OR u.user_group = (SELECT user_group FROM users WHERE id = ?1))
+                     ORDER BY u.id",
+                )
+                .bind(user_id)
+                .fetch_all(pool)
+                .await
+            }
+        }
+    }
+}
+
+/// Someone a user may see.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Contact {
+    pub id: String,
+    pub name: Option<String>,
 }

@@ -1,0 +1,45 @@
+//! `GET /connections`: who the caller may see, and whether each is online anywhere
+//! in the cluster.
+
+use super::error::ApiError;
+use super::extract::{Json, User};
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde::Serialize;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/connections", get(connections))
+}
+
+#[derive(Serialize)]
+struct Connection {
+    user_id: String,
+    name: Option<String>,
+    online: bool,
+    /// When the user last went offline (RFC 3339), if known.
+    last_seen_at: Option<String>,
+}
+
+/// Users who share a room or a `user_group` with the caller.
+async fn connections(
+    State(state): State<AppState>,
+    User(caller): User,
+) -> Result<Json<Vec<Connection>>, ApiError> {
+    let contacts = state.store.contacts_of(&caller.user_id).await?;
+    let ids: Vec<String> = contacts.iter().map(|c| c.id.clone()).collect();
+    let presence = state.bus.presence_of(&ids).await?;
+    Ok(Json(
+        contacts
+            .into_iter()
+            .zip(presence)
+            .map(|(contact, (online, last_seen_at))| Connection {
+                user_id: contact.id,
+                name: contact.name,
+                online,
+                last_seen_at: if online { None } else { last_seen_at },
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,168 @@
+//! Cluster-wide presence in Redis.
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `chatter:gateways` | sorted set, score = expiry (unix ms) | live gateways; each refreshes its entry every `PRESENCE_TTL_SECS`/3 |
+//! | `chatter:gateway:<id>:users` | set | users with a connection on that gateway |
+//! | `chatter:presence:<user>` | sorted set of gateway ids | where the user is connected; online ⇔ non-empty |
+//! | `chatter:last_seen` | hash user → RFC 3339 | when each user last went offline |
+//! | channel `chatter:presence` | pub/sub | `PresenceChanged` on online/offline transitions, once each |
+//!
+//! A gateway registers a user on their first local connection and unregisters on
+//! the last, so devices are counted once per gateway and transitions are
+//! published only when the user's set becomes non-empty or empty. A killed
+//! gateway stops refreshing its entry; any live gateway then *reaps* it — one
+//! script, run once (the `ZREM` of the gateway decides who) — taking its users
+//! offline within the TTL, with no cleanup by the dead pod.
+
+use fred::prelude::*;
+use fred::types::scripts::Script;
+
+pub const PRESENCE_CHANNEL: &str = "chatter:presence";
+pub const GATEWAYS: &str = "chatter:gateways";
+pub const LAST_SEEN: &str = "chatter:last_seen";
+
+pub fn user_gateways(user_id: &str) -> String {
+    format!("chatter:presence:{user_id}")
+}
+
+pub fn gateway_users(gateway_id: &str) -> String {
+    format!("chatter:gateway:{gateway_id}:users")
+}
+
+/// The `PresenceChanged` frame (built here so Lua and Rust agree on the bytes).
+pub fn changed_frame(user_id: &str, online: bool, last_seen_at: Option<&str>) -> String {
+    serde_json::json!({
+        "type": "PresenceChanged",
+        "data": {"user_id": user_id, "online": online, "last_seen_at": last_seen_at},
+    })
+    .to_string()
+}
+
+const UP_LUA: &str = r#"
+-- KEYS: 1 user's gateways, 2 gateway's users. ARGV: 1 gateway, 2 user, 3 now ms, 4 online frame
+local before = redis.call('ZCARD', KEYS[1])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+if before == 0 then redis.call('PUBLISH', 'chatter:presence', ARGV[4]) return 1 end
+return 0
+"#;
+
+const DOWN_LUA: &str = r#"
+-- KEYS: 1 user's gateways, 2 gateway's users, 3 last seen hash.
+-- ARGV: 1 gateway, 2 user, 3 now (RFC 3339), 4 offline frame
+local removed = redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+if removed == 1 and redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+  redis.call('PUBLISH', 'chatter:presence', ARGV[4])
+  return 1
+end
+return 0
+"#;
+
+const REAP_LUA: &str = r#"
+-- KEYS: 1 gateways, 2 dead gateway's users, 3 last seen hash. ARGV: 1 dead gateway, 2 now (RFC 3339)
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local offline = 0
+for _, user in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local key = 'chatter:presence:' .. user
+  redis.call('ZREM', key, ARGV[1])
+  if redis.call('ZCARD', key) == 0 then
+    redis.call('HSET', KEYS[3], user, ARGV[2])
+    redis.call('PUBLISH', 'chatter:presence', '{"type":"PresenceChanged","data":{"user_id":' ..
+      cjson.encode(user) .. ',"online":false,"last_seen_at":"' .. ARGV[2] .. '"}}')
+    offline = offline + 1
+  end
+end
+redis.call('DEL', KEYS[2])
+return offline
+"#;
+
+/// The presence scripts, loaded once per process.
+#[derive(Clone)]
+pub struct PresenceScripts {
+    up: Script,
+    down: Script,
+    reap: Script,
+}
+
+impl Default for PresenceScripts {
+    fn default() -> Self {
+        PresenceScripts {
+            up: Script::from_lua(UP_LUA),
+            down: Script::from_lua(DOWN_LUA),
+            reap: Script::from_lua(REAP_LUA),
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl PresenceScripts {
+    /// First local connection of `user_id` on `gateway_id`. True if the user came online.
+    pub async fn up(
+        &self,
+        client: &Client,
+        gateway_id: &str,
+        user_id: &str,
+    ) -> Result<bool, Error> {
+        let keys = vec![user_gateways(user_id), gateway_users(gateway_id)];
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        let args = vec![
+            gateway_id.to_owned(),
+            user_id.to_owned(),
+            now.to_string(),
+            changed_frame(user_id, true, None),
+        ];
+        let came_online: i64 = self.up.evalsha_with_reload(client, keys, args).await?;
+        Ok(came_online == 1)
+    }
+
+    /// Last local connection gone. True if the user went offline.
+    pub async fn down(
+        &self,
+        client: &Client,
+        gateway_id: &str,
+        user_id: &str,
+    ) -> Result<bool, Error> {
+        let keys = vec![
+            user_gateways(user_id),
+            gateway_users(gateway_id),
+            LAST_SEEN.to_owned(),
+        ];
+        let now = now_rfc3339();
+        let frame = changed_frame(user_id, false, Some(&now));
+        let args = vec![gateway_id.to_owned(), user_id.to_owned(), now, frame];
+        let went_offline: i64 = self.down.evalsha_with_reload(client, keys, args).await?;
+        Ok(went_offline == 1)
+    }
+
+    /// Takes a dead gateway's users offline (once, whoever calls first).
+    pub async fn reap(&self, client: &Client, dead_gateway: &str) -> Result<i64, Error> {
+        let keys = vec![
+            GATEWAYS.to_owned(),
+            gateway_users(dead_gateway),
+            LAST_SEEN.to_owned(),
+        ];
+        let args = vec![dead_gateway.to_owned(), now_rfc3339()];
+        self.reap.evalsha_with_reload(client, keys, args).await
+    }
+}
+
+/// Which of `users` are online anywhere in the cluster (one pipelined round trip).
+pub async fn online(client: &Client, users: &[String]) -> Result<Vec<bool>, Error> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pipeline = client.pipeline();
+    for user in users {
+        let _: () = pipeline.exists(user_gateways(user)).await?;
+    }
+    let counts: Vec<i64> = pipeline.all().await?;
+    Ok(counts.into_iter().map(|n| n > 0).collect())
+}
