@@ -2,10 +2,10 @@
 
 use chatter_shared::auth::{Identity, Tokens};
 use chatter_shared::config::{Config, Mode};
+use chatter_shared::shutdown::{load_config, run_service};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 
 /// chatter's WebSocket and REST gateway.
 ///
@@ -43,12 +43,9 @@ enum Command {
 pub fn main() -> ExitCode {
     chatter_shared::install_crypto_provider();
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref(), std::env::vars().collect()) {
+    let config = match load_config("chatter-gateway", args.config.as_deref()) {
         Ok(config) => config,
-        Err(error) => {
-            eprintln!("chatter-gateway: {error}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     if let Some(Command::Token {
         user,
@@ -58,31 +55,13 @@ pub fn main() -> ExitCode {
     {
         return print_token(&config, user, name, ttl_secs);
     }
-    chatter_shared::telemetry::init(&config.log_level, config.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("chatter-gateway: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(chatter_shared::shutdown::cancel_on_signal(shutdown.clone()));
+    run_service("chatter-gateway", config, |config, shutdown| async move {
         let addr = format!("{}:{}", config.host, config.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|error| anyhow::anyhow!("cannot listen on {addr} (HOST, PORT): {error}"))?;
         crate::serve(config, listener, shutdown).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("chatter-gateway: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 fn print_token(config: &Config, user: String, name: Option<String>, ttl_secs: i64) -> ExitCode {

@@ -39,3 +39,50 @@ pub async fn cancel_on_signal(token: CancellationToken) {
     }
     token.cancel();
 }
+
+/// What both binaries' `main` do around their own work: load the configuration
+/// (defaults < `config_file` < environment), start logging, run `work` on a tokio
+/// runtime until it returns — SIGTERM and SIGINT cancel the token it gets — and
+/// turn the outcome into an exit code, with errors on stderr and in the log.
+pub fn run_service<Work, Done>(
+    name: &str,
+    config: crate::config::Config,
+    work: Work,
+) -> std::process::ExitCode
+where
+    Work: FnOnce(crate::config::Config, CancellationToken) -> Done,
+    Done: std::future::Future<Output = anyhow::Result<()>>,
+{
+    crate::telemetry::init(&config.log_level, config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{name}: cannot start the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        work(config, shutdown).await
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("{name}: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the configuration for a binary, or says on stderr which key is wrong.
+pub fn load_config(
+    name: &str,
+    file: Option<&std::path::Path>,
+) -> Result<crate::config::Config, std::process::ExitCode> {
+    crate::config::Config::load(file, std::env::vars().collect()).map_err(|error| {
+        eprintln!("{name}: {error}");
+        std::process::ExitCode::FAILURE
+    })
+}

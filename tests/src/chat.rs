@@ -1,7 +1,7 @@
 //! Small steps most chat tests take: create a room, send a message, await it.
 
 use crate::cluster::Cluster;
-use crate::ws::WsClient;
+use crate::ws::{Incoming, WsClient};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -82,4 +82,44 @@ pub async fn send_and_confirm(
 /// The next `MessageReceived` data on `ws`.
 pub async fn next_message(ws: &mut WsClient) -> Result<Value> {
     ws.recv_type("MessageReceived", FRAME_WAIT).await
+}
+
+/// Reads frames until `Resumed` for `room`, collecting replayed seqs.
+pub async fn resume(
+    ws: &mut WsClient,
+    room: &str,
+    last_seq: i64,
+) -> anyhow::Result<(Vec<i64>, i64)> {
+    ws.send_frame("Resume", json!({ "rooms": { room: last_seq } }))
+        .await?;
+    let mut seqs = Vec::new();
+    loop {
+        match ws.recv(FRAME_WAIT).await? {
+            Incoming::Frame(frame) if frame["type"] == "MessageReceived" => {
+                seqs.push(frame["data"]["seq"].as_i64().unwrap_or(-1))
+            }
+            Incoming::Frame(frame) if frame["type"] == "Resumed" => {
+                return Ok((seqs, frame["data"]["seq"].as_i64().unwrap_or(-1)));
+            }
+            Incoming::Frame(frame) if frame["type"] == "ResyncRequired" => {
+                anyhow::bail!("resync required: {frame}")
+            }
+            Incoming::Frame(_) => {}
+            Incoming::Closed { code, reason } => anyhow::bail!("closed {code} {reason}"),
+        }
+    }
+}
+
+/// Reads `MessageReceived` seqs until `until` is seen (or the socket closes).
+pub async fn read_until(ws: &mut WsClient, seqs: &mut Vec<i64>, until: i64) -> anyhow::Result<()> {
+    while seqs.iter().copied().max().unwrap_or(0) < until {
+        match ws.recv(FRAME_WAIT).await? {
+            Incoming::Frame(frame) if frame["type"] == "MessageReceived" => {
+                seqs.push(frame["data"]["seq"].as_i64().unwrap_or(-1))
+            }
+            Incoming::Frame(_) => {}
+            Incoming::Closed { code, reason } => anyhow::bail!("closed {code} {reason}"),
+        }
+    }
+    Ok(())
 }

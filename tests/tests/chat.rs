@@ -922,37 +922,16 @@ async fn resume_replays_what_a_client_missed_from_the_log_and_the_database(backe
         .connect_ws(0, &cluster.token("alice"))
         .await
         .expect("alice");
-    let mut replayed = Vec::new();
-    let resumed = eventually(FRAME_WAIT, || async {
+    let (replayed, resumed_at) = eventually(FRAME_WAIT, || async {
         // The database may trail the log by the worker's lag; a gap it cannot
         // close in time is answered ResyncRequired, and asking again is fine.
         let mut alice = cluster.connect_ws(0, &cluster.token("alice")).await?;
-        alice
-            .send_frame("Resume", json!({ "rooms": { &room: 0 } }))
-            .await?;
-        let mut seqs = Vec::new();
-        loop {
-            match alice.recv(FRAME_WAIT).await? {
-                chatter_tests::Incoming::Frame(f) if f["type"] == "MessageReceived" => {
-                    assert_eq!(f["data"]["message"], format!("m{}", f["data"]["seq"]));
-                    seqs.push(f["data"]["seq"].as_i64().unwrap_or(-1));
-                }
-                chatter_tests::Incoming::Frame(f) if f["type"] == "Resumed" => {
-                    return Ok((seqs, f["data"].clone()));
-                }
-                chatter_tests::Incoming::Frame(f) if f["type"] == "ResyncRequired" => {
-                    anyhow::bail!("resync")
-                }
-                chatter_tests::Incoming::Frame(_) => {}
-                chatter_tests::Incoming::Closed { code, .. } => anyhow::bail!("closed {code}"),
-            }
-        }
+        chatter_tests::chat::resume(&mut alice, &room, 0).await
     })
     .await
     .expect("resumed");
-    replayed.extend(resumed.0);
     assert_eq!(replayed, vec![1, 2, 3, 4, 5]);
-    assert_eq!(resumed.1, json!({"room_id": room, "seq": 5}));
+    assert_eq!(resumed_at, 5);
 
     // Resuming from the newest seq replays nothing; live delivery goes on after it.
     alice

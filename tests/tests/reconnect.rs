@@ -2,7 +2,9 @@
 //! Cluster only: these are about processes dying, which the embedded mode (one
 //! process) does not have; its own restart test is in `embedded.rs`.
 
-use chatter_tests::chat::{FRAME_WAIT, create_room, ensure_users, send_and_confirm};
+use chatter_tests::chat::{
+    FRAME_WAIT, create_room, ensure_users, read_until, resume, send_and_confirm,
+};
 use chatter_tests::{Cluster, Incoming, WsClient, binaries, eventually};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -16,42 +18,6 @@ fn assert_exactly_once(seen: &[i64], total: i64) {
         (1..=total).collect::<Vec<_>>(),
         "every message exactly once, in order"
     );
-}
-
-/// Reads frames until `Resumed` for `room`, collecting replayed seqs.
-async fn resume(ws: &mut WsClient, room: &str, last_seq: i64) -> anyhow::Result<(Vec<i64>, i64)> {
-    ws.send_frame("Resume", json!({ "rooms": { room: last_seq } }))
-        .await?;
-    let mut seqs = Vec::new();
-    loop {
-        match ws.recv(FRAME_WAIT).await? {
-            Incoming::Frame(frame) if frame["type"] == "MessageReceived" => {
-                seqs.push(frame["data"]["seq"].as_i64().unwrap_or(-1))
-            }
-            Incoming::Frame(frame) if frame["type"] == "Resumed" => {
-                return Ok((seqs, frame["data"]["seq"].as_i64().unwrap_or(-1)));
-            }
-            Incoming::Frame(frame) if frame["type"] == "ResyncRequired" => {
-                anyhow::bail!("resync required: {frame}")
-            }
-            Incoming::Frame(_) => {}
-            Incoming::Closed { code, reason } => anyhow::bail!("closed {code} {reason}"),
-        }
-    }
-}
-
-/// Reads `MessageReceived` seqs until `until` is seen (or the socket closes).
-async fn read_until(ws: &mut WsClient, seqs: &mut Vec<i64>, until: i64) -> anyhow::Result<()> {
-    while seqs.iter().copied().max().unwrap_or(0) < until {
-        match ws.recv(FRAME_WAIT).await? {
-            Incoming::Frame(frame) if frame["type"] == "MessageReceived" => {
-                seqs.push(frame["data"]["seq"].as_i64().unwrap_or(-1))
-            }
-            Incoming::Frame(_) => {}
-            Incoming::Closed { code, reason } => anyhow::bail!("closed {code} {reason}"),
-        }
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

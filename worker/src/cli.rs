@@ -1,10 +1,9 @@
 //! Command line: `chatter-worker [--config chatter.toml]`.
 
-use chatter_shared::config::Config;
+use chatter_shared::shutdown::{load_config, run_service};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tokio_util::sync::CancellationToken;
 
 /// chatter's persistence and notification worker.
 ///
@@ -23,32 +22,8 @@ struct Args {
 pub fn main() -> ExitCode {
     chatter_shared::install_crypto_provider();
     let args = Args::parse();
-    let config = match Config::load(args.config.as_deref(), std::env::vars().collect()) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("chatter-worker: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    chatter_shared::telemetry::init(&config.log_level, config.log_format);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("chatter-worker: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(chatter_shared::shutdown::cancel_on_signal(shutdown.clone()));
-        crate::run(config, shutdown).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!("{error:#}");
-            eprintln!("chatter-worker: {error:#}");
-            ExitCode::FAILURE
-        }
+    match load_config("chatter-worker", args.config.as_deref()) {
+        Ok(config) => run_service("chatter-worker", config, crate::run),
+        Err(code) => code,
     }
 }
