@@ -28,9 +28,22 @@ async fn a_killed_gateways_client_resumes_on_another_without_loss() {
         .env("FRAMES_PER_SEC", "100000")
         // Smaller than the gap, so the replay reads both the log and Postgres.
         .env("RECENT_LOG_SIZE", "50")
+        .env("PRESENCE_TTL_SECS", "3")
         .start()
         .await
         .expect("cluster");
+    // A support dashboard on the surviving gateway watches alice's presence.
+    let mut desk = cluster
+        .connect_ws(1, &cluster.token_with_roles("desk", &["support"]))
+        .await
+        .expect("desk");
+    desk.send_frame("SubscribePresence", json!({}))
+        .await
+        .expect("subscribe");
+    desk.send_frame("Ping", json!({})).await.expect("ping");
+    desk.recv_type("Pong", FRAME_WAIT)
+        .await
+        .expect("subscribed");
     ensure_users(&cluster, &["alice", "bob"])
         .await
         .expect("users");
@@ -63,12 +76,41 @@ async fn a_killed_gateways_client_resumes_on_another_without_loss() {
         .await
         .expect("live messages before the crash");
     cluster.gateway_mut(0).kill9();
+    let killed = Instant::now();
+    // While she is away, her presence flips offline within the TTL...
+    let alice_went = |online: bool| {
+        move |frame: &Value| frame["user_id"] == "alice" && frame["online"] == online
+    };
+    let offline = loop {
+        let change = desk
+            .recv_type("PresenceChanged", FRAME_WAIT)
+            .await
+            .expect("offline");
+        if alice_went(false)(&change) {
+            break change;
+        }
+    };
+    assert_eq!(offline["online"], false);
+    let away = killed.elapsed();
+    eprintln!("alice went offline {away:?} after her gateway was killed (TTL 3 s)");
+    assert!(away <= Duration::from_secs(3), "{away:?}");
     let last = *seen.last().expect("some");
     let mut alice = cluster
         .connect_ws(1, &cluster.token("alice"))
         .await
         .expect("alice on 1");
     let (replayed, resumed_at) = resume(&mut alice, &room, last).await.expect("resumed");
+    // ...and back online when she reconnects.
+    let online = loop {
+        let change = desk
+            .recv_type("PresenceChanged", FRAME_WAIT)
+            .await
+            .expect("online");
+        if alice_went(true)(&change) {
+            break change;
+        }
+    };
+    assert_eq!(online["online"], true);
     assert!(
         replayed.windows(2).all(|w| w[0] < w[1]),
         "the replay is in seq order: {replayed:?}"
