@@ -387,3 +387,37 @@ async fn messages_flow_again_after_redis_restarts_and_none_acknowledged_is_lost(
     .await
     .expect("every acknowledged message is stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigint_drains_like_sigterm() {
+    let mut cluster = Cluster::builder(binaries!())
+        .env("DRAIN_WINDOW_SECS", "1")
+        .start()
+        .await
+        .expect("cluster");
+    let mut alice = cluster
+        .connect_ws(0, &cluster.token("alice"))
+        .await
+        .expect("alice");
+    let pid = cluster.gateway(0).pid().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let close = alice
+        .expect_close(Duration::from_secs(5))
+        .await
+        .expect("closed");
+    assert_eq!(close.code, 4007, "{close:?}");
+    assert_eq!(
+        close.frame("Disconnection").expect("told why")["code"],
+        4007
+    );
+    let status = cluster
+        .gateway_mut(0)
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("exits");
+    assert!(status.success(), "{status:?}");
+}
