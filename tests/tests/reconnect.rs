@@ -421,3 +421,40 @@ async fn sigint_drains_like_sigterm() {
         .expect("exits");
     assert!(status.success(), "{status:?}");
 }
+
+/// A socket holds live frames briefly after connecting (waiting for `Resume`);
+/// a busy room must not overflow that hold into a slow-consumer close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_quiet_socket_in_a_busy_room_is_not_taken_for_a_slow_consumer() {
+    const BURST: i64 = 40;
+    let cluster = Cluster::builder(binaries!())
+        .env("SEND_QUEUE_FRAMES", "16")
+        .env("FRAMES_PER_SEC", "100000")
+        .start()
+        .await
+        .expect("cluster");
+    ensure_users(&cluster, &["alice", "bob"])
+        .await
+        .expect("users");
+    let room = create_room(&cluster, 0, "bob", &["alice"])
+        .await
+        .expect("room");
+    let mut bob = cluster
+        .connect_ws(0, &cluster.token("bob"))
+        .await
+        .expect("bob");
+    let mut alice = cluster
+        .connect_ws(0, &cluster.token("alice"))
+        .await
+        .expect("alice");
+    for i in 1..=BURST {
+        send_and_confirm(&mut bob, &room, &format!("m{i}"), &format!("t{i}"))
+            .await
+            .expect("sent");
+    }
+    let mut seen = Vec::new();
+    read_until(&mut alice, &mut seen, BURST)
+        .await
+        .expect("no close, every message");
+    assert_exactly_once(&seen, BURST);
+}
