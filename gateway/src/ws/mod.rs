@@ -30,6 +30,9 @@ use std::time::Duration;
 /// makes its kernel discard the unread `Disconnection` and close frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
+/// Initial read buffer per socket (see `upgrade`).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 #[derive(Deserialize)]
 pub struct WsParams {
     token: Option<String>,
@@ -63,7 +66,15 @@ pub async fn upgrade(
     // tungstenite's own cap sits above ours so that frames just over the limit get
     // a clean 4014 from us rather than a torn connection.
     let hard_cap = (state.config.max_frame_bytes * 2).max(64 * 1024);
-    let ws = ws.max_message_size(hard_cap).max_frame_size(hard_cap);
+    let ws = ws
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        // tungstenite allocates a 128 KiB read buffer per socket by default and
+        // batches writes up to 128 KiB: most of a connection's memory. Chat frames
+        // are small; a small read buffer grows when a big frame needs it, and
+        // writing each frame straight away suits latency.
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(0);
 
     let token = params
         .token
