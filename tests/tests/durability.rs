@@ -6,6 +6,10 @@
 //! Every test runs its own cluster (real Redis, Postgres, gateway and worker
 //! processes, the notif fake) and checks the outcome where it lives: rows in
 //! Postgres, entries in Redis streams, requests received by the notif fake.
+//!
+//! Cluster only: these are about the Redis stream, separate worker processes and
+//! Postgres failing; the embedded mode has none of them (its own restart and
+//! crash tests are in `embedded.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! `/metrics` on the gateway and the worker: Prometheus text that shows where
 //! time goes (connections, frames, publish and delivery latency, worker batches).
+//! Cluster only: it checks the separate worker's own endpoint as well; the
+//! embedded gateway serves the same recorder on its `/metrics`.
 
 use chatter_tests::chat::{create_room, ensure_users, next_message, send_and_confirm};
 use chatter_tests::{Auth, Cluster, binaries, eventually};

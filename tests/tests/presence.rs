@@ -1,6 +1,7 @@
 //! Cluster-wide presence: transitions published once, `/connections` agreeing
 //! across gateways, a killed gateway's users going offline within the TTL, and
-//! notifications only for recipients who are offline.
+//! notifications only for recipients who are offline. The multi-device test runs
+//! on both backends; the others need a second gateway or a separate worker.
 
 use chatter_tests::chat::{FRAME_WAIT, create_room, ensure_users, send_and_confirm};
 use chatter_tests::{Cluster, Incoming, WsClient, binaries, eventually};
