@@ -1,1 +1,17 @@
-//! Load generator and benchmarks for chatter (see bench/README.md).
+//! Load generator, ceiling server and benchmark scenarios for chatter
+//! (see bench/README.md).
+//!
+//! - [`agent`]: a load generator process holding a share of the connections;
+//! - [`coordinator`]: plans a load, starts agents, makes rooms, adds results up;
+//! - [`ceiling`]: the minimal broadcast server chatter is compared with;
+//! - [`scenarios`]: idle, fan-out, 1:1 and persist, and the results file.
+
+pub mod agent;
+pub mod ceiling;
+pub mod coordinator;
+pub mod frames;
+pub mod plan;
+pub mod report;
+pub mod scenarios;
+pub mod stats;
+pub mod sys;

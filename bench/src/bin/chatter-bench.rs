@@ -1,0 +1,186 @@
+//! `chatter-bench`: runs the benchmark scenarios (each with its own throwaway
+//! Redis, Postgres, gateways and worker) and writes the results as Markdown.
+//!
+//! `bench/run.sh` builds the release binaries and runs `chatter-bench all`.
+
+use anyhow::Result;
+use chatter_bench::report::{self, Meta};
+use chatter_bench::scenarios::{self, Bench, Bins, Results};
+use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "chatter-bench", version)]
+struct Args {
+    /// Scenarios to run, in order.
+    #[arg(value_enum, required = true)]
+    scenarios: Vec<Scenario>,
+    /// Write the Markdown results here (printed to stdout in any case).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Small loads and short steps: checks the pipeline in a minute or two.
+    #[arg(long)]
+    quick: bool,
+    /// Folder for the processes' logs (default: a new folder in the temp dir).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// The whole run stops by itself after this many minutes.
+    #[arg(long, default_value_t = 40)]
+    max_minutes: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    All,
+    Idle,
+    Fanout,
+    OneToOne,
+    Persist,
+    /// Not a scenario: start Redis, Postgres, 2 gateways and a worker, print how to
+    /// run chatter-loadgen against them, and keep them up until Ctrl-C.
+    Deploy,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    chatter_shared::install_crypto_provider();
+    let fd_limit = chatter_bench::sys::raise_nofile_limit();
+    let budget = args.max_minutes;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(budget * 60));
+        eprintln!("chatter-bench: {budget} min budget spent; stopping");
+        std::process::exit(3);
+    });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chatter-bench: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, fd_limit)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(error) => {
+            eprintln!("chatter-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the scenarios; `Ok(false)` if any of them failed (the others still ran).
+async fn run(args: Args, fd_limit: u64) -> Result<bool> {
+    let started = Instant::now();
+    let work = args.work.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("chatter-bench-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&work)?;
+    eprintln!("chatter-bench: logs in {}", work.display());
+    let bench = Bench {
+        bins: Bins::beside_current_exe()?,
+        work,
+        quick: args.quick,
+    };
+    let mut wanted = args.scenarios.clone();
+    if wanted.contains(&Scenario::All) {
+        wanted = vec![
+            Scenario::Idle,
+            Scenario::Fanout,
+            Scenario::OneToOne,
+            Scenario::Persist,
+        ];
+    }
+    let mut results = Results::default();
+    for scenario in wanted {
+        let (name, outcome) = match scenario {
+            Scenario::Idle => (
+                "idle",
+                scenarios::idle(&bench)
+                    .await
+                    .map(|r| results.idle = Some(r)),
+            ),
+            Scenario::Fanout => (
+                "fan-out",
+                scenarios::fanout(&bench)
+                    .await
+                    .map(|r| results.fanout = Some(r)),
+            ),
+            Scenario::OneToOne => (
+                "1:1",
+                scenarios::one_to_one(&bench)
+                    .await
+                    .map(|r| results.one_to_one = Some(r)),
+            ),
+            Scenario::Persist => (
+                "persist",
+                scenarios::persist(&bench)
+                    .await
+                    .map(|r| results.persist = Some(r)),
+            ),
+            Scenario::Deploy => ("deploy", scenarios::deploy(&bench, 2).await),
+            Scenario::All => continue,
+        };
+        if let Err(error) = outcome {
+            eprintln!("chatter-bench: {name} failed: {error:#}");
+            results
+                .failures
+                .push((name.to_owned(), format!("{error:#}")));
+        }
+    }
+    results.elapsed_s = started.elapsed().as_secs_f64();
+    let machine = chatter_bench::sys::machine();
+    let meta = Meta {
+        cores: machine.cores,
+        memory_gib: machine.memory_gib,
+        cpu_model: machine.cpu_model,
+        kernel: machine.kernel,
+        commit: commit(),
+        date: date(),
+        fd_limit,
+        command: if args.quick {
+            "chatter-bench --quick".into()
+        } else {
+            "bench/run.sh".into()
+        },
+    };
+    let md = report::markdown(&results, &meta);
+    println!("{md}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &md)?;
+        eprintln!("chatter-bench: wrote {}", out.display());
+    }
+    Ok(results.failures.is_empty())
+}
+
+/// `git rev-parse HEAD`, noting uncommitted changes to tracked files.
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "HEAD"]) {
+        Some(sha) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if !changes.is_empty() => {
+                format!(
+                    "{sha}` plus uncommitted changes to {} tracked files `",
+                    changes.lines().count()
+                )
+            }
+            _ => sha,
+        },
+        None => "unknown (not a git checkout)".into(),
+    }
+}
+
+fn date() -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute] UTC");
+    time::OffsetDateTime::now_utc()
+        .format(&format)
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,911 @@
+//! The benchmark scenarios: each starts its own throwaway deployment (real
+//! `redis-server`, Postgres, gateways, a worker — the e2e harness's process
+//! helpers), drives it with the load generator, and does the same against the
+//! ceiling server where there is one.
+//!
+//! | scenario | deployment | load |
+//! |---|---|---|
+//! | idle | 1 gateway | as many idle authenticated sockets as one process may hold |
+//! | fan-out | 2 gateways + worker | 10,000 sockets, rooms of 100, rising send rate |
+//! | 1:1 | 2 gateways + worker | 20,000 sockets in pairs (one per gateway), rising rate |
+//! | persist | 2 gateways, worker stopped | fill the ingest stream, start the worker, time the drain |
+//!
+//! Persistence *under load* (worker rows/s and lag) is measured during the
+//! fan-out scenario's fixed-rate step.
+
+use crate::coordinator::{
+    ConnectReport, LoadOptions, LoadRun, Placement, RoomsReport, StepReport, Target,
+};
+use crate::sys::{self, CpuSampler};
+use anyhow::{Context, Result, bail};
+use chatter_tests::{Gateway, PostgresServer, RedisServer, Resp, Worker};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The p99 bound of the "highest rate" searches.
+pub const P99_BOUND_MS: f64 = 50.0;
+/// The idle scenario's target number of connections on one gateway.
+pub const IDLE_TARGET: usize = 50_000;
+/// File descriptors a gateway keeps for itself (listener, Redis, Postgres pool,
+/// logs) below its limit.
+const GATEWAY_FD_RESERVE: u64 = 1_000;
+
+/// Paths of the binaries a benchmark runs.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub gateway: PathBuf,
+    pub worker: PathBuf,
+    pub loadgen: PathBuf,
+    pub ceiling: PathBuf,
+}
+
+impl Bins {
+    /// The binaries in the same folder as the running executable (`target/release`).
+    pub fn beside_current_exe() -> Result<Bins> {
+        let exe = std::env::current_exe().context("locating the current executable")?;
+        let dir = exe.parent().context("the executable has no folder")?;
+        let bins = Bins {
+            gateway: dir.join("chatter-gateway"),
+            worker: dir.join("chatter-worker"),
+            loadgen: dir.join("chatter-loadgen"),
+            ceiling: dir.join("chatter-ceiling"),
+        };
+        for path in [&bins.gateway, &bins.worker, &bins.loadgen, &bins.ceiling] {
+            if !path.exists() {
+                bail!(
+                    "{} is missing: cargo build --release -p chatter-bench -p chatter-gateway -p chatter-worker",
+                    path.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// Settings shared by every scenario.
+#[derive(Debug, Clone)]
+pub struct Bench {
+    pub bins: Bins,
+    /// Logs of every process, one folder per scenario.
+    pub work: PathBuf,
+    /// Small loads and short steps: a smoke test of the whole pipeline.
+    pub quick: bool,
+}
+
+impl Bench {
+    fn dir(&self, scenario: &str) -> Result<PathBuf> {
+        let dir = self.work.join(scenario);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    fn options(&self, connections: usize, room_size: usize, dir: &Path) -> LoadOptions {
+        let mut options = LoadOptions::new(connections, room_size, self.bins.loadgen.clone());
+        options.log_dir = Some(dir.to_owned());
+        options
+    }
+
+    fn step_secs(&self) -> f64 {
+        if self.quick { 3.0 } else { 8.0 }
+    }
+}
+
+// ------------------------------------------------------------------ deployment
+
+/// Redis, Postgres, gateways and maybe a worker; everything is killed on drop.
+struct Deployment {
+    gateways: Vec<Gateway>,
+    worker: Option<Worker>,
+    redis: RedisServer,
+    postgres: PostgresServer,
+    env: Vec<(String, String)>,
+    jwt_secret: String,
+    dir: PathBuf,
+    spawned: usize,
+}
+
+impl Deployment {
+    async fn start(dir: &Path, bins: &Bins, gateways: usize, worker: bool) -> Result<Deployment> {
+        let (redis, postgres) = tokio::try_join!(RedisServer::start(), PostgresServer::start())?;
+        let jwt_secret = uuid::Uuid::new_v4().simple().to_string();
+        let service_secret = uuid::Uuid::new_v4().simple().to_string();
+        let env: Vec<(String, String)> = [
+            ("REDIS_URL", redis.url()),
+            ("DATABASE_URL", postgres.url()),
+            ("JWT_SECRET", jwt_secret.clone()),
+            ("SERVICE_SECRET", service_secret),
+            ("HOST", "127.0.0.1".to_owned()),
+            ("PORT", "0".to_owned()),
+            ("LOG_FORMAT", "json".to_owned()),
+            ("LOG_LEVEL", "info".to_owned()),
+            // The load's own needs: senders may burst, and sockets are many.
+            ("FRAMES_PER_SEC", "1000".to_owned()),
+            ("MAX_CONNECTIONS", "100000".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut deployment = Deployment {
+            gateways: Vec::new(),
+            worker: None,
+            redis,
+            postgres,
+            env,
+            jwt_secret,
+            dir: dir.to_owned(),
+            spawned: 0,
+        };
+        for _ in 0..gateways {
+            let log = deployment.next_log("gateway");
+            let gateway = Gateway::spawn(&bins.gateway, &deployment.env, &log).await?;
+            deployment.gateways.push(gateway);
+        }
+        if worker {
+            deployment.start_worker(&bins.worker).await?;
+        }
+        Ok(deployment)
+    }
+
+    fn next_log(&mut self, kind: &str) -> PathBuf {
+        self.spawned += 1;
+        self.dir.join(format!("{kind}-{}.log", self.spawned))
+    }
+
+    fn target(&self) -> Target {
+        Target::Chatter {
+            gateways: self.gateways.iter().map(Gateway::addr).collect(),
+            jwt_secret: self.jwt_secret.clone(),
+        }
+    }
+
+    async fn start_worker(&mut self, path: &Path) -> Result<()> {
+        let log = self.next_log("worker");
+        self.worker = Some(Worker::spawn(path, &self.env, &log).await?);
+        Ok(())
+    }
+
+    /// SIGTERM (the worker finishes the batch in hand), SIGKILL if it lingers.
+    async fn stop_worker(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            if worker.sigterm().is_ok() && worker.wait_exit(Duration::from_secs(15)).await.is_some()
+            {
+                return;
+            }
+            worker.kill9();
+        }
+    }
+
+    /// Entries in the ingest stream: accepted, not yet stored.
+    async fn backlog(&self) -> Result<u64> {
+        match self
+            .redis
+            .cmd(&["XLEN", chatter_shared::keyspace::INGEST_STREAM])
+            .await?
+        {
+            Resp::Int(n) => Ok(u64::try_from(n).unwrap_or(0)),
+            other => bail!("XLEN answered {other:?}"),
+        }
+    }
+
+    async fn persisted(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
+            .fetch_one(&self.postgres.pool())
+            .await
+            .context("counting messages")?;
+        Ok(n)
+    }
+
+    /// Waits until the ingest stream is empty; false if it did not empty in time.
+    async fn wait_backlog_empty(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(self.backlog().await, Ok(0)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        false
+    }
+}
+
+/// `count` ceiling server processes, with extra environment (its options).
+async fn start_ceilings(
+    bins: &Bins,
+    dir: &Path,
+    count: usize,
+    extra: &[(&str, &str)],
+) -> Result<Vec<Gateway>> {
+    let mut env = vec![
+        ("HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("PORT".to_owned(), "0".to_owned()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut servers = Vec::new();
+    for i in 0..count {
+        let log = dir.join(format!("ceiling-{i}-{}.log", extra.len()));
+        servers.push(Gateway::spawn(&bins.ceiling, &env, &log).await?);
+    }
+    Ok(servers)
+}
+
+fn ceiling_target(servers: &[Gateway]) -> Target {
+    Target::Ceiling {
+        servers: servers
+            .iter()
+            .map(Gateway::addr)
+            .collect::<Vec<SocketAddr>>(),
+    }
+}
+
+/// One step with the CPU use of every process during it.
+async fn step(run: &mut LoadRun, rate: f64, secs: f64, drain_max: f64) -> Result<StepReport> {
+    let cpu = CpuSampler::start();
+    let mut report = run
+        .step(
+            rate,
+            Duration::from_secs_f64(secs),
+            Duration::from_secs(1),
+            Duration::from_secs_f64(drain_max),
+        )
+        .await?;
+    report.cpu = cpu.finish();
+    Ok(report)
+}
+
+/// Finds the highest rate whose step passes ([`StepReport::passes`]): multiplies
+/// the rate by `factor` while steps pass, then bisects between the best pass and
+/// the first failure. At most `max_steps` steps.
+async fn ramp(
+    run: &mut LoadRun,
+    start: f64,
+    factor: f64,
+    max_steps: usize,
+    secs: f64,
+    label: &str,
+) -> Result<Vec<StepReport>> {
+    let mut steps = Vec::new();
+    let (mut best, mut fail): (Option<f64>, Option<f64>) = (None, None);
+    let mut rate = start;
+    for _ in 0..max_steps {
+        let report = step(run, rate, secs, 15.0).await?;
+        let passed = report.passes(P99_BOUND_MS);
+        eprintln!(
+            "  {label}: {rate:>8.0} msg/s → {:>9.0} deliveries/s, p99 {:>8.2} ms, missing {}, errors {} {}",
+            report.deliveries_per_s,
+            report.latency.p99_ms,
+            report.missing_new,
+            report.errors(),
+            if passed { "pass" } else { "FAIL" }
+        );
+        steps.push(report);
+        if passed {
+            best = Some(rate);
+        } else {
+            fail = Some(fail.map_or(rate, |f: f64| f.min(rate)));
+        }
+        rate = match (best, fail) {
+            (Some(b), None) => b * factor,
+            (Some(b), Some(f)) if f / b > 1.08 => (b + f) / 2.0,
+            (Some(_), Some(_)) => break,
+            (None, Some(f)) if f > start / 8.0 => f / factor / factor,
+            (None, _) => break,
+        };
+    }
+    Ok(steps)
+}
+
+/// The step with the highest delivery rate among those that passed.
+fn best_step(steps: &[StepReport]) -> Option<StepReport> {
+    steps
+        .iter()
+        .filter(|s| s.passes(P99_BOUND_MS))
+        .max_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s))
+        .cloned()
+}
+
+// ------------------------------------------------------------------ idle
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdleSide {
+    pub requested: usize,
+    pub connect: ConnectReport,
+    pub rss_before_kib: u64,
+    pub rss_after_kib: u64,
+    pub per_conn_kib: f64,
+    pub open_after_settle: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct IdleResult {
+    pub target: usize,
+    pub fd_limit: u64,
+    pub chatter: IdleSide,
+    /// The ceiling with 4 KiB read buffers.
+    pub ceiling: Option<IdleSide>,
+    /// The ceiling with tungstenite's default 128 KiB read buffers, as a gateway
+    /// built on axum's `WebSocketUpgrade` defaults has.
+    pub ceiling_default_buffers: Option<IdleSide>,
+}
+
+/// Idle authenticated connections on one gateway: RSS per connection and the time
+/// to connect them all. One process may hold ~19,900 sockets here, so the count is
+/// what fits under the limit, not the 50,000 asked for.
+pub async fn idle(bench: &Bench) -> Result<IdleResult> {
+    let dir = bench.dir("idle")?;
+    let fd_limit = sys::nofile_limit();
+    let fits = usize::try_from(fd_limit.saturating_sub(GATEWAY_FD_RESERVE)).unwrap_or(usize::MAX);
+    let n = if bench.quick {
+        2_000
+    } else {
+        IDLE_TARGET.min(fits)
+    };
+    eprintln!("idle: {n} connections on one gateway (fd limit {fd_limit})");
+
+    let deployment = Deployment::start(&dir, &bench.bins, 1, false).await?;
+    let pid = deployment.gateways[0].pid();
+    let chatter = idle_side(bench, &deployment.target(), pid, n, &dir).await?;
+    drop(deployment);
+
+    let mut sides = Vec::new();
+    for extra in [&[][..], &[("CEILING_READ_BUFFER_KIB", "128")][..]] {
+        let ceilings = start_ceilings(&bench.bins, &dir, 1, extra).await?;
+        let target = ceiling_target(&ceilings);
+        sides.push(idle_side(bench, &target, ceilings[0].pid(), n, &dir).await?);
+    }
+    let default_buffers = sides.pop();
+    Ok(IdleResult {
+        target: IDLE_TARGET,
+        fd_limit,
+        chatter,
+        ceiling: sides.pop(),
+        ceiling_default_buffers: default_buffers,
+    })
+}
+
+async fn idle_side(
+    bench: &Bench,
+    target: &Target,
+    pid: u32,
+    n: usize,
+    dir: &Path,
+) -> Result<IdleSide> {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = sys::rss_kib(pid).context("reading the server's RSS")?;
+    let mut options = bench.options(n, 0, dir);
+    // Several processes, each far below the per-process socket limit.
+    options.agents = n.div_ceil(10_000).max(2);
+    let mut run = LoadRun::start(target, &options).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = sys::rss_kib(pid).context("reading the server's RSS")?;
+    let status = run
+        .step(0.0, Duration::ZERO, Duration::ZERO, Duration::ZERO)
+        .await?;
+    let connect = run.connect.clone();
+    eprintln!(
+        "  {} connected in {:.1}s; RSS {} → {} KiB",
+        connect.ok, connect.elapsed_s, before, after
+    );
+    run.quit().await;
+    Ok(IdleSide {
+        requested: n,
+        per_conn_kib: after.saturating_sub(before) as f64 / connect.ok.max(1) as f64,
+        connect,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        open_after_settle: status.open_conns,
+    })
+}
+
+// ------------------------------------------------------------------ fan-out and 1:1
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RampSide {
+    pub connect: ConnectReport,
+    pub rooms: RoomsReport,
+    /// The fixed moderate rate step (fan-out only).
+    pub fixed: Option<StepReport>,
+    pub steps: Vec<StepReport>,
+    pub best: Option<StepReport>,
+    /// After a final drain: deliveries still missing over the whole run.
+    pub final_missing: u64,
+    pub final_surplus: u64,
+    pub closes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PersistUnderLoad {
+    /// Messages per second sent during the step.
+    pub offered_per_s: f64,
+    /// Rows the worker inserted per second during the step.
+    pub rows_per_s: f64,
+    pub max_backlog: u64,
+    pub lag_count: i64,
+    pub lag_p50_s: f64,
+    pub lag_p99_s: f64,
+    pub lag_max_s: f64,
+    pub caught_up: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FanoutResult {
+    pub connections: usize,
+    pub room_size: usize,
+    /// Messages per second of the fixed step.
+    pub fixed_rate: f64,
+    pub chatter: RampSide,
+    pub ceiling: Option<RampSide>,
+    pub persist: Option<PersistUnderLoad>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PairsResult {
+    pub connections: usize,
+    pub chatter: RampSide,
+    pub ceiling: Option<RampSide>,
+    /// One step at chatter's best rate of the ceiling flushing every frame on its
+    /// own, with TCP_NODELAY…
+    pub ceiling_flush_each: Option<StepReport>,
+    /// …and without it (Nagle's algorithm on).
+    pub ceiling_nagle: Option<StepReport>,
+    /// `redis-benchmark` PUBLISH requests/s on the scenario's Redis, by setting.
+    pub redis_publish: Vec<(String, f64)>,
+}
+
+/// 2 gateways, 10,000 connections, rooms of 100: a fixed moderate rate (with the
+/// worker's rows/s and lag measured meanwhile), then a rising rate.
+pub async fn fanout(bench: &Bench) -> Result<FanoutResult> {
+    let dir = bench.dir("fanout")?;
+    let (n, size) = if bench.quick {
+        (1_000, 100)
+    } else {
+        (10_000, 100)
+    };
+    let fixed_rate = if bench.quick { 200.0 } else { 1_000.0 };
+    let start_rate = if bench.quick { 200.0 } else { 500.0 };
+    eprintln!("fan-out: {n} connections, rooms of {size}, 2 gateways");
+    let mut result = FanoutResult {
+        connections: n,
+        room_size: size,
+        fixed_rate,
+        ..FanoutResult::default()
+    };
+
+    let deployment = Deployment::start(&dir, &bench.bins, 2, true).await?;
+    let mut options = bench.options(n, size, &dir);
+    options.agents = 2;
+    let mut run = LoadRun::start(&deployment.target(), &options).await?;
+    report_setup("chatter", &run);
+    warm_up(&mut run, n as f64 / 5.0, bench).await?;
+
+    // Fixed rate, while watching the worker.
+    let before_rows = deployment.persisted().await?;
+    let window_start = time::OffsetDateTime::now_utc();
+    let watch = BacklogWatch::start(&deployment);
+    let fixed = step(&mut run, fixed_rate, bench.step_secs() * 2.0, 15.0).await?;
+    let window_end = time::OffsetDateTime::now_utc();
+    let max_backlog = watch.stop().await;
+    let after_rows = deployment.persisted().await?;
+    let caught_up = deployment.wait_backlog_empty(Duration::from_secs(60)).await;
+    let (lag_count, p50, p99, max) = lag(&deployment, window_start, window_end).await?;
+    let window = (window_end - window_start).as_seconds_f64().max(1e-3);
+    result.persist = Some(PersistUnderLoad {
+        offered_per_s: fixed.messages_per_s,
+        rows_per_s: (after_rows - before_rows) as f64 / window,
+        max_backlog,
+        lag_count,
+        lag_p50_s: p50,
+        lag_p99_s: p99,
+        lag_max_s: max,
+        caught_up,
+    });
+    eprintln!(
+        "  fixed {fixed_rate} msg/s: {:.0} deliveries/s, p99 {:.2} ms; worker lag p99 {:.3}s",
+        fixed.deliveries_per_s, fixed.latency.p99_ms, p99
+    );
+
+    let steps = ramp(&mut run, start_rate, 1.4, 9, bench.step_secs(), "chatter").await?;
+    result.chatter = finish_side(run, Some(fixed), steps).await?;
+    drop(deployment);
+
+    // The ceiling: same load, members of a room on one server.
+    let ceilings = start_ceilings(&bench.bins, &dir, 2, &[]).await?;
+    let mut options = bench.options(n, size, &dir);
+    options.agents = 2;
+    options.placement = Placement::RoomTogether;
+    let mut run = LoadRun::start(&ceiling_target(&ceilings), &options).await?;
+    report_setup("ceiling", &run);
+    warm_up(&mut run, n as f64 / 5.0, bench).await?;
+    let fixed = step(&mut run, fixed_rate, bench.step_secs() * 2.0, 15.0).await?;
+    let start = result
+        .chatter
+        .best
+        .as_ref()
+        .map_or(start_rate, |b| b.rate.max(start_rate));
+    let steps = ramp(&mut run, start, 1.4, 8, bench.step_secs(), "ceiling").await?;
+    result.ceiling = Some(finish_side(run, Some(fixed), steps).await?);
+    drop(ceilings);
+    Ok(result)
+}
+
+/// 20,000 connections in pairs, the two members of a pair on different
+/// gateways; both send. Then `redis-benchmark` PUBLISH on the same Redis.
+pub async fn one_to_one(bench: &Bench) -> Result<PairsResult> {
+    let dir = bench.dir("one-to-one")?;
+    let n = if bench.quick { 2_000 } else { 20_000 };
+    let start_rate = if bench.quick { 500.0 } else { 2_000.0 };
+    eprintln!("1:1: {n} connections in pairs over 2 gateways");
+    let mut result = PairsResult {
+        connections: n,
+        ..PairsResult::default()
+    };
+
+    let deployment = Deployment::start(&dir, &bench.bins, 2, true).await?;
+    let mut options = bench.options(n, 2, &dir);
+    options.agents = 2;
+    options.agent_max_secs = 3600;
+    let mut run = LoadRun::start(&deployment.target(), &options).await?;
+    report_setup("chatter", &run);
+    warm_up(&mut run, n as f64 / 4.0, bench).await?;
+    let steps = ramp(&mut run, start_rate, 1.4, 9, bench.step_secs(), "chatter").await?;
+    result.chatter = finish_side(run, None, steps).await?;
+    deployment.wait_backlog_empty(Duration::from_secs(30)).await;
+    result.redis_publish = redis_benchmark(&deployment.redis).await;
+    drop(deployment);
+
+    let ceilings = start_ceilings(&bench.bins, &dir, 2, &[]).await?;
+    let mut options = bench.options(n, 2, &dir);
+    options.agents = 2;
+    options.placement = Placement::RoomTogether;
+    let mut run = LoadRun::start(&ceiling_target(&ceilings), &options).await?;
+    report_setup("ceiling", &run);
+    warm_up(&mut run, n as f64 / 4.0, bench).await?;
+    let chatter_best = result
+        .chatter
+        .best
+        .as_ref()
+        .map_or(start_rate, |b| b.rate.max(start_rate));
+    let steps = ramp(&mut run, chatter_best, 1.4, 8, bench.step_secs(), "ceiling").await?;
+    result.ceiling = Some(finish_side(run, None, steps).await?);
+    drop(ceilings);
+
+    // The same ceiling writing every frame with its own flush (as the gateway's
+    // per-frame `socket.send()` does), with and without TCP_NODELAY, at chatter's
+    // best rate: what Nagle's algorithm and delayed ACKs alone do to latency.
+    for nagle in ["false", "true"] {
+        let extra = [("CEILING_FLUSH_EACH", "true"), ("CEILING_NAGLE", nagle)];
+        let ceilings = start_ceilings(&bench.bins, &dir, 2, &extra).await?;
+        let mut run = LoadRun::start(&ceiling_target(&ceilings), &options).await?;
+        warm_up(&mut run, n as f64 / 4.0, bench).await?;
+        let report = step(&mut run, chatter_best, bench.step_secs(), 15.0).await?;
+        eprintln!(
+            "  ceiling, a flush per frame, Nagle {nagle}, at {chatter_best:.0} msg/s: p50 {:.2} ms, p99 {:.2} ms",
+            report.latency.p50_ms, report.latency.p99_ms
+        );
+        run.quit().await;
+        drop(ceilings);
+        if nagle == "true" {
+            result.ceiling_nagle = Some(report);
+        } else {
+            result.ceiling_flush_each = Some(report);
+        }
+    }
+    Ok(result)
+}
+
+fn report_setup(label: &str, run: &LoadRun) {
+    let (c, r) = (&run.connect, &run.rooms_report);
+    eprintln!(
+        "  {label}: {}/{} connected in {:.1}s {:?}; {}/{} rooms in {:.1}s {:?}; {} members told ({} missing) in {:.1}s",
+        c.ok,
+        c.requested,
+        c.elapsed_s,
+        c.errors,
+        r.created,
+        r.rooms,
+        r.create_s,
+        r.errors,
+        r.members_ready,
+        r.members_missing,
+        r.ready_s
+    );
+}
+
+/// A short unreported step so every room has taken its first message (chatter's
+/// first send into a room reads the seq floor from Postgres).
+async fn warm_up(run: &mut LoadRun, rate: f64, bench: &Bench) -> Result<()> {
+    let secs = if bench.quick { 2.0 } else { 5.0 };
+    let warm = step(run, rate, secs, 15.0).await?;
+    eprintln!(
+        "  warm-up {rate:.0} msg/s: p99 {:.2} ms, missing {}",
+        warm.latency.p99_ms, warm.missing_new
+    );
+    Ok(())
+}
+
+async fn finish_side(
+    mut run: LoadRun,
+    fixed: Option<StepReport>,
+    steps: Vec<StepReport>,
+) -> Result<RampSide> {
+    // An empty step: a last drain, then the whole run's loss count.
+    let last = run
+        .step(
+            0.0,
+            Duration::ZERO,
+            Duration::from_secs(2),
+            Duration::from_secs(15),
+        )
+        .await?;
+    let side = RampSide {
+        connect: run.connect.clone(),
+        rooms: run.rooms_report.clone(),
+        best: best_step(&steps),
+        fixed,
+        steps,
+        final_missing: last.missing_total,
+        final_surplus: last.surplus_total,
+        closes: last.closes,
+    };
+    run.quit().await;
+    Ok(side)
+}
+
+/// Samples the ingest backlog in the background; `stop` returns its maximum.
+struct BacklogWatch {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl BacklogWatch {
+    fn start(deployment: &Deployment) -> BacklogWatch {
+        let url_port = deployment.redis.port();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut max = 0;
+            for _ in 0..36_000 {
+                if let Ok(n) = xlen_on(url_port).await {
+                    max = max.max(n);
+                }
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+            }
+            max
+        });
+        BacklogWatch { stop, task }
+    }
+
+    async fn stop(self) -> u64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0)
+    }
+}
+
+/// `XLEN chatter:ingest` on a fresh connection to the Redis on `port`.
+async fn xlen_on(port: u16) -> Result<u64> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let key = chatter_shared::keyspace::INGEST_STREAM;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let request = format!("*2\r\n$4\r\nXLEN\r\n${}\r\n{key}\r\n", key.len());
+    stream.write_all(request.as_bytes()).await?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::io::BufReader::new(stream).read_line(&mut line),
+    )
+    .await??;
+    line.trim()
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .context("unexpected XLEN reply")
+}
+
+/// Persistence lag (`persisted_at - created_at`) of messages created in a window:
+/// count, p50, p99, max in seconds.
+async fn lag(
+    deployment: &Deployment,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+) -> Result<(i64, f64, f64, f64)> {
+    let row: (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), \
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM persisted_at - created_at)::float8), \
+           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM persisted_at - created_at)::float8), \
+           max(extract(epoch FROM persisted_at - created_at)::float8) \
+         FROM messages WHERE created_at >= $1 AND created_at < $2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(&deployment.postgres.pool())
+    .await
+    .context("reading persistence lag")?;
+    Ok((
+        row.0,
+        row.1.unwrap_or(0.0),
+        row.2.unwrap_or(0.0),
+        row.3.unwrap_or(0.0),
+    ))
+}
+
+/// `redis-benchmark` PUBLISH: 50 clients, without and with pipelining.
+async fn redis_benchmark(redis: &RedisServer) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for (label, pipeline, requests) in [
+        ("50 clients, no pipelining", "1", "200000"),
+        ("50 clients, pipeline 16", "16", "1000000"),
+    ] {
+        let port = redis.port().to_string();
+        let run = tokio::process::Command::new("redis-benchmark")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-c",
+                "50",
+                "-n",
+                requests,
+                "-P",
+                pipeline,
+                "--csv",
+                "PUBLISH",
+                "bench:channel",
+                "a-64-byte-message-body-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+            ])
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(Duration::from_secs(120), run).await {
+            Ok(Ok(output)) if output.status.success() => {
+                let text = String::from_utf8_lossy(&output.stdout);
+                let rps = text.lines().rev().find_map(|line| {
+                    let mut fields = line.split(',');
+                    fields.next()?;
+                    fields.next()?.trim_matches('"').parse::<f64>().ok()
+                });
+                match rps {
+                    Some(rps) => out.push((label.to_owned(), rps)),
+                    None => eprintln!("redis-benchmark printed no rate: {text}"),
+                }
+            }
+            other => eprintln!("redis-benchmark failed: {other:?}"),
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------ persist
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DrainResult {
+    pub fill: StepReport,
+    /// Entries in the ingest stream when the worker started.
+    pub backlog: u64,
+    pub rows: i64,
+    /// From the first to the last batch (`persisted_at` of the rows).
+    pub seconds: f64,
+    pub per_s: f64,
+    /// Wall time from starting the worker until the stream was empty.
+    pub wall_s: f64,
+    pub complete: bool,
+    pub cpu: BTreeMap<String, f64>,
+}
+
+/// Worker throughput: fill the ingest stream with the worker stopped, then start
+/// one and time how fast it empties it into Postgres.
+pub async fn persist(bench: &Bench) -> Result<DrainResult> {
+    let dir = bench.dir("persist")?;
+    let n = if bench.quick { 400 } else { 2_000 };
+    let (rate, secs) = if bench.quick {
+        (2_000.0, 3.0)
+    } else {
+        (10_000.0, 15.0)
+    };
+    eprintln!("persist: fill the stream at {rate} msg/s for {secs}s with no worker, then drain");
+    let mut deployment = Deployment::start(&dir, &bench.bins, 2, false).await?;
+    let mut options = bench.options(n, 2, &dir);
+    options.agents = 2;
+    let mut run = LoadRun::start(&deployment.target(), &options).await?;
+    report_setup("chatter", &run);
+    warm_up(&mut run, n as f64, bench).await?;
+    let fill_from = time::OffsetDateTime::now_utc();
+    let fill = step(&mut run, rate, secs, 30.0).await?;
+    run.quit().await;
+    // Wait for the stream to stop growing (sends still queued when the step ended).
+    let mut backlog = deployment.backlog().await?;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = deployment.backlog().await?;
+        if now == backlog {
+            break;
+        }
+        backlog = now;
+    }
+    eprintln!(
+        "  filled: {:.0} msg/s accepted, backlog {backlog}",
+        fill.messages_per_s
+    );
+
+    let cpu = CpuSampler::start();
+    let started = Instant::now();
+    deployment.start_worker(&bench.bins.worker).await?;
+    let complete = deployment
+        .wait_backlog_empty(Duration::from_secs(if bench.quick { 30 } else { 180 }))
+        .await;
+    let wall_s = started.elapsed().as_secs_f64();
+    let cpu = cpu.finish();
+    let (rows, first, last): (i64, Option<time::OffsetDateTime>, Option<time::OffsetDateTime>) =
+        sqlx::query_as(
+            "SELECT count(*), min(persisted_at), max(persisted_at) FROM messages WHERE created_at >= $1",
+        )
+        .bind(fill_from)
+        .fetch_one(&deployment.postgres.pool())
+        .await
+        .context("reading the drain's rows")?;
+    let seconds = match (first, last) {
+        (Some(first), Some(last)) => (last - first).as_seconds_f64(),
+        _ => 0.0,
+    };
+    deployment.stop_worker().await;
+    let per_s = if seconds > 0.0 {
+        rows as f64 / seconds
+    } else {
+        0.0
+    };
+    eprintln!("  drained {rows} rows in {seconds:.2}s ({per_s:.0}/s), wall {wall_s:.1}s");
+    Ok(DrainResult {
+        fill,
+        backlog,
+        rows,
+        seconds,
+        per_s,
+        wall_s,
+        complete,
+        cpu,
+    })
+}
+
+// ------------------------------------------------------------------ by hand
+
+/// Starts a deployment (Redis, Postgres, `gateways` gateways, a worker) and keeps
+/// it up until Ctrl-C, printing how to point `chatter-loadgen` at it.
+pub async fn deploy(bench: &Bench, gateways: usize) -> Result<()> {
+    let dir = bench.dir("deploy")?;
+    let deployment = Deployment::start(&dir, &bench.bins, gateways.max(1), true).await?;
+    let flags: Vec<String> = deployment
+        .gateways
+        .iter()
+        .map(|g| format!("--gateway {}", g.addr()))
+        .collect();
+    println!(
+        "chatter is up: redis {} · postgres {} · logs in {}",
+        deployment.redis.url(),
+        deployment.postgres.url(),
+        dir.display()
+    );
+    println!(
+        "JWT_SECRET={} {} run {} --connections 2000 --room-size 2 --rate 1000 --duration 10",
+        deployment.jwt_secret,
+        bench.bins.loadgen.display(),
+        flags.join(" ")
+    );
+    println!("Ctrl-C stops it.");
+    let _ = tokio::signal::ctrl_c().await;
+    Ok(())
+}
+
+// ------------------------------------------------------------------ results
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Results {
+    pub idle: Option<IdleResult>,
+    pub fanout: Option<FanoutResult>,
+    pub one_to_one: Option<PairsResult>,
+    pub persist: Option<DrainResult>,
+    /// Scenarios that failed, with the error.
+    pub failures: Vec<(String, String)>,
+    pub elapsed_s: f64,
+}

@@ -1,0 +1,189 @@
+//! What the operating system tells about processes: open-file limits, resident
+//! memory, CPU time. Linux only (`/proc`).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Raises this process's soft open-file limit to the hard limit and returns the
+/// new soft limit. Children inherit it, so the gateways and agents a benchmark
+/// starts get it too.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return hard;
+        }
+    }
+    limit.current.unwrap_or(u64::MAX)
+}
+
+/// The soft open-file limit in force.
+pub fn nofile_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// `VmRSS` of a process in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmRSS:")
+}
+
+/// `VmHWM` (peak resident set) of a process in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_field(pid, "VmHWM:")
+}
+
+fn status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// User+system CPU seconds of every process on the machine: pid → (name, seconds).
+/// Kernel workers (`kworker/1:1-events`, whose names change with their work) are
+/// all called `kworker`.
+pub fn cpu_seconds_by_pid() -> BTreeMap<u32, (String, f64)> {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let ticks = if ticks > 0.0 { ticks } else { 100.0 };
+    let mut totals = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return totals;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: comm may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let comm = if comm.starts_with("kworker/") {
+            "kworker"
+        } else {
+            comm
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the comm: state is field 0, utime 11, stime 12.
+        let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
+            continue;
+        };
+        let (Ok(utime), Ok(stime)) = (utime.parse::<u64>(), stime.parse::<u64>()) else {
+            continue;
+        };
+        totals.insert(pid, (comm.to_owned(), (utime + stime) as f64 / ticks));
+    }
+    totals
+}
+
+/// Processes that belong to a benchmark run; everything else on the machine is
+/// "other" load competing for the same cores.
+pub const BENCH_PROCESSES: &[&str] = &[
+    "chatter-gateway",
+    "chatter-worker",
+    "chatter-loadgen",
+    "chatter-ceiling",
+    "chatter-bench",
+    "redis-server",
+    "redis-benchmark",
+    "postgres",
+];
+
+/// Name under which [`CpuSampler`] reports CPU used by processes outside the run.
+pub const OTHER: &str = "(other)";
+
+/// CPU use between two moments, per process name, in cores (1.0 = one core busy).
+pub struct CpuSampler {
+    start: Instant,
+    before: BTreeMap<u32, (String, f64)>,
+}
+
+impl CpuSampler {
+    pub fn start() -> CpuSampler {
+        CpuSampler {
+            start: Instant::now(),
+            before: cpu_seconds_by_pid(),
+        }
+    }
+
+    /// Cores used per process name since `start` — benchmark processes by name,
+    /// everything else summed as [`OTHER`] — keeping entries of ≥ 1 % of a core.
+    /// Processes that exited in between are missing; ones that started count whole.
+    pub fn finish(&self) -> BTreeMap<String, f64> {
+        let elapsed = self.start.elapsed().as_secs_f64().max(1e-3);
+        let mut used: BTreeMap<String, f64> = BTreeMap::new();
+        for (pid, (name, after)) in cpu_seconds_by_pid() {
+            let before = match self.before.get(&pid) {
+                Some((old_name, seconds)) if *old_name == name => *seconds,
+                _ => 0.0,
+            };
+            let key = if BENCH_PROCESSES.contains(&name.as_str()) {
+                name
+            } else {
+                OTHER.to_owned()
+            };
+            *used.entry(key).or_default() += (after - before).max(0.0) / elapsed;
+        }
+        used.retain(|_, cores| *cores >= 0.01);
+        used
+    }
+}
+
+/// Machine facts for the results header.
+pub struct Machine {
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub cpu_model: String,
+    pub kernel: String,
+}
+
+pub fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|line| line.starts_with("model name"))
+        .and_then(|line| line.split_once(':'))
+        .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kib: f64 = meminfo
+        .lines()
+        .find(|line| line.starts_with("MemTotal:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    Machine {
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        memory_gib: memory_kib / 1024.0 / 1024.0,
+        cpu_model,
+        kernel,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(rss_kib(pid).is_some_and(|kib| kib > 0));
+        assert!(peak_rss_kib(pid).is_some());
+        let cpu = cpu_seconds_by_pid();
+        assert!(cpu.contains_key(&pid));
+        assert!(machine().cores >= 1);
+    }
+}
