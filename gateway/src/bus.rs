@@ -167,6 +167,39 @@ impl Bus {
         }
     }
 
+    /// The room's last assigned seq; `None` when the counter is gone (then the
+    /// database's highest stored seq is the answer).
+    pub async fn latest_seq(&self, room_id: Uuid) -> Result<Option<i64>, BusError> {
+        match self {
+            Bus::Redis { client, .. } => Ok(client.get(keyspace::room_seq(room_id)).await?),
+            Bus::Local(local) => Ok(local.lock().seqs.get(&room_id).copied()),
+        }
+    }
+
+    /// Replaces message `seq`'s frame in the room's recent log (after an edit or
+    /// a deletion), so `Resume` replays the message as it now is.
+    pub async fn rewrite_recent(
+        &self,
+        room_id: Uuid,
+        seq: i64,
+        frame: String,
+    ) -> Result<(), BusError> {
+        match self {
+            Bus::Redis { client, recent, .. } => {
+                Ok(recent.rewrite(client, room_id, seq, frame).await?)
+            }
+            Bus::Local(local) => {
+                let mut state = local.lock();
+                if let Some((log, _)) = state.recent.get_mut(&room_id)
+                    && let Some(entry) = log.iter_mut().find(|(s, _)| *s == seq)
+                {
+                    entry.1 = Utf8Bytes::from(frame);
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The user's first connection on this gateway: register them (and tell
     /// presence subscribers if they just came online).
     pub async fn presence_up(&self, user_id: &str) -> Result<(), BusError> {
@@ -404,6 +437,9 @@ impl LocalBus {
         state
             .dedupe
             .retain(|_, (_, _, seen)| now.duration_since(*seen) < horizon);
+        state
+            .recent
+            .retain(|_, (_, touched)| now.duration_since(*touched) < horizon);
     }
 
     fn append(
@@ -462,8 +498,20 @@ impl LocalBus {
             created_at: message.created_at,
             message_temp_id: message.temp_id.map(Cow::Borrowed),
             parent_id: message.parent_id,
+            edited_at: None,
+            deleted_at: None,
         };
         let frame = Utf8Bytes::from(format!("{MESSAGE_RECEIVED_HEAD}{seq}{}", tail.encode()));
+        let (log, touched) = state
+            .recent
+            .entry(message.room_id)
+            .or_insert_with(|| (VecDeque::new(), Instant::now()));
+        log.push_back((seq, frame.clone()));
+        let keep = usize::try_from(limits.recent_log_size.max(1)).unwrap_or(usize::MAX);
+        while log.len() > keep {
+            log.pop_front();
+        }
+        *touched = Instant::now();
         // Delivered under the lock, so every socket sees a room's seqs in order.
         self.hub
             .deliver(&keyspace::room_channel(message.room_id), &frame);

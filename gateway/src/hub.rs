@@ -84,6 +84,12 @@ impl Conn {
             .is_ok_and(|mut rooms| rooms.insert(room_id))
     }
 
+    fn remove_room(&self, room_id: Uuid) -> bool {
+        self.rooms
+            .lock()
+            .is_ok_and(|mut rooms| rooms.remove(&room_id))
+    }
+
     fn may_see(&self, user_id: &str) -> bool {
         match self.presence_scope.lock().as_deref() {
             Ok(Some(PresenceScope::Everyone)) => true,
@@ -160,13 +166,14 @@ impl Hub {
         hub
     }
 
-    /// Registers a new connection for `user_id`, member of `rooms`, and waits until
-    /// Redis delivers every channel it needs. The returned [`Registration`]
-    /// unregisters it when dropped.
+    /// Registers a new connection for `user_id` on the user's own channel and
+    /// waits until Redis delivers it. Rooms come next ([`Hub::join_rooms`]): the
+    /// user channel is live *before* the caller reads the user's rooms, so a room
+    /// they are added to meanwhile reaches them by the list or by `MemberAdded`.
+    /// The returned [`Registration`] unregisters the connection when dropped.
     pub async fn register(
         &self,
         user_id: &str,
-        rooms: Vec<Uuid>,
         queue: usize,
     ) -> Result<(Registration, mpsc::Receiver<Utf8Bytes>), Error> {
         let (outbox, inbox) = mpsc::channel(queue);
@@ -178,26 +185,30 @@ impl Hub {
             overflowed: CancellationToken::new(),
             presence_scope: Mutex::new(None),
         });
-        // User channel first: a room created while we load can then only be missed
-        // by the room list or by the event, never by both.
-        let mut wanted = vec![keyspace::user_channel(user_id)];
-        if self.join(&conn, &wanted[0]) {
+        let channel = keyspace::user_channel(user_id);
+        if self.join(&conn, &channel) {
             self.mark_presence(user_id);
-        }
-        for room_id in rooms {
-            if conn.add_room(room_id) {
-                let channel = keyspace::room_channel(room_id);
-                self.join(&conn, &channel);
-                wanted.push(channel);
-            }
         }
         let registration = Registration {
             hub: self.clone(),
             conn,
         };
         metrics::gauge!(metric::CONNECTIONS).increment(1.0);
-        self.sync(wanted).await?;
+        self.sync(vec![channel]).await?;
         Ok((registration, inbox))
+    }
+
+    /// Makes `conn` a member of `rooms` and waits until Redis delivers them.
+    pub async fn join_rooms(&self, conn: &Arc<Conn>, rooms: Vec<Uuid>) -> Result<(), Error> {
+        let mut wanted = Vec::with_capacity(rooms.len());
+        for room_id in rooms {
+            if conn.add_room(room_id) {
+                let channel = keyspace::room_channel(room_id);
+                self.join(conn, &channel);
+                wanted.push(channel);
+            }
+        }
+        self.sync(wanted).await
     }
 
     /// Adds `conn` to `channel`; true if it is the channel's first local connection.
@@ -320,12 +331,38 @@ impl Hub {
         }
     }
 
+    /// `Typing` goes to the room's sockets except the typist's own.
+    fn deliver_typing(&self, channel: &str, frame: &Utf8Bytes) {
+        #[derive(serde::Deserialize)]
+        struct Event<'a> {
+            #[serde(borrow)]
+            data: Data<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Data<'a> {
+            #[serde(borrow)]
+            user_id: std::borrow::Cow<'a, str>,
+        }
+        let Ok(event) = serde_json::from_str::<Event>(frame.as_str()) else {
+            return;
+        };
+        if let Some(members) = self.channels.get(channel) {
+            for conn in members.iter().filter(|c| c.user_id != event.data.user_id) {
+                conn.push(frame.clone());
+            }
+        }
+    }
+
     /// Hands a published frame to the sockets that should see it. Membership
     /// events on a user's channel are applied (joining the room's channel) before
     /// the user sees them, by the membership task, in order.
     pub async fn route(&self, channel: &str, frame: Utf8Bytes) {
         if channel.starts_with(ROOM_CHANNEL_PREFIX) {
-            self.deliver(channel, &frame);
+            if frame.as_str().starts_with(TYPING_HEAD) {
+                self.deliver_typing(channel, &frame);
+            } else {
+                self.deliver(channel, &frame);
+            }
         } else if channel == PRESENCE_CHANNEL {
             self.deliver_presence(&frame);
         } else if channel.starts_with(USER_CHANNEL_PREFIX) {
@@ -462,54 +499,112 @@ fn frame_bytes(value: Value) -> Option<Utf8Bytes> {
     }
 }
 
+/// The start of every `Typing` frame (`user_id` is serialized first).
+const TYPING_HEAD: &str = r#"{"type":"Typing","#;
+
+/// Events on a user's channel that change or describe their rooms. They go
+/// through one task, in order, so a client sees `MemberAdded` before the
+/// `RoomUpdated` that follows it, and nothing of a room after `MemberRemoved`.
 fn is_membership_event(frame: &Utf8Bytes) -> bool {
-    frame.as_str().starts_with(r#"{"type":"MemberAdded""#)
+    const KINDS: [&str; 4] = ["MemberAdded", "MemberRemoved", "RoomUpdated", "RoomDeleted"];
+    frame
+        .as_str()
+        .strip_prefix(r#"{"type":""#)
+        .is_some_and(|rest| {
+            KINDS
+                .iter()
+                .any(|kind| rest.starts_with(kind) && rest[kind.len()..].starts_with('"'))
+        })
 }
 
 #[derive(serde::Deserialize)]
 struct MembershipEvent {
+    #[serde(rename = "type")]
+    kind: String,
     data: MembershipData,
 }
 
 #[derive(serde::Deserialize)]
 struct MembershipData {
     room_id: Uuid,
+    #[serde(default)]
+    user_id: Option<String>,
 }
 
-/// Applies membership events in order: joins the user's local connections to the
-/// room channel, waits for the subscription, then forwards the event to them.
+/// Applies membership events in order. When the event is about the channel's own
+/// user, their local connections join the room's channel (waiting for the
+/// subscription) or leave it *before* the event is forwarded: once a client sees
+/// `MemberAdded` the room's messages reach it, and after `MemberRemoved` or
+/// `RoomDeleted` nothing of the room does and its sends are refused.
 async fn apply_membership(
     hub: Hub,
     mut events: mpsc::Receiver<(Box<str>, Utf8Bytes)>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let (channel, frame) = tokio::select! {
+        let (channel, payload) = tokio::select! {
             () = shutdown.cancelled() => return,
             item = events.recv() => match item { Some(item) => item, None => return },
         };
-        let Ok(event) = serde_json::from_str::<MembershipEvent>(frame.as_str()) else {
-            tracing::warn!(%channel, "ignoring a malformed membership event");
-            continue;
-        };
-        let room_channel = keyspace::room_channel(event.data.room_id);
-        let conns: Vec<Arc<Conn>> = hub
-            .channels
-            .get(&channel)
-            .map(|c| c.clone())
-            .unwrap_or_default();
-        for conn in &conns {
-            if conn.add_room(event.data.room_id) {
-                hub.join(conn, &room_channel);
+        // One publish may carry several events, one per line (see `room_events`).
+        if payload.as_str().contains('\n') {
+            for line in payload.as_str().split('\n') {
+                apply_event(&hub, &channel, Utf8Bytes::from(line.to_owned())).await;
+            }
+        } else {
+            apply_event(&hub, &channel, payload).await;
+        }
+    }
+}
+
+async fn apply_event(hub: &Hub, channel: &str, frame: Utf8Bytes) {
+    let Ok(event) = serde_json::from_str::<MembershipEvent>(frame.as_str()) else {
+        tracing::warn!(%channel, "ignoring a malformed membership event");
+        return;
+    };
+    let conns: Vec<Arc<Conn>> = hub
+        .channels
+        .get(channel)
+        .map(|c| c.clone())
+        .unwrap_or_default();
+    let own_user = channel.strip_prefix(USER_CHANNEL_PREFIX);
+    let about_own_user = event.data.user_id.is_some() && event.data.user_id.as_deref() == own_user;
+    let room_id = event.data.room_id;
+    let room_channel = keyspace::room_channel(room_id);
+    match event.kind.as_str() {
+        "MemberAdded" if about_own_user && !conns.is_empty() => {
+            for conn in &conns {
+                if conn.add_room(room_id) {
+                    hub.join(conn, &room_channel);
+                }
+            }
+            if let Err(error) = hub.sync(vec![room_channel]).await {
+                tracing::warn!(%error, "could not subscribe to a room a local user joined");
             }
         }
-        if !conns.is_empty()
-            && let Err(error) = hub.sync(vec![room_channel]).await
-        {
-            tracing::warn!(%error, "could not subscribe to a room a local user joined");
+        "MemberRemoved" if about_own_user => hub.leave_room(&conns, room_id),
+        "RoomDeleted" => hub.leave_room(&conns, room_id),
+        _ => {}
+    }
+    for conn in &conns {
+        conn.push(frame.clone());
+    }
+}
+
+impl Hub {
+    /// Takes `conns` out of a room; the room's channel is unsubscribed once no
+    /// local connection wants it.
+    fn leave_room(&self, conns: &[Arc<Conn>], room_id: Uuid) {
+        let channel = keyspace::room_channel(room_id);
+        let mut emptied = false;
+        for conn in conns {
+            if conn.remove_room(room_id) {
+                emptied |= self.leave(conn.id, &channel);
+            }
         }
-        for conn in &conns {
-            conn.push(frame.clone());
+        if emptied && let Some(requests) = &self.requests {
+            // Fire and forget: the periodic reconcile catches a full queue.
+            let _ = requests.try_send(Request::Sync(vec![channel], None));
         }
     }
 }

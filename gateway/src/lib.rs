@@ -15,12 +15,15 @@ pub mod http;
 pub mod hub;
 pub mod messages;
 pub mod presence;
+pub mod read_state;
 pub mod resume;
+pub mod room_events;
 pub mod state;
 pub mod tickets;
 pub mod ws;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use chatter_shared::auth::Tokens;
 use chatter_shared::config::{Config, JwtAlgorithm, Mode};
 use chatter_shared::store::Store;
@@ -118,6 +121,14 @@ pub async fn serve(
         shutdown.clone(),
     ));
     tracing::info!(addr = %listener.local_addr()?, "listening");
+    // TCP_NODELAY on every accepted socket: a WebSocket frame is a small write, and
+    // with Nagle's algorithm on, one written while the previous is unacknowledged
+    // waits for the client's delayed ACK (40 ms or more on Linux).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    });
     axum::serve(listener, http::app(state.clone()))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

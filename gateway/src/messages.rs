@@ -1,18 +1,30 @@
 //! Accepting a message: validation, membership, and the single Redis round trip.
 //!
-//! WebSocket `SendMessage` comes through here, and so will the HTTP publish route,
-//! so both get the same ordering, deduplication and answers.
+//! WebSocket `SendMessage` and the HTTP publish route both come through here, so
+//! both get the same ordering, deduplication and answers.
+//!
+//! Messages are stored by the worker a few milliseconds after they are accepted.
+//! Whatever refers to an earlier message (a reply's `parent_id`, an edit, a
+//! deletion) looks it up with [`stored_message`], which waits that long.
 
 use crate::state::App;
 use chatter_shared::ingest::{AppendOutcome, NewMessage};
-use chatter_shared::protocol::now_micros;
+use chatter_shared::protocol::{MessageView, now_micros};
 use chatter_shared::telemetry::metric;
+use std::time::Duration;
 use uuid::Uuid;
+
+/// How long after a message was accepted a lookup waits for the worker to store
+/// it. Ids are UUIDv7, so a message's age is known from its id alone: an old id
+/// that is not stored is answered at once.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+const STORE_POLL: Duration = Duration::from_millis(50);
 
 /// Why a message was not accepted; the `reason` of a negative confirmation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     NotMember,
+    BadParent,
     EmptyMessage,
     MessageTooLong,
     TempIdTooLong,
@@ -24,6 +36,7 @@ impl Refusal {
     pub fn reason(self) -> &'static str {
         match self {
             Refusal::NotMember => "not_a_member",
+            Refusal::BadParent => "bad_parent",
             Refusal::EmptyMessage => "empty_message",
             Refusal::MessageTooLong => "message_too_long",
             Refusal::TempIdTooLong => "temp_id_too_long",
@@ -64,6 +77,47 @@ pub fn validate(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
         return Err(Refusal::TempIdTooLong);
     }
     Ok(())
+}
+
+/// A reply's parent must be a message of the same room (deleted ones included:
+/// a thread outlives its first message).
+pub async fn check_parent(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
+    let Some(parent_id) = draft.parent_id else {
+        return Ok(());
+    };
+    match stored_message(app, draft.room_id, parent_id).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(Refusal::BadParent),
+        Err(error) => {
+            tracing::warn!(%error, "cannot look up a parent message");
+            Err(Refusal::Unavailable)
+        }
+    }
+}
+
+/// Message `message_id` of `room_id` as stored, waiting for the worker if the id
+/// is younger than [`STORE_WAIT`]. `None`: the room has no such message.
+pub async fn stored_message(
+    app: &App,
+    room_id: Uuid,
+    message_id: Uuid,
+) -> Result<Option<MessageView>, sqlx::Error> {
+    let accepted_at = message_id.get_timestamp().map(|t| {
+        let (secs, nanos) = t.to_unix();
+        std::time::UNIX_EPOCH + Duration::new(secs, nanos)
+    });
+    loop {
+        if let Some(message) = app.store.message(room_id, message_id).await? {
+            return Ok(Some(message));
+        }
+        let still_young = accepted_at
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age < STORE_WAIT);
+        if !still_young {
+            return Ok(None);
+        }
+        tokio::time::sleep(STORE_POLL).await;
+    }
 }
 
 /// Appends the message to Redis: sequence, stream, dedupe and publish in one call.

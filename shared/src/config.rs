@@ -91,6 +91,10 @@ pub struct Config {
     pub page_size_max: u32,
     pub max_room_members: usize,
     pub max_room_name_chars: usize,
+    /// A room's `metadata`, serialized, may not be larger than this.
+    pub max_room_metadata_bytes: usize,
+    /// Per socket and room, at most one `Typing` is passed on in this interval.
+    pub typing_interval_ms: u64,
 
     // --- worker ---
     pub worker_name: Option<String>,
@@ -155,6 +159,8 @@ impl Default for Config {
             page_size_max: 200,
             max_room_members: 1000,
             max_room_name_chars: 200,
+            max_room_metadata_bytes: 4096,
+            typing_interval_ms: 1000,
             worker_name: None,
             worker_port: 9091,
             worker_batch_size: 500,
@@ -380,6 +386,8 @@ const KNOWN_KEYS: &[&str] = &[
     "page_size_max",
     "max_room_members",
     "max_room_name_chars",
+    "max_room_metadata_bytes",
+    "typing_interval_ms",
     "worker_name",
     "worker_port",
     "worker_batch_size",

@@ -112,6 +112,8 @@ impl AppendScript {
             created_at: message.created_at,
             message_temp_id: message.temp_id.map(Cow::Borrowed),
             parent_id: message.parent_id,
+            edited_at: None,
+            deleted_at: None,
         }
         .encode();
         let keys = vec![
@@ -160,13 +162,30 @@ const RECENT_LUA: &str = r#"
 return {redis.call('GET', KEYS[1]) or '0', redis.call('ZRANGE', KEYS[2], 0, -1)}
 "#;
 
-/// Reads a room's counter and recent log in one atomic call.
+const REWRITE_LUA: &str = r#"
+-- KEYS: 1 recent log. ARGV: 1 seq, 2 frame. Replaces the frame at seq, if it is
+-- still in the log, so that Resume replays an edit or a deletion, not the original.
+if redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
+"#;
+
+/// Reads a room's counter and recent log in one atomic call, and rewrites
+/// entries of the log after an edit or a deletion.
 #[derive(Clone)]
-pub struct RecentScript(Script);
+pub struct RecentScript {
+    read: Script,
+    rewrite: Script,
+}
 
 impl Default for RecentScript {
     fn default() -> Self {
-        RecentScript(Script::from_lua(RECENT_LUA))
+        RecentScript {
+            read: Script::from_lua(RECENT_LUA),
+            rewrite: Script::from_lua(REWRITE_LUA),
+        }
     }
 }
 
@@ -174,7 +193,7 @@ impl RecentScript {
     pub async fn read(&self, client: &Client, room_id: Uuid) -> Result<RecentLog, Error> {
         let keys = vec![keyspace::room_seq(room_id), keyspace::recent_log(room_id)];
         let (last_seq, frames): (String, Vec<String>) = self
-            .0
+            .read
             .evalsha_with_reload(client, keys, Vec::<Value>::new())
             .await?;
         let last_seq = last_seq
@@ -187,6 +206,20 @@ impl RecentScript {
             })
             .collect();
         Ok(RecentLog { last_seq, frames })
+    }
+
+    /// Replaces the frame of `seq` in the room's log, if the log still holds it.
+    pub async fn rewrite(
+        &self,
+        client: &Client,
+        room_id: Uuid,
+        seq: i64,
+        frame: String,
+    ) -> Result<(), Error> {
+        let keys = vec![keyspace::recent_log(room_id)];
+        let args: Vec<Value> = vec![seq.into(), frame.into()];
+        let _: i64 = self.rewrite.evalsha_with_reload(client, keys, args).await?;
+        Ok(())
     }
 }
 

@@ -46,6 +46,8 @@ pub enum ClientFrame {
     Resume(Resume),
     SubscribePresence,
     Ping,
+    Typing(Typing),
+    MarkRead(MarkRead),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -64,6 +66,21 @@ pub struct SendMessage {
 #[serde(deny_unknown_fields)]
 pub struct Resume {
     pub rooms: std::collections::HashMap<Uuid, i64>,
+}
+
+/// `Typing {room_id}`: passed on to the room's other members, never stored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Typing {
+    pub room_id: Uuid,
+}
+
+/// `MarkRead {room_id, seq}`: the caller has read the room up to `seq`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRead {
+    pub room_id: Uuid,
+    pub seq: i64,
 }
 
 /// Why a client frame was not understood; becomes an `Error` frame.
@@ -100,27 +117,26 @@ impl ClientFrame {
             message: format!("invalid data for {}: {error}", envelope.kind),
             reference,
         };
-        match envelope.kind.as_ref() {
-            "SendMessage" => {
-                let data = envelope.data.map(RawValue::get).unwrap_or("null");
-                serde_json::from_str(data)
-                    .map(ClientFrame::SendMessage)
-                    .map_err(|error| bad_data(error, reference))
-            }
-            "Resume" => {
-                let data = envelope.data.map(RawValue::get).unwrap_or("null");
-                serde_json::from_str(data)
-                    .map(ClientFrame::Resume)
-                    .map_err(|error| bad_data(error, reference))
-            }
+        // `data` of a known type, parsed into that type's fields.
+        fn data<T: serde::de::DeserializeOwned>(raw: Option<&RawValue>) -> serde_json::Result<T> {
+            serde_json::from_str(raw.map(RawValue::get).unwrap_or("null"))
+        }
+        let parsed = match envelope.kind.as_ref() {
+            "SendMessage" => data(envelope.data).map(ClientFrame::SendMessage),
+            "Resume" => data(envelope.data).map(ClientFrame::Resume),
+            "Typing" => data(envelope.data).map(ClientFrame::Typing),
+            "MarkRead" => data(envelope.data).map(ClientFrame::MarkRead),
             "SubscribePresence" => Ok(ClientFrame::SubscribePresence),
             "Ping" => Ok(ClientFrame::Ping),
-            other => Err(FrameError {
-                code: "unknown_type",
-                message: format!("unknown frame type {other:?}"),
-                reference,
-            }),
-        }
+            other => {
+                return Err(FrameError {
+                    code: "unknown_type",
+                    message: format!("unknown frame type {other:?}"),
+                    reference,
+                });
+            }
+        };
+        parsed.map_err(|error| bad_data(error, reference))
     }
 }
 
@@ -148,6 +164,40 @@ pub enum ServerFrame<'a> {
         room_id: Uuid,
         user_id: &'a str,
     },
+    MemberRemoved {
+        room_id: Uuid,
+        user_id: &'a str,
+    },
+    /// The room as it is after a membership change.
+    RoomUpdated(RoomUpdate<'a>),
+    RoomDeleted {
+        room_id: Uuid,
+    },
+    MessageEdited {
+        id: Uuid,
+        room_id: Uuid,
+        seq: i64,
+        message: &'a str,
+        #[serde(with = "time::serde::rfc3339")]
+        edited_at: OffsetDateTime,
+    },
+    MessageDeleted {
+        id: Uuid,
+        room_id: Uuid,
+        seq: i64,
+        #[serde(with = "time::serde::rfc3339")]
+        deleted_at: OffsetDateTime,
+    },
+    ReadReceipt {
+        room_id: Uuid,
+        user_id: &'a str,
+        seq: i64,
+    },
+    /// `user_id` comes first: the hub reads it to skip the typist's own sockets.
+    Typing {
+        user_id: &'a str,
+        room_id: Uuid,
+    },
     /// Every missed message of the room up to `seq` has been sent.
     Resumed {
         room_id: Uuid,
@@ -157,6 +207,14 @@ pub enum ServerFrame<'a> {
     ResyncRequired {
         room_id: Uuid,
     },
+}
+
+/// `RoomUpdated`'s data: the room's fields, plus `room_id` like every room event.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomUpdate<'a> {
+    pub room_id: Uuid,
+    #[serde(flatten)]
+    pub room: &'a crate::store::Room,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -214,6 +272,20 @@ pub struct MessageReceivedTail<'a> {
     pub created_at: OffsetDateTime,
     pub message_temp_id: Option<Cow<'a, str>>,
     pub parent_id: Option<Uuid>,
+    /// Only in frames replayed from storage: live frames are never edited yet.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub edited_at: Option<OffsetDateTime>,
+    /// A deleted message replays as a tombstone: empty `message`, this set.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deleted_at: Option<OffsetDateTime>,
 }
 
 impl MessageReceivedTail<'_> {
@@ -239,6 +311,11 @@ pub struct MessageView {
     pub created_at: OffsetDateTime,
     pub message_temp_id: Option<String>,
     pub parent_id: Option<Uuid>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub edited_at: Option<OffsetDateTime>,
+    /// Set on a tombstone: the message was deleted and `message` is empty.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub deleted_at: Option<OffsetDateTime>,
 }
 
 impl MessageView {
@@ -253,6 +330,8 @@ impl MessageView {
             created_at: self.created_at,
             message_temp_id: self.message_temp_id.as_deref().map(Cow::Borrowed),
             parent_id: self.parent_id,
+            edited_at: self.edited_at,
+            deleted_at: self.deleted_at,
         };
         format!("{MESSAGE_RECEIVED_HEAD}{}{}", self.seq, tail.encode())
     }
@@ -305,6 +384,8 @@ mod tests {
             created_at: now_micros(),
             message_temp_id: Some("t1".into()),
             parent_id: None,
+            edited_at: None,
+            deleted_at: None,
         };
         let frame = format!("{MESSAGE_RECEIVED_HEAD}42{}", tail.encode());
         let value: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");

@@ -3,14 +3,17 @@
 use super::close;
 use crate::hub::{Conn, PresenceScope, Registration};
 use crate::messages::{self, Draft, Refusal};
+use crate::read_state::{self, ReadError};
 use crate::resume::{self, Watch};
+use crate::room_events;
 use crate::state::AppState;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use chatter_shared::auth::Identity;
 use chatter_shared::protocol::{
-    ClientFrame, CloseCode, Confirmation, Resume, SendMessage, ServerFrame,
+    ClientFrame, CloseCode, Confirmation, MarkRead, Resume, SendMessage, ServerFrame, Typing,
 };
 use chatter_shared::telemetry::metric;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -18,6 +21,9 @@ use tracing::Instrument;
 
 /// How often a held connection checks its queue and the hold's deadline.
 const HOLD_CHECK: Duration = Duration::from_millis(25);
+/// Rooms a socket remembers its last `Typing` for; past it the memory is reset
+/// (at worst one extra `Typing` is passed on).
+const TYPING_ROOMS: usize = 64;
 
 /// What handling one inbound frame decided.
 enum Next {
@@ -46,6 +52,7 @@ pub async fn run(
             rate,
             bad_frames: 0,
             watch: Watch::at_connect(),
+            typing: HashMap::new(),
         };
         let end = connection.serve(&registration, inbox).await;
         if let Some((code, reason)) = end {
@@ -68,6 +75,8 @@ struct Connection {
     rate: FrameRate,
     bad_frames: u32,
     watch: Watch,
+    /// When this socket last passed on `Typing` per room, for its rate limit.
+    typing: HashMap<uuid::Uuid, Instant>,
 }
 
 impl Connection {
@@ -171,6 +180,8 @@ impl Connection {
                     ClientFrame::Resume(request) => self.resume(request, conn).await,
                     ClientFrame::SubscribePresence => self.subscribe_presence(conn).await,
                     ClientFrame::Ping => reply(&mut self.socket, &ServerFrame::Pong {}).await,
+                    ClientFrame::Typing(typing) => self.typing(typing, conn).await,
+                    ClientFrame::MarkRead(mark) => self.mark_read(mark, conn).await,
                 }
             }
             Err(error) => {
@@ -188,14 +199,15 @@ impl Connection {
             temp_id: send.message_temp_id.as_deref(),
             parent_id: send.parent_id,
         };
-        let outcome = if conn.is_member(send.room_id) {
-            match messages::validate(&self.state, &draft) {
-                Ok(()) => messages::accept(&self.state, &draft).await,
-                Err(refusal) => Err(refusal),
+        let outcome = async {
+            if !conn.is_member(send.room_id) {
+                return Err(Refusal::NotMember);
             }
-        } else {
-            Err(Refusal::NotMember)
-        };
+            messages::validate(&self.state, &draft)?;
+            messages::check_parent(&self.state, &draft).await?;
+            messages::accept(&self.state, &draft).await
+        }
+        .await;
         let confirmation = match outcome {
             Ok(accepted) => Confirmation {
                 confirmed: true,
@@ -243,6 +255,69 @@ impl Connection {
             }
         }
         Next::Continue
+    }
+
+    /// Passes `Typing` on to the room's other members, at most once per
+    /// `TYPING_INTERVAL_MS` per room; the rest are dropped without an answer
+    /// (clients send one per keystroke).
+    async fn typing(&mut self, typing: Typing, conn: &Conn) -> Next {
+        if !conn.is_member(typing.room_id) {
+            return self.not_a_member(typing.room_id).await;
+        }
+        let interval = Duration::from_millis(self.state.config.typing_interval_ms);
+        let now = Instant::now();
+        if self
+            .typing
+            .get(&typing.room_id)
+            .is_some_and(|last| now.duration_since(*last) < interval)
+        {
+            return Next::Continue;
+        }
+        if self.typing.len() >= TYPING_ROOMS {
+            self.typing.clear();
+        }
+        self.typing.insert(typing.room_id, now);
+        let frame = ServerFrame::Typing {
+            user_id: &self.identity.user_id,
+            room_id: typing.room_id,
+        }
+        .to_json();
+        room_events::to_room(&self.state.bus, typing.room_id, frame).await;
+        Next::Continue
+    }
+
+    /// Moves the read marker; members (this socket too) get `ReadReceipt`.
+    async fn mark_read(&mut self, mark: MarkRead, conn: &Conn) -> Next {
+        if !conn.is_member(mark.room_id) {
+            return self.not_a_member(mark.room_id).await;
+        }
+        let outcome =
+            read_state::mark_read(&self.state, mark.room_id, &self.identity.user_id, mark.seq)
+                .await;
+        let (code, message) = match outcome {
+            Ok(_) => return Next::Continue,
+            Err(error @ ReadError::BadSeq { .. }) => ("bad_seq", error.to_string()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot mark a room read");
+                ("unavailable", "try again shortly".to_owned())
+            }
+        };
+        let frame = ServerFrame::Error {
+            code,
+            message: &message,
+            reference: None,
+        };
+        reply(&mut self.socket, &frame).await
+    }
+
+    async fn not_a_member(&mut self, room_id: uuid::Uuid) -> Next {
+        let message = format!("not a member of room {room_id}");
+        let frame = ServerFrame::Error {
+            code: "not_a_member",
+            message: &message,
+            reference: None,
+        };
+        reply(&mut self.socket, &frame).await
     }
 
     /// Presence events for dashboards: everyone for support agents and admins,

@@ -93,6 +93,11 @@ pub async fn upgrade(
             .ensure_user(&identity)
             .await
             .map_err(|e| e.to_string())?;
+        let (registration, inbox) = state
+            .hub
+            .register(&identity.user_id, state.config.send_queue_frames)
+            .await
+            .map_err(|e| e.to_string())?;
         let rooms = state
             .store
             .room_ids_of(&identity.user_id)
@@ -100,9 +105,10 @@ pub async fn upgrade(
             .map_err(|e| e.to_string())?;
         state
             .hub
-            .register(&identity.user_id, rooms, state.config.send_queue_frames)
+            .join_rooms(&registration.conn, rooms)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((registration, inbox))
     };
     match prepared.await {
         Ok((registration, inbox)) => {

@@ -24,28 +24,43 @@ pub struct MemberOfRoom {
     pub user_id: String,
 }
 
-type Row = (
-    Uuid,
-    Uuid,
-    i64,
-    String,
-    String,
-    OffsetDateTime,
-    Option<String>,
-    Option<Uuid>,
-);
+/// The columns of a message, in the order `MESSAGE_COLUMNS` selects them.
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    id: Uuid,
+    room_id: Uuid,
+    seq: i64,
+    sender_id: String,
+    body: String,
+    created_at: OffsetDateTime,
+    client_msg_id: Option<String>,
+    parent_id: Option<Uuid>,
+    edited_at: Option<OffsetDateTime>,
+    deleted_at: Option<OffsetDateTime>,
+}
 
-fn view(row: Row) -> MessageView {
-    let (id, room_id, seq, sender_id, message, created_at, message_temp_id, parent_id) = row;
-    MessageView {
-        id,
-        room_id,
-        seq,
-        sender_id,
-        message,
-        created_at,
-        message_temp_id,
-        parent_id,
+/// Every query that reads messages selects exactly these, in both dialects (a
+/// macro so that `concat!` can build whole statements as static strings).
+macro_rules! message_columns {
+    () => {
+        "id, room_id, seq, sender_id, body, created_at, client_msg_id, parent_id, edited_at, deleted_at"
+    };
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(row: MessageRow) -> MessageView {
+        MessageView {
+            id: row.id,
+            room_id: row.room_id,
+            seq: row.seq,
+            sender_id: row.sender_id,
+            message: row.body,
+            created_at: row.created_at,
+            message_temp_id: row.client_msg_id,
+            parent_id: row.parent_id,
+            edited_at: row.edited_at,
+            deleted_at: row.deleted_at,
+        }
     }
 }
 
@@ -62,46 +77,52 @@ impl Store {
         };
         let ascending = matches!(page, HistoryPage::After { .. });
         // Latest is "before +infinity"; the two directions are two statements.
-        let rows: Vec<Row> =
-            match (self, ascending) {
-                (Store::Postgres(pool), true) => sqlx::query_as(
-                    "SELECT id, room_id, seq, sender_id, body, created_at, client_msg_id, parent_id
-                     FROM messages WHERE room_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3",
-                )
-                .bind(room_id)
-                .bind(seq)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?,
-                (Store::Postgres(pool), false) => sqlx::query_as(
-                    "SELECT id, room_id, seq, sender_id, body, created_at, client_msg_id, parent_id
-                     FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                )
-                .bind(room_id)
-                .bind(seq)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?,
-                (Store::Sqlite(pool), true) => sqlx::query_as(
-                    "SELECT id, room_id, seq, sender_id, body, created_at, client_msg_id, parent_id
-                     FROM messages WHERE room_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3",
-                )
-                .bind(room_id)
-                .bind(seq)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?,
-                (Store::Sqlite(pool), false) => sqlx::query_as(
-                    "SELECT id, room_id, seq, sender_id, body, created_at, client_msg_id, parent_id
-                     FROM messages WHERE room_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-                )
-                .bind(room_id)
-                .bind(seq)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?,
-            };
-        let mut messages: Vec<MessageView> = rows.into_iter().map(view).collect();
+        let (postgres, sqlite) = if ascending {
+            (
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE room_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
+                ),
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE room_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
+                ),
+            )
+        } else {
+            (
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                ),
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE room_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+                ),
+            )
+        };
+        let rows: Vec<MessageRow> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(postgres)
+                    .bind(room_id)
+                    .bind(seq)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(sqlite)
+                    .bind(room_id)
+                    .bind(seq)
+                    .bind(limit)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        let mut messages: Vec<MessageView> = rows.into_iter().map(MessageView::from).collect();
         if !ascending {
             messages.reverse();
         }
@@ -190,20 +211,168 @@ impl Store {
         }
     }
 
-    /// Every member of the given rooms.
+    /// One message of a room, tombstones included; `None` if the room has no
+    /// stored message with that id (yet: the worker may still be writing it).
+    pub async fn message(
+        &self,
+        room_id: Uuid,
+        message_id: Uuid,
+    ) -> Result<Option<MessageView>, sqlx::Error> {
+        let row: Option<MessageRow> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE id = $1 AND room_id = $2"
+                ))
+                .bind(message_id)
+                .bind(room_id)
+                .fetch_optional(pool)
+                .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE id = ?1 AND room_id = ?2"
+                ))
+                .bind(message_id)
+                .bind(room_id)
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        Ok(row.map(MessageView::from))
+    }
+
+    /// Replaces a live message's text; `None` if it is missing or deleted.
+    pub async fn edit_message(
+        &self,
+        room_id: Uuid,
+        message_id: Uuid,
+        body: &str,
+    ) -> Result<Option<MessageView>, sqlx::Error> {
+        let now = crate::protocol::now_micros();
+        let row: Option<MessageRow> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(concat!(
+                    "UPDATE messages SET body = $3, edited_at = $4
+                     WHERE id = $1 AND room_id = $2 AND deleted_at IS NULL RETURNING ",
+                    message_columns!()
+                ))
+                .bind(message_id)
+                .bind(room_id)
+                .bind(body)
+                .bind(now)
+                .fetch_optional(pool)
+                .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(concat!(
+                    "UPDATE messages SET body = ?3, edited_at = ?4
+                     WHERE id = ?1 AND room_id = ?2 AND deleted_at IS NULL RETURNING ",
+                    message_columns!()
+                ))
+                .bind(message_id)
+                .bind(room_id)
+                .bind(body)
+                .bind(now)
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        Ok(row.map(MessageView::from))
+    }
+
+    /// Soft-deletes a message: the row stays (history shows a tombstone) but its
+    /// text is erased. Deleting twice keeps the first deletion's time. `None` if
+    /// the room has no such message.
+    pub async fn delete_message(
+        &self,
+        room_id: Uuid,
+        message_id: Uuid,
+    ) -> Result<Option<MessageView>, sqlx::Error> {
+        let now = crate::protocol::now_micros();
+        let row: Option<MessageRow> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(concat!(
+                    "UPDATE messages SET body = '', deleted_at = COALESCE(deleted_at, $3)
+                     WHERE id = $1 AND room_id = $2 RETURNING ",
+                    message_columns!()
+                ))
+                .bind(message_id)
+                .bind(room_id)
+                .bind(now)
+                .fetch_optional(pool)
+                .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(concat!(
+                    "UPDATE messages SET body = '', deleted_at = COALESCE(deleted_at, ?3)
+                     WHERE id = ?1 AND room_id = ?2 RETURNING ",
+                    message_columns!()
+                ))
+                .bind(message_id)
+                .bind(room_id)
+                .bind(now)
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        Ok(row.map(MessageView::from))
+    }
+
+    /// The newest message of each room in `rooms` that has one.
+    pub async fn last_messages(&self, rooms: &[Uuid]) -> Result<Vec<MessageView>, sqlx::Error> {
+        let rows: Vec<MessageRow> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(concat!(
+                    "SELECT last.* FROM unnest($1::uuid[]) AS wanted (room_id)
+                     CROSS JOIN LATERAL (SELECT ",
+                    message_columns!(),
+                    " FROM messages m WHERE m.room_id = wanted.room_id ORDER BY seq DESC LIMIT 1) AS last"
+                ))
+                .bind(rooms)
+                .fetch_all(pool)
+                .await?
+            }
+            Store::Sqlite(pool) => {
+                let mut rows = Vec::with_capacity(rooms.len());
+                for room in rooms {
+                    let row: Option<MessageRow> = sqlx::query_as(concat!(
+                        "SELECT ",
+                        message_columns!(),
+                        " FROM messages WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1"
+                    ))
+                    .bind(room)
+                    .fetch_optional(pool)
+                    .await?;
+                    rows.extend(row);
+                }
+                rows
+            }
+        };
+        Ok(rows.into_iter().map(MessageView::from).collect())
+    }
+
+    /// Every member of the given rooms: per room the owner first, then in joining order.
     pub async fn members_of(&self, rooms: &[Uuid]) -> Result<Vec<MemberOfRoom>, sqlx::Error> {
         match self {
             Store::Postgres(pool) => {
-                sqlx::query_as("SELECT room_id, user_id FROM room_members WHERE room_id = ANY($1)")
-                    .bind(rooms)
-                    .fetch_all(pool)
-                    .await
+                sqlx::query_as(
+                    "SELECT room_id, user_id FROM room_members WHERE room_id = ANY($1)
+                     ORDER BY room_id, role = 'owner' DESC, joined_at, user_id COLLATE \"C\"",
+                )
+                .bind(rooms)
+                .fetch_all(pool)
+                .await
             }
             Store::Sqlite(pool) => {
                 let mut members = Vec::new();
                 for room in rooms {
                     let mut of_room: Vec<MemberOfRoom> = sqlx::query_as(
-                        "SELECT room_id, user_id FROM room_members WHERE room_id = ?1",
+                        "SELECT room_id, user_id FROM room_members WHERE room_id = ?1
+                         ORDER BY role = 'owner' DESC, joined_at, user_id",
                     )
                     .bind(room)
                     .fetch_all(pool)

@@ -15,7 +15,7 @@ mod rooms;
 mod users;
 
 pub use messages::{HistoryPage, MemberOfRoom};
-pub use rooms::{NewRoom, Room, RoomKind};
+pub use rooms::{MembersChange, NewRoom, Receipt, Room, RoomCursor, RoomKind, RoomSummary};
 pub use users::Contact;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -92,4 +92,9 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         // SQLite 5/6: SQLITE_BUSY/SQLITE_LOCKED.
         code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "5" || code == "6"
     }))
+}
+
+/// True when a statement broke a unique constraint (Postgres 23505, SQLite 2067/1555).
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
 }

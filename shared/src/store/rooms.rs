@@ -1,7 +1,13 @@
-//! Rooms and their members.
+//! Rooms, their members and each member's read marker.
+//!
+//! Membership is what every authorization decision rests on: a user may read or
+//! touch a room only while a `room_members` row says so and the room is not
+//! deleted. Every query that answers "may this user see this room" joins both.
 
 use super::Store;
+use crate::protocol::MessageView;
 use serde::Serialize;
+use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -21,6 +27,14 @@ impl RoomKind {
             RoomKind::Support => "support",
         }
     }
+
+    fn parse(kind: &str) -> RoomKind {
+        match kind {
+            "direct" => RoomKind::Direct,
+            "support" => RoomKind::Support,
+            _ => RoomKind::Group,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -29,32 +43,140 @@ pub struct Room {
     pub kind: RoomKind,
     pub name: Option<String>,
     pub owner_id: String,
+    /// The owner first, then in joining order.
     pub members: Vec<String>,
     pub metadata: serde_json::Value,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
 
+impl Room {
+    pub fn has_member(&self, user_id: &str) -> bool {
+        self.members.iter().any(|m| m == user_id)
+    }
+}
+
+/// A room as one of its members sees it in their room list.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomSummary {
+    #[serde(flatten)]
+    pub room: Room,
+    pub is_owner: bool,
+    pub last_message: Option<MessageView>,
+    pub last_read_seq: i64,
+    /// Stored messages after `last_read_seq`, sent by others, not deleted.
+    pub unread_count: i64,
+}
+
 pub struct NewRoom<'a> {
     pub kind: RoomKind,
     pub name: Option<&'a str>,
     pub owner_id: &'a str,
-    /// Every member, the owner included, without duplicates.
+    /// Every member, the owner first, without duplicates.
     pub members: &'a [String],
     pub metadata: serde_json::Value,
 }
 
+/// Where a page of `GET /rooms` starts: just after this room in the order
+/// "newest activity first, then highest id".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoomCursor {
+    pub activity: OffsetDateTime,
+    pub room_id: Uuid,
+}
+
+impl RoomCursor {
+    /// The opaque text clients pass back: `<activity in unix µs>_<room id>`.
+    pub fn encode(&self) -> String {
+        let micros = self.activity.unix_timestamp_nanos() / 1000;
+        format!("{micros}_{}", self.room_id)
+    }
+
+    pub fn parse(text: &str) -> Option<RoomCursor> {
+        let (micros, room) = text.split_once('_')?;
+        let micros: i128 = micros.parse().ok()?;
+        let activity = OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1000)?).ok()?;
+        Some(RoomCursor {
+            activity,
+            room_id: Uuid::parse_str(room).ok()?,
+        })
+    }
+}
+
+/// What a membership change did.
+pub enum MembersChange {
+    /// The members after the change.
+    Changed(Vec<String>),
+    /// It would have made the room larger than allowed; nothing changed.
+    TooMany,
+    /// The room is gone (deleted meanwhile).
+    NoRoom,
+}
+
+/// One member's read marker.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Receipt {
+    pub user_id: String,
+    pub last_read_seq: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct RoomRow {
+    id: Uuid,
+    kind: String,
+    name: Option<String>,
+    owner_id: Option<String>,
+    metadata: Json<serde_json::Value>,
+    created_at: OffsetDateTime,
+}
+
+impl RoomRow {
+    fn into_room(self, members: Vec<String>) -> Room {
+        Room {
+            id: self.id,
+            kind: RoomKind::parse(&self.kind),
+            name: self.name,
+            owner_id: self.owner_id.unwrap_or_default(),
+            members,
+            metadata: self.metadata.0,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A room in a member's list, before members and messages are attached.
+#[derive(sqlx::FromRow)]
+struct ListedRoom {
+    #[sqlx(flatten)]
+    room: RoomRow,
+    last_read_seq: i64,
+    activity: OffsetDateTime,
+}
+
+/// The key that makes a pair's direct room unique: both ids, sorted. User ids
+/// cannot contain control characters, so the separator cannot be forged.
+fn direct_key(a: &str, b: &str) -> String {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    format!("{low}\n{high}")
+}
+
 impl Store {
-    /// Creates a room and its memberships in one transaction.
+    /// Creates a room and its memberships in one transaction. A direct room whose
+    /// pair already has one fails with a unique violation (see
+    /// [`super::is_unique_violation`]); the caller then returns the existing one.
     pub async fn create_room(&self, new: NewRoom<'_>) -> Result<Room, sqlx::Error> {
         let id = Uuid::now_v7();
         let created_at = crate::protocol::now_micros();
+        let direct = match (new.kind, new.members) {
+            (RoomKind::Direct, [a, b]) => Some(direct_key(a, b)),
+            _ => None,
+        };
         match self {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 sqlx::query(
-                    "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at)
-                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at, direct_key)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(id)
                 .bind(new.kind.as_str())
@@ -62,16 +184,18 @@ impl Store {
                 .bind(new.owner_id)
                 .bind(&new.metadata)
                 .bind(created_at)
+                .bind(&direct)
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(
-                    "INSERT INTO room_members (room_id, user_id, role)
-                     SELECT $1, member, CASE WHEN member = $3 THEN 'owner' ELSE 'member' END
+                    "INSERT INTO room_members (room_id, user_id, role, joined_at)
+                     SELECT $1, member, CASE WHEN member = $3 THEN 'owner' ELSE 'member' END, $4
                      FROM unnest($2::text[]) AS member",
                 )
                 .bind(id)
                 .bind(new.members)
                 .bind(new.owner_id)
+                .bind(created_at)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
@@ -79,8 +203,8 @@ impl Store {
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
                 sqlx::query(
-                    "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at, direct_key)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .bind(id)
                 .bind(new.kind.as_str())
@@ -88,6 +212,7 @@ impl Store {
                 .bind(new.owner_id)
                 .bind(new.metadata.to_string())
                 .bind(created_at)
+                .bind(&direct)
                 .execute(&mut *tx)
                 .await?;
                 for member in new.members {
@@ -107,15 +232,448 @@ impl Store {
                 tx.commit().await?;
             }
         }
+        // Members joined together are listed owner first, then by id.
+        let mut members = new.members.to_vec();
+        members.sort_by(|a, b| (a != new.owner_id, a).cmp(&(b != new.owner_id, b)));
         Ok(Room {
             id,
             kind: new.kind,
             name: new.name.map(str::to_owned),
             owner_id: new.owner_id.to_owned(),
-            members: new.members.to_vec(),
+            members,
             metadata: new.metadata,
             created_at,
         })
+    }
+
+    /// The live direct room of a pair, if they have one.
+    pub async fn find_direct(&self, a: &str, b: &str) -> Result<Option<Room>, sqlx::Error> {
+        let key = direct_key(a, b);
+        let row: Option<RoomRow> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT id, kind, name, owner_id, metadata, created_at FROM rooms
+                     WHERE direct_key = $1 AND deleted_at IS NULL",
+                )
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT id, kind, name, owner_id, metadata, created_at FROM rooms
+                     WHERE direct_key = ?1 AND deleted_at IS NULL",
+                )
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        self.with_members(row).await
+    }
+
+    /// A live room with its members, or `None` if it is missing or deleted.
+    pub async fn room(&self, room_id: Uuid) -> Result<Option<Room>, sqlx::Error> {
+        let row: Option<RoomRow> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT id, kind, name, owner_id, metadata, created_at FROM rooms
+                     WHERE id = $1 AND deleted_at IS NULL",
+                )
+                .bind(room_id)
+                .fetch_optional(pool)
+                .await?
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT id, kind, name, owner_id, metadata, created_at FROM rooms
+                     WHERE id = ?1 AND deleted_at IS NULL",
+                )
+                .bind(room_id)
+                .fetch_optional(pool)
+                .await?
+            }
+        };
+        self.with_members(row).await
+    }
+
+    async fn with_members(&self, row: Option<RoomRow>) -> Result<Option<Room>, sqlx::Error> {
+        let Some(row) = row else { return Ok(None) };
+        let members = self
+            .members_of(&[row.id])
+            .await?
+            .into_iter()
+            .map(|m| m.user_id)
+            .collect();
+        Ok(Some(row.into_room(members)))
+    }
+
+    /// A page of `user_id`'s live rooms, newest activity (last message, else
+    /// creation) first, starting after `after`.
+    pub async fn rooms_page(
+        &self,
+        user_id: &str,
+        after: Option<RoomCursor>,
+        limit: i64,
+    ) -> Result<(Vec<RoomSummary>, Option<RoomCursor>), sqlx::Error> {
+        let listed: Vec<ListedRoom> = match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT r.id, r.kind, r.name, r.owner_id, r.metadata, r.created_at, m.last_read_seq,
+                            COALESCE(last.created_at, r.created_at) AS activity
+                     FROM room_members m
+                     JOIN rooms r ON r.id = m.room_id AND r.deleted_at IS NULL
+                     LEFT JOIN LATERAL (SELECT x.created_at FROM messages x WHERE x.room_id = r.id
+                                        ORDER BY x.seq DESC LIMIT 1) AS last ON true
+                     WHERE m.user_id = $1
+                       AND ($2::timestamptz IS NULL
+                            OR (COALESCE(last.created_at, r.created_at), r.id) < ($2::timestamptz, $3::uuid))
+                     ORDER BY activity DESC, r.id DESC
+                     LIMIT $4",
+                )
+                .bind(user_id)
+                .bind(after.map(|c| c.activity))
+                .bind(after.map(|c| c.room_id))
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+            Store::Sqlite(pool) => {
+                // The embedded mode serves small installations: order in memory
+                // rather than compare timestamps stored as text.
+                let mut all: Vec<ListedRoom> = sqlx::query_as(
+                    "SELECT r.id, r.kind, r.name, r.owner_id, r.metadata, r.created_at, m.last_read_seq,
+                            COALESCE((SELECT x.created_at FROM messages x WHERE x.room_id = r.id
+                                      ORDER BY x.seq DESC LIMIT 1), r.created_at) AS activity
+                     FROM room_members m
+                     JOIN rooms r ON r.id = m.room_id AND r.deleted_at IS NULL
+                     WHERE m.user_id = ?1",
+                )
+                .bind(user_id)
+                .fetch_all(pool)
+                .await?;
+                all.sort_by_key(|r| std::cmp::Reverse((r.activity, r.room.id)));
+                all.retain(|r| after.is_none_or(|c| (r.activity, r.room.id) < (c.activity, c.room_id)));
+                all.truncate(usize::try_from(limit).unwrap_or(0));
+                all
+            }
+        };
+        let next = match listed.last() {
+            Some(last) if listed.len() as i64 == limit => Some(RoomCursor {
+                activity: last.activity,
+                room_id: last.room.id,
+            }),
+            _ => None,
+        };
+        let ids: Vec<Uuid> = listed.iter().map(|r| r.room.id).collect();
+        let mut members = self.members_of(&ids).await?;
+        let mut last_messages = self.last_messages(&ids).await?;
+        let unread = self.unread_counts(user_id, &ids).await?;
+        let rooms = listed
+            .into_iter()
+            .map(|listed| {
+                let id = listed.room.id;
+                let (of_room, rest): (Vec<_>, Vec<_>) =
+                    members.drain(..).partition(|m| m.room_id == id);
+                members = rest;
+                let room = listed
+                    .room
+                    .into_room(of_room.into_iter().map(|m| m.user_id).collect());
+                let last_message = last_messages
+                    .iter()
+                    .position(|m| m.room_id == id)
+                    .map(|at| last_messages.swap_remove(at));
+                RoomSummary {
+                    is_owner: room.owner_id == user_id,
+                    last_message,
+                    last_read_seq: listed.last_read_seq,
+                    unread_count: unread
+                        .iter()
+                        .find(|(room, _)| *room == id)
+                        .map_or(0, |(_, n)| *n),
+                    room,
+                }
+            })
+            .collect();
+        Ok((rooms, next))
+    }
+
+    /// `room_id` as member `user_id` sees it; `None` unless they are a member of
+    /// the live room.
+    pub async fn room_summary(
+        &self,
+        room_id: Uuid,
+        user_id: &str,
+    ) -> Result<Option<RoomSummary>, sqlx::Error> {
+        let Some(last_read_seq) = self.read_marker(room_id, user_id).await? else {
+            return Ok(None);
+        };
+        let Some(room) = self.room(room_id).await? else {
+            return Ok(None);
+        };
+        let last_message = self.last_messages(&[room_id]).await?.pop();
+        let unread = self.unread_counts(user_id, &[room_id]).await?;
+        Ok(Some(RoomSummary {
+            is_owner: room.owner_id == user_id,
+            last_message,
+            last_read_seq,
+            unread_count: unread.first().map_or(0, |(_, n)| *n),
+            room,
+        }))
+    }
+
+    /// `user_id`'s read marker in the live room `room_id`; `None` if they are
+    /// not a member of it.
+    pub async fn read_marker(
+        &self,
+        room_id: Uuid,
+        user_id: &str,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT m.last_read_seq FROM room_members m JOIN rooms r ON r.id = m.room_id
+                     WHERE m.room_id = $1 AND m.user_id = $2 AND r.deleted_at IS NULL",
+                )
+                .bind(room_id)
+                .bind(user_id)
+                .fetch_optional(pool)
+                .await
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT m.last_read_seq FROM room_members m JOIN rooms r ON r.id = m.room_id
+                     WHERE m.room_id = ?1 AND m.user_id = ?2 AND r.deleted_at IS NULL",
+                )
+                .bind(room_id)
+                .bind(user_id)
+                .fetch_optional(pool)
+                .await
+            }
+        }
+    }
+
+    /// Per room, how many stored messages after `user_id`'s read marker others sent.
+    async fn unread_counts(
+        &self,
+        user_id: &str,
+        rooms: &[Uuid],
+    ) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT m.room_id,
+                            (SELECT COUNT(*) FROM messages x
+                             WHERE x.room_id = m.room_id AND x.seq > m.last_read_seq
+                               AND x.sender_id <> m.user_id AND x.deleted_at IS NULL)
+                     FROM room_members m WHERE m.user_id = $1 AND m.room_id = ANY($2)",
+                )
+                .bind(user_id)
+                .bind(rooms)
+                .fetch_all(pool)
+                .await
+            }
+            Store::Sqlite(pool) => {
+                let mut counts = Vec::with_capacity(rooms.len());
+                for room in rooms {
+                    let count: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM messages x JOIN room_members m
+                           ON m.room_id = x.room_id AND m.user_id = ?2
+                         WHERE x.room_id = ?1 AND x.seq > m.last_read_seq
+                           AND x.sender_id <> m.user_id AND x.deleted_at IS NULL",
+                    )
+                    .bind(room)
+                    .bind(user_id)
+                    .fetch_one(pool)
+                    .await?;
+                    counts.push((*room, count));
+                }
+                Ok(counts)
+            }
+        }
+    }
+
+    /// Adds and removes members in one transaction, keeping the room at most
+    /// `max_members` large. Adding a member or removing a non-member is a no-op.
+    pub async fn change_members(
+        &self,
+        room_id: Uuid,
+        add: &[String],
+        remove: &[String],
+        max_members: usize,
+    ) -> Result<MembersChange, sqlx::Error> {
+        let now = crate::protocol::now_micros();
+        let members: Vec<String> = match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // Lock the room: concurrent changes and a delete go one at a time.
+                let live: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM rooms WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+                )
+                .bind(room_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if live.is_none() {
+                    return Ok(MembersChange::NoRoom);
+                }
+                sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = ANY($2)")
+                    .bind(room_id)
+                    .bind(remove)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO room_members (room_id, user_id, role, joined_at)
+                     SELECT $1, member, 'member', $3 FROM unnest($2::text[]) AS member
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(room_id)
+                .bind(add)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let members: Vec<String> = sqlx::query_scalar(
+                    "SELECT user_id FROM room_members WHERE room_id = $1
+                     ORDER BY role = 'owner' DESC, joined_at, user_id COLLATE \"C\"",
+                )
+                .bind(room_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                if members.len() > max_members {
+                    return Ok(MembersChange::TooMany);
+                }
+                tx.commit().await?;
+                members
+            }
+            Store::Sqlite(pool) => {
+                // IMMEDIATE: take the write lock up front. A deferred transaction
+                // that reads first fails at once ("database is locked") if the
+                // embedded worker commits between its read and its first write.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let live: Option<Uuid> =
+                    sqlx::query_scalar("SELECT id FROM rooms WHERE id = ?1 AND deleted_at IS NULL")
+                        .bind(room_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if live.is_none() {
+                    return Ok(MembersChange::NoRoom);
+                }
+                for member in remove {
+                    sqlx::query("DELETE FROM room_members WHERE room_id = ?1 AND user_id = ?2")
+                        .bind(room_id)
+                        .bind(member)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for member in add {
+                    sqlx::query(
+                        "INSERT OR IGNORE INTO room_members (room_id, user_id, role, joined_at)
+                         VALUES (?1, ?2, 'member', ?3)",
+                    )
+                    .bind(room_id)
+                    .bind(member)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let members: Vec<String> = sqlx::query_scalar(
+                    "SELECT user_id FROM room_members WHERE room_id = ?1
+                     ORDER BY role = 'owner' DESC, joined_at, user_id",
+                )
+                .bind(room_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                if members.len() > max_members {
+                    return Ok(MembersChange::TooMany);
+                }
+                tx.commit().await?;
+                members
+            }
+        };
+        Ok(MembersChange::Changed(members))
+    }
+
+    /// Soft-deletes a room; true if it was live.
+    pub async fn delete_room(&self, room_id: Uuid) -> Result<bool, sqlx::Error> {
+        let now = crate::protocol::now_micros();
+        let result = match self {
+            Store::Postgres(pool) => {
+                sqlx::query("UPDATE rooms SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                    .bind(room_id)
+                    .bind(now)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query("UPDATE rooms SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL")
+                    .bind(room_id)
+                    .bind(now)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+        };
+        Ok(result > 0)
+    }
+
+    /// Moves `user_id`'s read marker forward to `seq`. `Some(seq)` if it moved;
+    /// `None` if it was already there or further (markers never go back).
+    pub async fn mark_read(
+        &self,
+        room_id: Uuid,
+        user_id: &str,
+        seq: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "UPDATE room_members SET last_read_seq = $3
+                     WHERE room_id = $1 AND user_id = $2 AND last_read_seq < $3
+                     RETURNING last_read_seq",
+                )
+                .bind(room_id)
+                .bind(user_id)
+                .bind(seq)
+                .fetch_optional(pool)
+                .await
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "UPDATE room_members SET last_read_seq = ?3
+                     WHERE room_id = ?1 AND user_id = ?2 AND last_read_seq < ?3
+                     RETURNING last_read_seq",
+                )
+                .bind(room_id)
+                .bind(user_id)
+                .bind(seq)
+                .fetch_optional(pool)
+                .await
+            }
+        }
+    }
+
+    /// Every member's read marker, the owner first, then in joining order.
+    pub async fn receipts(&self, room_id: Uuid) -> Result<Vec<Receipt>, sqlx::Error> {
+        match self {
+            Store::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT user_id, last_read_seq FROM room_members WHERE room_id = $1
+                     ORDER BY role = 'owner' DESC, joined_at, user_id COLLATE \"C\"",
+                )
+                .bind(room_id)
+                .fetch_all(pool)
+                .await
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query_as(
+                    "SELECT user_id, last_read_seq FROM room_members WHERE room_id = ?1
+                     ORDER BY role = 'owner' DESC, joined_at, user_id",
+                )
+                .bind(room_id)
+                .fetch_all(pool)
+                .await
+            }
+        }
     }
 
     /// The live (not deleted) rooms `user_id` belongs to.

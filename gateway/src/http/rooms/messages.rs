@@ -1,0 +1,389 @@
+//! A room's messages over HTTP: history, publishing, edits and deletions, and the
+//! direct-chat history between two users.
+
+use super::{page_limit, room_not_found, room_of_member};
+use crate::http::error::ApiError;
+use crate::http::extract::{Json, Path, Query, User, bearer};
+use crate::messages::{self, Draft, Refusal};
+use crate::room_events;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use axum::routing::{get, patch};
+use chatter_shared::auth::{Identity, is_service_secret, validate_user_id};
+use chatter_shared::protocol::{MessageView, ServerFrame};
+use chatter_shared::store::HistoryPage;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/rooms/{id}/messages", get(history).post(publish))
+        .route(
+            "/rooms/{id}/messages/{message_id}",
+            patch(edit_message).delete(delete_message),
+        )
+        .route("/messages", get(direct_history))
+}
+
+/// The paging parameters of a history query (no `#[serde(flatten)]` into other
+/// query structs: flattened query fields lose their number parsing).
+#[derive(Deserialize)]
+struct HistoryQuery {
+    after_seq: Option<i64>,
+    before_seq: Option<i64>,
+    limit: Option<String>,
+}
+
+impl HistoryQuery {
+    fn page(&self, state: &AppState) -> Result<HistoryPage, ApiError> {
+        let limit = page_limit(state, self.limit.as_deref())?;
+        match (self.after_seq, self.before_seq) {
+            (Some(_), Some(_)) => Err(ApiError::bad_request(
+                "bad_query",
+                "give after_seq or before_seq, not both",
+            )),
+            (Some(seq), None) if seq >= 0 => Ok(HistoryPage::After { seq, limit }),
+            (None, Some(seq)) if seq >= 0 => Ok(HistoryPage::Before { seq, limit }),
+            (None, None) => Ok(HistoryPage::Latest { limit }),
+            _ => Err(ApiError::bad_request(
+                "bad_query",
+                "seq values are not negative",
+            )),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct HistoryBody {
+    messages: Vec<MessageView>,
+}
+
+/// `GET /rooms/{id}/messages`: a page of history in seq order; deleted messages
+/// are tombstones (empty `message`, `deleted_at` set).
+async fn history(
+    State(state): State<AppState>,
+    User(caller): User,
+    Path(room_id): Path<Uuid>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<Json<HistoryBody>, ApiError> {
+    let page = query.page(&state)?;
+    if !state.store.is_member(room_id, &caller.user_id).await? {
+        return Err(room_not_found());
+    }
+    let messages = state.store.history(room_id, page).await?;
+    Ok(Json(HistoryBody { messages }))
+}
+
+#[derive(Deserialize)]
+struct DirectQuery {
+    from: Option<String>,
+    to: Option<String>,
+    after_seq: Option<i64>,
+    before_seq: Option<i64>,
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DirectHistory {
+    /// The pair's direct room; `null` when they have none yet.
+    room_id: Option<Uuid>,
+    messages: Vec<MessageView>,
+}
+
+/// `GET /messages?from=&to=`: the direct chat between the caller and `to`.
+async fn direct_history(
+    State(state): State<AppState>,
+    User(caller): User,
+    Query(query): Query<DirectQuery>,
+) -> Result<Json<DirectHistory>, ApiError> {
+    let (Some(from), Some(to)) = (&query.from, &query.to) else {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            "from and to are required",
+        ));
+    };
+    if *from != caller.user_id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "from must be the caller",
+        ));
+    }
+    validate_user_id(to).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
+    let page = HistoryQuery {
+        after_seq: query.after_seq,
+        before_seq: query.before_seq,
+        limit: query.limit,
+    }
+    .page(&state)?;
+    let Some(room) = state.store.find_direct(from, to).await? else {
+        return Ok(Json(DirectHistory {
+            room_id: None,
+            messages: Vec::new(),
+        }));
+    };
+    let messages = state.store.history(room.id, page).await?;
+    Ok(Json(DirectHistory {
+        room_id: Some(room.id),
+        messages,
+    }))
+}
+
+/// Who publishes over HTTP: a member with their JWT, or a service with the
+/// shared secret naming the sender.
+enum Publisher {
+    User(Identity),
+    Service,
+}
+
+impl FromRequestParts<AppState> for Publisher {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(secret) = state.config.service_secret() {
+            let presented = parts
+                .headers
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if presented.is_some_and(|header| is_service_secret(header, secret)) {
+                return Ok(Publisher::Service);
+            }
+        }
+        if bearer(parts).is_none() {
+            return Err(ApiError::unauthorized(
+                "a Bearer token or the service secret is required",
+            ));
+        }
+        let User(identity) = User::from_request_parts(parts, state).await?;
+        Ok(Publisher::User(identity))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    message: String,
+    #[serde(default)]
+    message_temp_id: Option<String>,
+    #[serde(default)]
+    parent_id: Option<Uuid>,
+    /// Required with the service secret; a user may only name themself.
+    #[serde(default)]
+    sender_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Published {
+    message_id: Uuid,
+    seq: i64,
+    message_temp_id: Option<String>,
+}
+
+/// `POST /rooms/{id}/messages`: the WebSocket send path over HTTP — same
+/// validation, ordering, dedupe and fan-out.
+async fn publish(
+    State(state): State<AppState>,
+    publisher: Publisher,
+    Path(room_id): Path<Uuid>,
+    Json(body): Json<PublishBody>,
+) -> Result<(StatusCode, Json<Published>), ApiError> {
+    let sender = match (&publisher, body.sender_id) {
+        (Publisher::User(identity), None) => identity.user_id.clone(),
+        (Publisher::User(identity), Some(sender)) if sender == identity.user_id => sender,
+        (Publisher::User(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_allowed",
+                "users may only send as themselves",
+            ));
+        }
+        (Publisher::Service, None) => {
+            return Err(ApiError::bad_request(
+                "sender_required",
+                "service calls name the sender in sender_id",
+            ));
+        }
+        (Publisher::Service, Some(sender)) => {
+            validate_user_id(&sender)
+                .map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
+            sender
+        }
+    };
+    match publisher {
+        Publisher::User(_) => {
+            if !state.store.is_member(room_id, &sender).await? {
+                return Err(room_not_found());
+            }
+        }
+        Publisher::Service => {
+            let room = state
+                .store
+                .room(room_id)
+                .await?
+                .ok_or_else(room_not_found)?;
+            if !room.has_member(&sender) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "sender_not_member",
+                    "the sender is not a member of the room",
+                ));
+            }
+        }
+    }
+    let draft = Draft {
+        room_id,
+        sender_id: &sender,
+        body: &body.message,
+        temp_id: body.message_temp_id.as_deref(),
+        parent_id: body.parent_id,
+    };
+    let accepted = async {
+        messages::validate(&state, &draft)?;
+        messages::check_parent(&state, &draft).await?;
+        messages::accept(&state, &draft).await
+    }
+    .await
+    .map_err(refusal_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Published {
+            message_id: accepted.id,
+            seq: accepted.seq,
+            message_temp_id: body.message_temp_id,
+        }),
+    ))
+}
+
+/// A refused send as an HTTP error: the confirmation's `reason` is the code.
+fn refusal_error(refusal: Refusal) -> ApiError {
+    let status = match refusal {
+        Refusal::NotMember => return room_not_found(),
+        Refusal::Backlogged | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::BadParent
+        | Refusal::EmptyMessage
+        | Refusal::MessageTooLong
+        | Refusal::TempIdTooLong => StatusCode::BAD_REQUEST,
+    };
+    ApiError::new(status, refusal.reason(), refusal.reason().replace('_', " "))
+}
+
+fn message_not_found() -> ApiError {
+    ApiError::not_found("message_not_found", "no such message in this room")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditBody {
+    message: String,
+}
+
+/// `PATCH /rooms/{id}/messages/{message_id}`: the sender replaces the text;
+/// members get `MessageEdited`.
+async fn edit_message(
+    State(state): State<AppState>,
+    User(caller): User,
+    Path((room_id, message_id)): Path<(Uuid, Uuid)>,
+    Json(body): Json<EditBody>,
+) -> Result<Json<MessageView>, ApiError> {
+    if !state.store.is_member(room_id, &caller.user_id).await? {
+        return Err(room_not_found());
+    }
+    let original = messages::stored_message(&state, room_id, message_id)
+        .await?
+        .ok_or_else(message_not_found)?;
+    if original.sender_id != caller.user_id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_sender",
+            "only the sender may edit a message",
+        ));
+    }
+    let draft = Draft {
+        room_id,
+        sender_id: &caller.user_id,
+        body: &body.message,
+        temp_id: None,
+        parent_id: None,
+    };
+    messages::validate(&state, &draft).map_err(refusal_error)?;
+    let deleted = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "message_deleted",
+            "a deleted message cannot be edited",
+        )
+    };
+    if original.deleted_at.is_some() {
+        return Err(deleted());
+    }
+    let edited = state
+        .store
+        .edit_message(room_id, message_id, &body.message)
+        .await?
+        .ok_or_else(deleted)?;
+    let edited_at = edited.edited_at.unwrap_or(edited.created_at);
+    let frame = ServerFrame::MessageEdited {
+        id: edited.id,
+        room_id,
+        seq: edited.seq,
+        message: &edited.message,
+        edited_at,
+    }
+    .to_json();
+    tell_room(&state, &edited, frame).await;
+    Ok(Json(edited))
+}
+
+/// `DELETE /rooms/{id}/messages/{message_id}`: by the sender or the room's
+/// owner; the message becomes a tombstone and members get `MessageDeleted`.
+async fn delete_message(
+    State(state): State<AppState>,
+    User(caller): User,
+    Path((room_id, message_id)): Path<(Uuid, Uuid)>,
+) -> Result<StatusCode, ApiError> {
+    let room = room_of_member(&state, room_id, &caller.user_id).await?;
+    let original = messages::stored_message(&state, room_id, message_id)
+        .await?
+        .ok_or_else(message_not_found)?;
+    if original.sender_id != caller.user_id && room.owner_id != caller.user_id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_allowed",
+            "only the sender or the room's owner may delete a message",
+        ));
+    }
+    if original.deleted_at.is_some() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let deleted = state
+        .store
+        .delete_message(room_id, message_id)
+        .await?
+        .ok_or_else(message_not_found)?;
+    let frame = ServerFrame::MessageDeleted {
+        id: deleted.id,
+        room_id,
+        seq: deleted.seq,
+        deleted_at: deleted.deleted_at.unwrap_or(deleted.created_at),
+    }
+    .to_json();
+    tell_room(&state, &deleted, frame).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Publishes an edit or deletion and rewrites the message in the room's recent
+/// log, so a client that resumes later gets the message as it now is.
+async fn tell_room(state: &AppState, message: &MessageView, frame: String) {
+    room_events::to_room(&state.bus, message.room_id, frame).await;
+    if let Err(error) = state
+        .bus
+        .rewrite_recent(message.room_id, message.seq, message.to_frame())
+        .await
+    {
+        tracing::warn!(%error, "cannot update the recent log after an edit");
+    }
+}

@@ -1,0 +1,392 @@
+//! Rooms: create, list, read, change members, delete.
+//!
+//! Who may do what (docs/API.md): a room the caller is not a member of answers
+//! 404 `room_not_found`, exactly like a missing or deleted room, so room ids
+//! cannot be probed; owner-only actions by a member answer 403 `not_owner`.
+//! Messages and read state of a room are in the submodules.
+
+mod messages;
+mod read;
+
+use super::error::ApiError;
+use super::extract::{Json, Path, Query, User};
+use crate::room_events;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use chatter_shared::auth::validate_user_id;
+use chatter_shared::protocol::MessageView;
+use chatter_shared::store::{
+    HistoryPage, MembersChange, NewRoom, Room, RoomCursor, RoomKind, RoomSummary,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/rooms", get(list_rooms).post(create_room))
+        .route("/rooms/{id}", get(room).delete(delete_room))
+        .route("/rooms/{id}/members", put(change_members))
+        .merge(messages::router())
+        .merge(read::router())
+}
+
+/// The live room `room_id` if `user_id` is one of its members; 404 otherwise.
+async fn room_of_member(state: &AppState, room_id: Uuid, user_id: &str) -> Result<Room, ApiError> {
+    match state.store.room(room_id).await? {
+        Some(room) if room.has_member(user_id) => Ok(room),
+        _ => Err(room_not_found()),
+    }
+}
+
+fn room_not_found() -> ApiError {
+    ApiError::not_found("room_not_found", "no such room")
+}
+
+/// `limit` within 1..=`PAGE_SIZE_MAX`, `PAGE_SIZE_DEFAULT` when absent. Taken as
+/// text so that a number too large for any integer is `bad_limit` too.
+fn page_limit(state: &AppState, limit: Option<&str>) -> Result<i64, ApiError> {
+    let max = i64::from(state.config.page_size_max);
+    let Some(limit) = limit else {
+        return Ok(i64::from(state.config.page_size_default));
+    };
+    match limit.parse::<i64>() {
+        Ok(limit) if (1..=max).contains(&limit) => Ok(limit),
+        _ => Err(ApiError::bad_request(
+            "bad_limit",
+            format!("limit must be a number between 1 and {max}"),
+        )),
+    }
+}
+
+/// Checks user ids from a request body and drops repeats, keeping the order.
+fn user_ids(ids: Vec<String>) -> Result<Vec<String>, ApiError> {
+    let mut unique: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        validate_user_id(&id).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    Ok(unique)
+}
+
+async fn refuse_unknown_users(state: &AppState, ids: &[String]) -> Result<(), ApiError> {
+    let unknown = state.store.unknown_users(ids).await?;
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "unknown_user",
+            format!("unknown users: {}", unknown.join(", ")),
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRoom {
+    members: Vec<String>,
+    #[serde(default)]
+    kind: Option<RoomKind>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+/// `POST /rooms`: the caller becomes owner and member; every member (on any
+/// gateway) is told with `MemberAdded` and starts receiving the room at once.
+/// A direct room is found or created: the same pair always gets the same room.
+async fn create_room(
+    State(state): State<AppState>,
+    User(caller): User,
+    Json(body): Json<CreateRoom>,
+) -> Result<(StatusCode, Json<RoomSummary>), ApiError> {
+    let kind = body.kind.unwrap_or(RoomKind::Group);
+    if kind == RoomKind::Support {
+        return Err(ApiError::bad_request(
+            "unsupported_kind",
+            "support rooms are opened by the support desk",
+        ));
+    }
+    if let Some(name) = &body.name
+        && name.chars().count() > state.config.max_room_name_chars
+    {
+        return Err(ApiError::bad_request(
+            "name_too_long",
+            format!(
+                "room names are at most {} characters",
+                state.config.max_room_name_chars
+            ),
+        ));
+    }
+    let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
+    if !metadata.is_object() {
+        return Err(ApiError::bad_request(
+            "bad_metadata",
+            "metadata must be a JSON object",
+        ));
+    }
+    if metadata.to_string().len() > state.config.max_room_metadata_bytes {
+        return Err(ApiError::bad_request(
+            "metadata_too_large",
+            format!(
+                "metadata is at most {} bytes",
+                state.config.max_room_metadata_bytes
+            ),
+        ));
+    }
+    let mut members = vec![caller.user_id.clone()];
+    members.extend(user_ids(body.members)?);
+    let members = user_ids(members)?;
+    if kind == RoomKind::Direct && members.len() != 2 {
+        return Err(ApiError::bad_request(
+            "bad_direct_members",
+            "a direct room has exactly one member besides you",
+        ));
+    }
+    if members.len() > state.config.max_room_members {
+        return Err(ApiError::bad_request(
+            "too_many_members",
+            format!(
+                "rooms have at most {} members",
+                state.config.max_room_members
+            ),
+        ));
+    }
+    refuse_unknown_users(&state, &members).await?;
+    if kind == RoomKind::Direct
+        && let Some(existing) = state.store.find_direct(&members[0], &members[1]).await?
+    {
+        return Ok((
+            StatusCode::OK,
+            Json(summary(&state, existing, &caller.user_id).await?),
+        ));
+    }
+    let created = state
+        .store
+        .create_room(NewRoom {
+            kind,
+            name: body.name.as_deref(),
+            owner_id: &caller.user_id,
+            members: &members,
+            metadata,
+        })
+        .await;
+    let room = match created {
+        Ok(room) => room,
+        // The pair's direct room was created meanwhile by another request.
+        Err(error) if chatter_shared::store::is_unique_violation(&error) => {
+            let existing = state
+                .store
+                .find_direct(&members[0], &members[1])
+                .await?
+                .ok_or_else(|| ApiError::from(error))?;
+            return Ok((
+                StatusCode::OK,
+                Json(summary(&state, existing, &caller.user_id).await?),
+            ));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if let Err(error) = state.bus.seed_room(room.id).await {
+        tracing::warn!(%error, "cannot initialise a room's seq counter; the first send will");
+    }
+    room_events::room_created(&state.bus, &room).await;
+    Ok((
+        StatusCode::CREATED,
+        Json(RoomSummary {
+            is_owner: true,
+            last_message: None,
+            last_read_seq: 0,
+            unread_count: 0,
+            room,
+        }),
+    ))
+}
+
+/// The room as `user_id` sees it; a user who is not (or no longer) a member
+/// gets the room's shared fields with empty read state.
+async fn summary(state: &AppState, room: Room, user_id: &str) -> Result<RoomSummary, ApiError> {
+    if let Some(summary) = state.store.room_summary(room.id, user_id).await? {
+        return Ok(summary);
+    }
+    Ok(RoomSummary {
+        is_owner: room.owner_id == user_id,
+        last_message: None,
+        last_read_seq: 0,
+        unread_count: 0,
+        room,
+    })
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RoomList {
+    rooms: Vec<RoomSummary>,
+    /// Pass back as `cursor` for the next page; `null` after the last one.
+    next_cursor: Option<String>,
+}
+
+/// `GET /rooms`: the caller's rooms, newest activity first, keyset-paginated.
+async fn list_rooms(
+    State(state): State<AppState>,
+    User(caller): User,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<RoomList>, ApiError> {
+    let limit = page_limit(&state, query.limit.as_deref())?;
+    let after = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(RoomCursor::parse(text).ok_or_else(|| {
+            ApiError::bad_request("bad_cursor", "cursor must be a next_cursor from GET /rooms")
+        })?),
+    };
+    let (rooms, next) = state
+        .store
+        .rooms_page(&caller.user_id, after, limit)
+        .await?;
+    Ok(Json(RoomList {
+        rooms,
+        next_cursor: next.map(|cursor| cursor.encode()),
+    }))
+}
+
+#[derive(Deserialize)]
+struct RoomQuery {
+    limit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct RoomWithMessages {
+    #[serde(flatten)]
+    room: RoomSummary,
+    /// The latest messages, oldest first.
+    messages: Vec<MessageView>,
+}
+
+/// `GET /rooms/{id}`: the room and its latest messages.
+async fn room(
+    State(state): State<AppState>,
+    User(caller): User,
+    Path(room_id): Path<Uuid>,
+    Query(query): Query<RoomQuery>,
+) -> Result<Json<RoomWithMessages>, ApiError> {
+    let limit = page_limit(&state, query.limit.as_deref())?;
+    let mut room = state
+        .store
+        .room_summary(room_id, &caller.user_id)
+        .await?
+        .ok_or_else(room_not_found)?;
+    let messages = state
+        .store
+        .history(room_id, HistoryPage::Latest { limit })
+        .await?;
+    // Read after the summary: the worker may have stored more meanwhile.
+    if let Some(newest) = messages.last() {
+        room.last_message = Some(newest.clone());
+    }
+    Ok(Json(RoomWithMessages { room, messages }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersBody {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+/// `PUT /rooms/{id}/members`: the owner adds and removes; any member may remove
+/// themself (leave). Everyone concerned is told on every gateway, and a removed
+/// member stops receiving the room at once.
+async fn change_members(
+    State(state): State<AppState>,
+    User(caller): User,
+    Path(room_id): Path<Uuid>,
+    Json(body): Json<MembersBody>,
+) -> Result<Json<RoomSummary>, ApiError> {
+    let add = user_ids(body.add)?;
+    let remove = user_ids(body.remove)?;
+    if add.iter().any(|user| remove.contains(user)) {
+        return Err(ApiError::bad_request(
+            "bad_members",
+            "a user cannot be both added and removed",
+        ));
+    }
+    let mut room = room_of_member(&state, room_id, &caller.user_id).await?;
+    let is_owner = room.owner_id == caller.user_id;
+    let leaving = add.is_empty() && remove == [caller.user_id.as_str()];
+    if !is_owner && !leaving {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_owner",
+            "only the room's owner may change its members; members may only remove themselves",
+        ));
+    }
+    if room.kind == RoomKind::Direct {
+        return Err(ApiError::bad_request(
+            "direct_room",
+            "a direct room's members cannot change",
+        ));
+    }
+    if is_owner && remove.contains(&caller.user_id) {
+        return Err(ApiError::bad_request(
+            "owner_cannot_leave",
+            "the owner cannot leave the room; delete it instead",
+        ));
+    }
+    refuse_unknown_users(&state, &add).await?;
+    let added: Vec<String> = add.into_iter().filter(|u| !room.has_member(u)).collect();
+    let removed: Vec<String> = remove.into_iter().filter(|u| room.has_member(u)).collect();
+    if !added.is_empty() || !removed.is_empty() {
+        let change = state
+            .store
+            .change_members(room_id, &added, &removed, state.config.max_room_members)
+            .await?;
+        room.members = match change {
+            MembersChange::Changed(members) => members,
+            MembersChange::NoRoom => return Err(room_not_found()),
+            MembersChange::TooMany => {
+                return Err(ApiError::bad_request(
+                    "too_many_members",
+                    format!(
+                        "rooms have at most {} members",
+                        state.config.max_room_members
+                    ),
+                ));
+            }
+        };
+        room_events::members_changed(&state.bus, &room, &added, &removed).await;
+    }
+    Ok(Json(summary(&state, room, &caller.user_id).await?))
+}
+
+/// `DELETE /rooms/{id}` (owner): a soft delete. Every member is told with
+/// `RoomDeleted`; the room then answers 404 and sends to it are refused.
+async fn delete_room(
+    State(state): State<AppState>,
+    User(caller): User,
+    Path(room_id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    let room = room_of_member(&state, room_id, &caller.user_id).await?;
+    if room.owner_id != caller.user_id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_owner",
+            "only the room's owner may delete it",
+        ));
+    }
+    if state.store.delete_room(room_id).await? {
+        room_events::room_deleted(&state.bus, room_id, &room.members).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
