@@ -7,7 +7,7 @@
 //! consumed atomically (`GETDEL`), so it works exactly once.
 
 use crate::bus::{Bus, BusError};
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{Json, User};
 use crate::state::AppState;
 use axum::Router;
@@ -19,13 +19,15 @@ use chatter_shared::auth::Identity;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/ws_token", get(issue))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Ticket {
+    /// Single use: pass it as `GET /ws?token=` before `expires_at`.
     token: String,
     #[serde(with = "time::serde::rfc3339")]
     expires_at: OffsetDateTime,
@@ -40,6 +42,19 @@ struct Stored {
     roles: Vec<String>,
 }
 
+/// Trade a JWT for a single-use WebSocket ticket (valid `TICKET_TTL_SECS`, any gateway).
+#[utoipa::path(
+    get,
+    path = "/ws_token",
+    operation_id = "issue_ws_ticket",
+    tag = "auth",
+    security(("user" = [])),
+    responses(
+        (status = 200, description = "The ticket and when it expires", body = Ticket),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis or the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn issue(
     State(state): State<AppState>,
     User(identity): User,

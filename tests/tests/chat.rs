@@ -706,7 +706,7 @@ async fn rest_bad_input_gets_json_errors(backend: Backend) {
         (format!("{history}?limit=0"), 400, "bad_limit"),
         (format!("{history}?limit=201"), 400, "bad_limit"),
         (format!("{history}?limit=-5"), 400, "bad_limit"),
-        (format!("{history}?limit=lots"), 400, "bad_query"),
+        (format!("{history}?limit=lots"), 400, "bad_limit"),
         (
             format!("{history}?after_seq=1&before_seq=5"),
             400,

@@ -7,7 +7,24 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error answer.
+// Also the `ErrorBody` schema of `/openapi.json`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "unauthenticated", "message": "a Bearer token is required"}}))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `bad_json`, `unauthenticated`, `room_not_found`, …
+    pub code: &'static str,
+    /// For humans; may change.
+    pub message: String,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -44,7 +61,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -5,6 +5,7 @@ mod connections;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod openapi;
 mod rooms;
 mod tokens;
 mod users;
@@ -28,6 +29,7 @@ pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.allowed_origins.0);
     Router::new()
         .merge(health::router())
+        .merge(openapi::router())
         .merge(connections::router())
         .merge(users::router())
         .merge(rooms::router())

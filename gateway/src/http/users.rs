@@ -1,6 +1,6 @@
 //! `POST /users` (alias `POST /user`): the identity service tells chatter about a user.
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Json, Service};
 use crate::state::AppState;
 use axum::Router;
@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::routing::post;
 use chatter_shared::auth::{Identity, validate_user_id};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -15,25 +16,50 @@ pub fn router() -> Router<AppState> {
         .route("/user", post(upsert_user))
 }
 
-/// The body: `id`, or `username` as the older identity service sends it.
-#[derive(Deserialize)]
+/// A user as the identity service declares it.
+#[derive(Deserialize, ToSchema)]
 struct UpsertUser {
+    /// The user id (1 to 128 bytes, no control characters); `username` is accepted
+    /// as an alias.
     #[serde(alias = "username")]
     id: String,
+    /// Display name.
     name: Option<String>,
+    /// Users of the same group see each other in `GET /connections`.
     user_group: Option<String>,
+    /// `support` and `admin` see everyone's presence.
     #[serde(default)]
     roles: Vec<String>,
 }
 
-#[derive(Serialize)]
+/// The user as stored.
+#[derive(Serialize, ToSchema)]
 struct UserBody {
     id: String,
+    #[schema(required)]
     name: Option<String>,
+    #[schema(required)]
     user_group: Option<String>,
     roles: Vec<String>,
 }
 
+/// Create or update a user (the identity service calls this).
+#[utoipa::path(
+    post,
+    path = "/users",
+    operation_id = "upsert_user",
+    tag = "users",
+    security(("service" = [])),
+    request_body = UpsertUser,
+    responses(
+        (status = 200, description = "The user as stored", body = UserBody),
+        (status = 400, description = "`bad_user_id`, `bad_json`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no or wrong service secret", body = ErrorBody),
+        (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn upsert_user(
     State(state): State<AppState>,
     _service: Service,

@@ -9,7 +9,7 @@
 
 mod connection;
 
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::bearer;
 use crate::state::AppState;
 use crate::tickets;
@@ -38,6 +38,28 @@ pub struct WsParams {
     token: Option<String>,
 }
 
+/// Open the WebSocket (protocol: README "WebSocket protocol").
+///
+/// Authenticate with `?token=` (a `GET /ws_token` ticket or a JWT) or with
+/// `Authorization: Bearer <JWT>`. A missing or bad token still upgrades, then
+/// closes with 4001 (no token), 4002 (invalid, expired or used) or 4006 (server
+/// error), after a `Disconnection {code, reason}` frame.
+#[utoipa::path(
+    get,
+    path = "/ws",
+    operation_id = "open_websocket",
+    tag = "websocket",
+    security((), ("user" = [])),
+    params(
+        ("token" = Option<String>, Query, description = "A single-use ticket from `GET /ws_token`, or a JWT"),
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket is open"),
+        (status = 400, description = "Not a WebSocket handshake (plain-text body)"),
+        (status = 403, description = "`origin_not_allowed`: the `Origin` header is not in `ALLOWED_ORIGINS`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the gateway is draining or at its connection limit", body = ErrorBody),
+    ),
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(params): Query<WsParams>,

@@ -1,0 +1,168 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of the whole REST API, built at
+//! compile time by `utoipa` from the handlers themselves.
+//!
+//! **Documenting a route** takes two steps, both next to code that already exists:
+//! 1. Annotate the handler with `#[utoipa::path(...)]`: the method, the path exactly
+//!    as the router spells it (same `{param}` names), `params(...)` for every path and
+//!    query parameter, `security(("user" = []))` or `security(("service" = []))`,
+//!    `request_body = T` and every response, errors included (`body = ErrorBody`,
+//!    the description naming the error codes). The handler may stay private: the
+//!    macro generates a public `__path_<handler>` item that [`ApiDoc`] refers to,
+//!    so only the modules on the way must be visible from here (`pub(super) mod
+//!    messages;` in `rooms/mod.rs` for `super::rooms::messages::publish`).
+//! 2. Add the handler to the `paths(...)` list of [`ApiDoc`] below.
+//!
+//! Request and response types derive `utoipa::ToSchema` where they are defined:
+//! the handler's own structs in its module, the wire types (`Room`, `MessageView`,
+//! …) in `chatter-shared`. Schemas a path refers to are collected into
+//! `components` automatically; only schemas nothing refers to need listing.
+//!
+//! `tests/tests/openapi.rs` keeps the document honest: every route of the product
+//! must be in it, and nothing in it may be a route the router does not serve.
+
+use super::error::ErrorBody;
+use crate::state::AppState;
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::sync::LazyLock;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(openapi_json))
+}
+
+/// The document. Title `chatter`; the version is the gateway's `CARGO_PKG_VERSION`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "chatter",
+        description = "Real-time chat: REST API of the chatter gateway. Errors are \
+            `{\"error\": {\"code\", \"message\"}}` with the matching status.",
+    ),
+    modifiers(&SecuritySchemes, &UserAlias),
+    paths(
+        // Operations
+        super::health::healthz,
+        super::health::readyz,
+        super::health::metrics_text,
+        openapi_json,
+        // Identity and auth
+        super::users::upsert_user,
+        super::tokens::mint,
+        crate::tickets::issue,
+        // Real time
+        crate::ws::upgrade,
+        super::connections::connections,
+        // Rooms, messages, read state (docs/API.md): add the `super::rooms::…`
+        // handlers here.
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "operations", description = "Probes, metrics and this document"),
+        (name = "users", description = "Users, as the identity service declares them"),
+        (name = "auth", description = "Tokens and WebSocket tickets"),
+        (name = "websocket", description = "The real-time connection"),
+        (name = "presence", description = "Who is online"),
+        (name = "rooms", description = "Rooms, messages and read state"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The document, serialized once.
+static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+    ApiDoc::openapi()
+        .to_json()
+        .expect("the OpenAPI document serializes")
+});
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document of this API", body = Object, content_type = "application/json"),
+    ),
+)]
+async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
+}
+
+/// The two ways to authenticate: `user` (a JWT) and `service` (the shared secret).
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "user",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "`Authorization: Bearer <JWT>`; the user id is the `sub` claim \
+                         (`JWT_USER_CLAIM`). Users are created on first sight.",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "service",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "`Authorization: Bearer <SERVICE_SECRET>`, or the raw secret as \
+                         the whole header value (as the older identity service sends it).",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `POST /user` is the same handler as `POST /users`; one handler carries one
+/// annotation, so the alias is copied here.
+struct UserAlias;
+
+impl Modify for UserAlias {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let Some(mut alias) = doc.paths.paths.get("/users").cloned() else {
+            return;
+        };
+        if let Some(operation) = alias.post.as_mut() {
+            operation.operation_id = Some("upsert_user_alias".into());
+            operation.summary = Some("Alias of `POST /users`".into());
+        }
+        doc.paths.paths.insert("/user".into(), alias);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn the_document_names_chatter_its_version_and_both_schemes() {
+        let doc: Value = serde_json::from_str(&DOCUMENT).expect("JSON");
+        assert_eq!(doc["info"]["title"], "chatter");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        let schemes = &doc["components"]["securitySchemes"];
+        assert_eq!(schemes["user"]["scheme"], "bearer");
+        assert_eq!(schemes["user"]["bearerFormat"], "JWT");
+        assert_eq!(schemes["service"]["scheme"], "bearer");
+        assert_eq!(
+            doc["paths"]["/user"]["post"]["operationId"],
+            "upsert_user_alias"
+        );
+        assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    }
+}
