@@ -278,6 +278,14 @@ impl Hub {
 
     /// Presence events go only to subscribers allowed to see that user.
     fn deliver_presence(&self, frame: &Utf8Bytes) {
+        self.deliver_where(PRESENCE_CHANNEL, frame, |conn, user_id| {
+            conn.may_see(user_id)
+        });
+    }
+
+    /// Delivers a frame about one user (`data.user_id`) to the connections on
+    /// `channel` that `wants` it.
+    fn deliver_where(&self, channel: &str, frame: &Utf8Bytes, wants: impl Fn(&Conn, &str) -> bool) {
         #[derive(serde::Deserialize)]
         struct Event<'a> {
             #[serde(borrow)]
@@ -291,10 +299,10 @@ impl Hub {
         let Ok(event) = serde_json::from_str::<Event>(frame.as_str()) else {
             return;
         };
-        if let Some(members) = self.channels.get(PRESENCE_CHANNEL) {
+        if let Some(members) = self.channels.get(channel) {
             for conn in members
                 .iter()
-                .filter(|conn| conn.may_see(&event.data.user_id))
+                .filter(|conn| wants(conn, &event.data.user_id))
             {
                 conn.push(frame.clone());
             }
@@ -333,24 +341,7 @@ impl Hub {
 
     /// `Typing` goes to the room's sockets except the typist's own.
     fn deliver_typing(&self, channel: &str, frame: &Utf8Bytes) {
-        #[derive(serde::Deserialize)]
-        struct Event<'a> {
-            #[serde(borrow)]
-            data: Data<'a>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Data<'a> {
-            #[serde(borrow)]
-            user_id: std::borrow::Cow<'a, str>,
-        }
-        let Ok(event) = serde_json::from_str::<Event>(frame.as_str()) else {
-            return;
-        };
-        if let Some(members) = self.channels.get(channel) {
-            for conn in members.iter().filter(|c| c.user_id != event.data.user_id) {
-                conn.push(frame.clone());
-            }
-        }
+        self.deliver_where(channel, frame, |conn, typist| conn.user_id != typist);
     }
 
     /// Hands a published frame to the sockets that should see it. Membership

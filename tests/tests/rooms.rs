@@ -10,7 +10,7 @@ use chatter_tests::chat::{
     history_until, list_rooms, post_message, recv_in_room, recv_matching, send_and_confirm,
     send_message, stored_messages,
 };
-use chatter_tests::{Auth, Cluster, ClusterBuilder, WsClient, binaries, eventually};
+use chatter_tests::{Auth, Cluster, WsClient, eventually};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -18,56 +18,7 @@ use std::time::{Duration, Instant};
 /// How long a test listens to show that something does not arrive.
 const SILENCE: Duration = Duration::from_millis(700);
 
-/// Which deployment a test runs against. The API is the same on both.
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Cluster,
-    Embedded,
-}
-
-fn builder(backend: Backend) -> ClusterBuilder {
-    let builder = Cluster::builder(binaries!()).gateways(2);
-    match backend {
-        Backend::Cluster => builder,
-        Backend::Embedded => builder.embedded(),
-    }
-}
-
-/// Runs each named test once per backend (`cluster::name`, `embedded::name`) on a
-/// two-gateway cluster that `$setup` may configure further. Embedded mode maps
-/// both gateway indexes to its one process.
-macro_rules! on_both_backends {
-    ($($test:ident: $setup:expr),* $(,)?) => {
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    let setup: fn(chatter_tests::ClusterBuilder) -> chatter_tests::ClusterBuilder = $setup;
-                    chatter_tests::chat::run_with_cluster(
-                        setup(super::builder(super::Backend::Cluster)),
-                        super::$test,
-                    )
-                    .await
-                }
-            )*
-        }
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    let setup: fn(chatter_tests::ClusterBuilder) -> chatter_tests::ClusterBuilder = $setup;
-                    chatter_tests::chat::run_with_cluster(
-                        setup(super::builder(super::Backend::Embedded)),
-                        super::$test,
-                    )
-                    .await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+chatter_tests::on_both_backends!(
     membership_changes_reach_open_sockets_on_both_gateways: |b| b,
     deleting_a_room_tells_every_member_and_refuses_what_follows: |b| b,
     direct_rooms_are_one_per_pair_and_read_as_a_conversation: |b| b,

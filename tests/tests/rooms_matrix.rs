@@ -13,59 +13,11 @@ use chatter_tests::chat::{
     FRAME_WAIT, change_members, connect_ready, create_room_with, ensure_users, recv_matching,
     send_and_confirm, send_message,
 };
-use chatter_tests::{Auth, Cluster, ClusterBuilder, WsClient, binaries};
+use chatter_tests::{Auth, Cluster, WsClient};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-/// Which deployment a test runs against. The API is the same on both.
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Cluster,
-    Embedded,
-}
-
-fn builder(backend: Backend) -> ClusterBuilder {
-    let builder = Cluster::builder(binaries!()).gateways(2);
-    match backend {
-        Backend::Cluster => builder,
-        Backend::Embedded => builder.embedded(),
-    }
-}
-
-/// Runs each named test once per backend (`cluster::name`, `embedded::name`) on a
-/// two-gateway cluster that `$setup` may configure further.
-macro_rules! on_both_backends {
-    ($($test:ident: $setup:expr),* $(,)?) => {
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    let setup: fn(chatter_tests::ClusterBuilder) -> chatter_tests::ClusterBuilder = $setup;
-                    chatter_tests::chat::run_with_cluster(
-                        setup(super::builder(super::Backend::Cluster)),
-                        super::$test,
-                    )
-                    .await
-                }
-            )*
-        }
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    let setup: fn(chatter_tests::ClusterBuilder) -> chatter_tests::ClusterBuilder = $setup;
-                    chatter_tests::chat::run_with_cluster(
-                        setup(super::builder(super::Backend::Embedded)),
-                        super::$test,
-                    )
-                    .await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+chatter_tests::on_both_backends!(
     authorization_matrix: |b| b,
     bad_input_table: |b| b.env("MAX_ROOM_MEMBERS", "5"),
 );
