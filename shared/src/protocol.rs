@@ -300,7 +300,7 @@ impl MessageReceivedTail<'_> {
 }
 
 /// A message as clients see it in history and frames.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct MessageView {
     pub id: Uuid,
     pub room_id: Uuid,
@@ -308,13 +308,18 @@ pub struct MessageView {
     pub sender_id: String,
     pub message: String,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
+    #[schema(required)]
     pub message_temp_id: Option<String>,
+    #[schema(required)]
     pub parent_id: Option<Uuid>,
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime, required)]
     pub edited_at: Option<OffsetDateTime>,
     /// Set on a tombstone: the message was deleted and `message` is empty.
     #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime, required)]
     pub deleted_at: Option<OffsetDateTime>,
 }
 

@@ -56,8 +56,19 @@ pub fn router() -> Router<AppState> {
         // Real time
         crate::ws::upgrade,
         super::connections::connections,
-        // Rooms, messages, read state (docs/API.md): add the `super::rooms::…`
-        // handlers here.
+        // Rooms, messages, read state (docs/API.md)
+        super::rooms::create_room,
+        super::rooms::list_rooms,
+        super::rooms::room,
+        super::rooms::change_members,
+        super::rooms::delete_room,
+        super::rooms::messages::history,
+        super::rooms::messages::publish,
+        super::rooms::messages::edit_message,
+        super::rooms::messages::delete_message,
+        super::rooms::messages::direct_history,
+        super::rooms::read::mark_read,
+        super::rooms::read::receipts,
     ),
     components(schemas(ErrorBody)),
     tags(

@@ -11,7 +11,7 @@ use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RoomKind {
     Direct,
@@ -37,16 +37,19 @@ impl RoomKind {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Room {
     pub id: Uuid,
     pub kind: RoomKind,
+    #[schema(required)]
     pub name: Option<String>,
     pub owner_id: String,
     /// The owner first, then in joining order.
     pub members: Vec<String>,
+    #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
 }
 
@@ -57,11 +60,12 @@ impl Room {
 }
 
 /// A room as one of its members sees it in their room list.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RoomSummary {
     #[serde(flatten)]
     pub room: Room,
     pub is_owner: bool,
+    #[schema(required)]
     pub last_message: Option<MessageView>,
     pub last_read_seq: i64,
     /// Stored messages after `last_read_seq`, sent by others, not deleted.
@@ -114,7 +118,7 @@ pub enum MembersChange {
 }
 
 /// One member's read marker.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Receipt {
     pub user_id: String,
     pub last_read_seq: i64,

@@ -2,7 +2,7 @@
 //! direct-chat history between two users.
 
 use super::{page_limit, room_not_found, room_of_member};
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{Json, Path, Query, User, bearer};
 use crate::messages::{self, Draft, Refusal};
 use crate::room_events;
@@ -17,6 +17,7 @@ use chatter_shared::auth::{Identity, is_service_secret, validate_user_id};
 use chatter_shared::protocol::{MessageView, ServerFrame};
 use chatter_shared::store::HistoryPage;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -31,10 +32,17 @@ pub fn router() -> Router<AppState> {
 
 /// The paging parameters of a history query (no `#[serde(flatten)]` into other
 /// query structs: flattened query fields lose their number parsing).
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
+    /// The page just after this seq, oldest first. Not with `before_seq`.
+    #[param(minimum = 0)]
     after_seq: Option<i64>,
+    /// The page just before this seq. Not with `after_seq`.
+    #[param(minimum = 0)]
     before_seq: Option<i64>,
+    /// Page size, 1 to `PAGE_SIZE_MAX` (200); default `PAGE_SIZE_DEFAULT` (50).
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<String>,
 }
 
@@ -57,13 +65,36 @@ impl HistoryQuery {
     }
 }
 
-#[derive(Serialize)]
+/// A page of a room's history.
+#[derive(Serialize, ToSchema)]
 struct HistoryBody {
+    /// In seq order (oldest first).
     messages: Vec<MessageView>,
 }
 
-/// `GET /rooms/{id}/messages`: a page of history in seq order; deleted messages
-/// are tombstones (empty `message`, `deleted_at` set).
+/// A page of a room's history.
+///
+/// In seq order; without `after_seq` or `before_seq`, the latest page. Deleted
+/// messages are tombstones (empty `message`, `deleted_at` set).
+#[utoipa::path(
+    get,
+    path = "/rooms/{id}/messages",
+    operation_id = "list_messages",
+    tag = "rooms",
+    security(("user" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The room"),
+        HistoryQuery,
+    ),
+    responses(
+        (status = 200, description = "The page, in seq order", body = HistoryBody),
+        (status = 400, description = "`bad_path`: the id is not a UUID, `bad_limit`, \
+            `bad_query`: `after_seq` and `before_seq` together, a negative one, or not a number", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 404, description = "`room_not_found`: no such room, deleted, or the caller is not a member", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn history(
     State(state): State<AppState>,
     User(caller): User,
@@ -78,23 +109,57 @@ async fn history(
     Ok(Json(HistoryBody { messages }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct DirectQuery {
+    /// The caller's own user id.
+    #[param(required = true)]
     from: Option<String>,
+    /// The other user.
+    #[param(required = true)]
     to: Option<String>,
+    /// The page just after this seq, oldest first. Not with `before_seq`.
+    #[param(minimum = 0)]
     after_seq: Option<i64>,
+    /// The page just before this seq. Not with `after_seq`.
+    #[param(minimum = 0)]
     before_seq: Option<i64>,
+    /// Page size, 1 to `PAGE_SIZE_MAX` (200); default `PAGE_SIZE_DEFAULT` (50).
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The direct chat between two users.
+#[derive(Serialize, ToSchema)]
 struct DirectHistory {
     /// The pair's direct room; `null` when they have none yet.
+    #[schema(required)]
     room_id: Option<Uuid>,
+    /// Oldest first; empty when they have no direct room.
     messages: Vec<MessageView>,
 }
 
-/// `GET /messages?from=&to=`: the direct chat between the caller and `to`.
+/// The direct chat between the caller and another user.
+///
+/// `from` must be the caller. Paged like a room's history; `room_id: null` and
+/// no messages when the pair has no direct room.
+#[utoipa::path(
+    get,
+    path = "/messages",
+    operation_id = "direct_messages",
+    tag = "rooms",
+    security(("user" = [])),
+    params(DirectQuery),
+    responses(
+        (status = 200, description = "The pair's direct room (or `null`) and a page of its messages", body = DirectHistory),
+        (status = 400, description = "`bad_query`: `from` or `to` missing, `after_seq` and `before_seq` \
+            together, a negative one, or not a number, `bad_user_id`: `to` is not a valid user id, \
+            `bad_limit`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 403, description = "`forbidden`: `from` is not the caller", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn direct_history(
     State(state): State<AppState>,
     User(caller): User,
@@ -163,12 +228,17 @@ impl FromRequestParts<AppState> for Publisher {
     }
 }
 
-#[derive(Deserialize)]
+/// A message to send. Unknown fields are refused (`bad_json`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PublishBody {
+    /// The text: not blank, at most `MAX_MESSAGE_CHARS` characters.
     message: String,
+    /// The client's id for the message (at most `MAX_TEMP_ID_CHARS`, 128):
+    /// repeating it returns the original message instead of sending again.
     #[serde(default)]
     message_temp_id: Option<String>,
+    /// Reply to this message (a thread); it must be a message of the same room.
     #[serde(default)]
     parent_id: Option<Uuid>,
     /// Required with the service secret; a user may only name themself.
@@ -176,15 +246,46 @@ struct PublishBody {
     sender_id: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The message as accepted.
+#[derive(Serialize, ToSchema)]
 struct Published {
     message_id: Uuid,
     seq: i64,
+    /// As sent.
+    #[schema(required)]
     message_temp_id: Option<String>,
 }
 
-/// `POST /rooms/{id}/messages`: the WebSocket send path over HTTP — same
-/// validation, ordering, dedupe and fan-out.
+/// Send a message to a room.
+///
+/// The WebSocket send path over HTTP: same validation, ordering, dedupe (a
+/// repeated `message_temp_id` returns the original) and fan-out
+/// (`MessageReceived` to every member). With the service secret, `sender_id`
+/// names the sender, who must be a member.
+#[utoipa::path(
+    post,
+    path = "/rooms/{id}/messages",
+    operation_id = "send_message",
+    tag = "rooms",
+    security(("user" = []), ("service" = [])),
+    params(("id" = Uuid, Path, description = "The room")),
+    request_body = PublishBody,
+    responses(
+        (status = 201, description = "Accepted (or, for a repeated temp id, the original)", body = Published),
+        (status = 400, description = "`bad_path`, `bad_json` (unknown fields too), `empty_message`, \
+            `message_too_long`, `temp_id_too_long`, `bad_parent`: not a message of this room, \
+            `sender_required`: a service call without `sender_id`, `bad_user_id`: a malformed \
+            `sender_id`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT, and not the service secret", body = ErrorBody),
+        (status = 403, description = "`not_allowed`: a user naming someone else in `sender_id`, \
+            `sender_not_member`: (service) the sender is not a member", body = ErrorBody),
+        (status = 404, description = "`room_not_found`: no such room, deleted, or the sender is not a member (user calls)", body = ErrorBody),
+        (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database or Redis is unavailable, \
+            `server_busy`: the room's backlog is full; retry", body = ErrorBody),
+    ),
+)]
 async fn publish(
     State(state): State<AppState>,
     publisher: Publisher,
@@ -275,14 +376,42 @@ fn message_not_found() -> ApiError {
     ApiError::not_found("message_not_found", "no such message in this room")
 }
 
-#[derive(Deserialize)]
+/// The new text. Unknown fields are refused (`bad_json`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct EditBody {
+    /// Not blank, at most `MAX_MESSAGE_CHARS` characters.
     message: String,
 }
 
-/// `PATCH /rooms/{id}/messages/{message_id}`: the sender replaces the text;
-/// members get `MessageEdited`.
+/// Edit a message (its sender).
+///
+/// The sender replaces the text; members get `MessageEdited`.
+#[utoipa::path(
+    patch,
+    path = "/rooms/{id}/messages/{message_id}",
+    operation_id = "edit_message",
+    tag = "rooms",
+    security(("user" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The room"),
+        ("message_id" = Uuid, Path, description = "The message"),
+    ),
+    request_body = EditBody,
+    responses(
+        (status = 200, description = "The message as edited, `edited_at` set", body = MessageView),
+        (status = 400, description = "`bad_path`, `bad_json` (unknown fields too), `empty_message`, \
+            `message_too_long`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 403, description = "`not_sender`: someone else's message", body = ErrorBody),
+        (status = 404, description = "`room_not_found`: no such room, deleted, or the caller is not a member; \
+            `message_not_found`: no such message in this room", body = ErrorBody),
+        (status = 409, description = "`message_deleted`: a deleted message cannot be edited", body = ErrorBody),
+        (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn edit_message(
     State(state): State<AppState>,
     User(caller): User,
@@ -338,8 +467,30 @@ async fn edit_message(
     Ok(Json(edited))
 }
 
-/// `DELETE /rooms/{id}/messages/{message_id}`: by the sender or the room's
-/// owner; the message becomes a tombstone and members get `MessageDeleted`.
+/// Delete a message (its sender or the room's owner).
+///
+/// The message becomes a tombstone (empty `message`, `deleted_at` set) and
+/// members get `MessageDeleted`. Deleting twice is fine.
+#[utoipa::path(
+    delete,
+    path = "/rooms/{id}/messages/{message_id}",
+    operation_id = "delete_message",
+    tag = "rooms",
+    security(("user" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The room"),
+        ("message_id" = Uuid, Path, description = "The message"),
+    ),
+    responses(
+        (status = 204, description = "Deleted (or already deleted)"),
+        (status = 400, description = "`bad_path`: an id is not a UUID", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 403, description = "`not_allowed`: neither the sender nor the room's owner", body = ErrorBody),
+        (status = 404, description = "`room_not_found`: no such room, deleted, or the caller is not a member; \
+            `message_not_found`: no such message in this room", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn delete_message(
     State(state): State<AppState>,
     User(caller): User,

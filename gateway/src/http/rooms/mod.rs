@@ -5,10 +5,10 @@
 //! cannot be probed; owner-only actions by a member answer 403 `not_owner`.
 //! Messages and read state of a room are in the submodules.
 
-mod messages;
-mod read;
+pub(super) mod messages;
+pub(super) mod read;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{Json, Path, Query, User};
 use crate::room_events;
 use crate::state::AppState;
@@ -22,6 +22,7 @@ use chatter_shared::store::{
     HistoryPage, MembersChange, NewRoom, Room, RoomCursor, RoomKind, RoomSummary,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub fn router() -> Router<AppState> {
@@ -85,21 +86,50 @@ async fn refuse_unknown_users(state: &AppState, ids: &[String]) -> Result<(), Ap
     }
 }
 
-#[derive(Deserialize)]
+/// A new room. Unknown fields are refused (`bad_json`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRoom {
+    /// The other members (the caller is added as owner); for a `direct` room,
+    /// exactly one other user. Every one must be a user the server has seen.
     members: Vec<String>,
+    /// `group` (default) or `direct`; `support` is refused (`unsupported_kind`).
     #[serde(default)]
     kind: Option<RoomKind>,
+    /// At most `MAX_ROOM_NAME_CHARS` characters.
     #[serde(default)]
     name: Option<String>,
+    /// A JSON object, at most `MAX_ROOM_METADATA_BYTES` (4096) serialized;
+    /// default `{}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
 }
 
-/// `POST /rooms`: the caller becomes owner and member; every member (on any
-/// gateway) is told with `MemberAdded` and starts receiving the room at once.
-/// A direct room is found or created: the same pair always gets the same room.
+/// Create a room (or find the caller's direct room with a user).
+///
+/// The caller becomes owner and member; every member (on any gateway) is told
+/// with `MemberAdded` and starts receiving the room at once. A direct room is
+/// found or created: the same pair always gets the same room.
+#[utoipa::path(
+    post,
+    path = "/rooms",
+    operation_id = "create_room",
+    tag = "rooms",
+    security(("user" = [])),
+    request_body = CreateRoom,
+    responses(
+        (status = 201, description = "The room, created; the caller is its owner", body = RoomSummary),
+        (status = 200, description = "`direct`: the pair's existing live direct room", body = RoomSummary),
+        (status = 400, description = "`bad_json` (unknown fields too), `bad_user_id`, `unknown_user`, \
+            `too_many_members`, `name_too_long`, `bad_metadata`, `metadata_too_large`, \
+            `bad_direct_members`, `unsupported_kind`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn create_room(
     State(state): State<AppState>,
     User(caller): User,
@@ -223,20 +253,45 @@ async fn summary(state: &AppState, room: Room, user_id: &str) -> Result<RoomSumm
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Page size, 1 to `PAGE_SIZE_MAX` (200); default `PAGE_SIZE_DEFAULT` (50).
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page; absent or empty for the first.
     cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A page of the caller's rooms.
+#[derive(Serialize, ToSchema)]
 struct RoomList {
+    /// Newest activity (last message, else creation) first.
     rooms: Vec<RoomSummary>,
     /// Pass back as `cursor` for the next page; `null` after the last one.
+    #[schema(required)]
     next_cursor: Option<String>,
 }
 
-/// `GET /rooms`: the caller's rooms, newest activity first, keyset-paginated.
+/// List the caller's rooms.
+///
+/// Newest activity (last message, else creation) first, keyset-paginated: pass
+/// `next_cursor` back as `cursor` for the next page.
+#[utoipa::path(
+    get,
+    path = "/rooms",
+    operation_id = "list_rooms",
+    tag = "rooms",
+    security(("user" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the caller's rooms", body = RoomList),
+        (status = 400, description = "`bad_limit`, `bad_cursor`: a cursor `GET /rooms` did not give, \
+            `bad_query`: a malformed query string", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn list_rooms(
     State(state): State<AppState>,
     User(caller): User,
@@ -259,12 +314,17 @@ async fn list_rooms(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RoomQuery {
+    /// How many of the latest messages, 1 to `PAGE_SIZE_MAX` (200); default
+    /// `PAGE_SIZE_DEFAULT` (50).
+    #[param(value_type = Option<i64>, minimum = 1)]
     limit: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A room as the caller sees it, with its latest messages.
+#[derive(Serialize, ToSchema)]
 struct RoomWithMessages {
     #[serde(flatten)]
     room: RoomSummary,
@@ -272,7 +332,26 @@ struct RoomWithMessages {
     messages: Vec<MessageView>,
 }
 
-/// `GET /rooms/{id}`: the room and its latest messages.
+/// Read a room and its latest messages.
+#[utoipa::path(
+    get,
+    path = "/rooms/{id}",
+    operation_id = "get_room",
+    tag = "rooms",
+    security(("user" = [])),
+    params(
+        ("id" = Uuid, Path, description = "The room"),
+        RoomQuery,
+    ),
+    responses(
+        (status = 200, description = "The room and its latest messages, oldest first", body = RoomWithMessages),
+        (status = 400, description = "`bad_path`: the id is not a UUID, `bad_limit`, \
+            `bad_query`: a malformed query string", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 404, description = "`room_not_found`: no such room, deleted, or the caller is not a member", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn room(
     State(state): State<AppState>,
     User(caller): User,
@@ -296,18 +375,46 @@ async fn room(
     Ok(Json(RoomWithMessages { room, messages }))
 }
 
-#[derive(Deserialize)]
+/// A membership change. Unknown fields are refused (`bad_json`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MembersBody {
+    /// Users to add (owner only); adding a member is a no-op. Every one must be
+    /// a user the server has seen.
     #[serde(default)]
     add: Vec<String>,
+    /// Users to remove (owner only; a member may name only themself, to leave);
+    /// removing a non-member is a no-op.
     #[serde(default)]
     remove: Vec<String>,
 }
 
-/// `PUT /rooms/{id}/members`: the owner adds and removes; any member may remove
-/// themself (leave). Everyone concerned is told on every gateway, and a removed
-/// member stops receiving the room at once.
+/// Add and remove members, or leave.
+///
+/// The owner adds and removes; any member may remove themself (leave). Everyone
+/// concerned is told on every gateway (`MemberAdded`, `MemberRemoved`, then
+/// `RoomUpdated`), and a removed member stops receiving the room at once.
+#[utoipa::path(
+    put,
+    path = "/rooms/{id}/members",
+    operation_id = "change_members",
+    tag = "rooms",
+    security(("user" = [])),
+    params(("id" = Uuid, Path, description = "The room")),
+    request_body = MembersBody,
+    responses(
+        (status = 200, description = "The room as it now is", body = RoomSummary),
+        (status = 400, description = "`bad_path`, `bad_json` (unknown fields too), `bad_user_id`, \
+            `bad_members`: a user in both `add` and `remove`, `unknown_user`, `too_many_members`, \
+            `direct_room`: a direct room's members cannot change, `owner_cannot_leave`", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 403, description = "`not_owner`: a member other than the owner did more than remove themself", body = ErrorBody),
+        (status = 404, description = "`room_not_found`: no such room, deleted, or the caller is not a member", body = ErrorBody),
+        (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn change_members(
     State(state): State<AppState>,
     User(caller): User,
@@ -370,8 +477,26 @@ async fn change_members(
     Ok(Json(summary(&state, room, &caller.user_id).await?))
 }
 
-/// `DELETE /rooms/{id}` (owner): a soft delete. Every member is told with
-/// `RoomDeleted`; the room then answers 404 and sends to it are refused.
+/// Delete a room (owner).
+///
+/// A soft delete. Every member is told with `RoomDeleted`; the room then answers
+/// 404 and sends to it are refused.
+#[utoipa::path(
+    delete,
+    path = "/rooms/{id}",
+    operation_id = "delete_room",
+    tag = "rooms",
+    security(("user" = [])),
+    params(("id" = Uuid, Path, description = "The room")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "`bad_path`: the id is not a UUID", body = ErrorBody),
+        (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 403, description = "`not_owner`: only the owner may delete the room", body = ErrorBody),
+        (status = 404, description = "`room_not_found`: no such room, deleted, or the caller is not a member", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
+    ),
+)]
 async fn delete_room(
     State(state): State<AppState>,
     User(caller): User,
