@@ -253,27 +253,28 @@ impl Store {
     /// The live direct room of a pair, if they have one.
     pub async fn find_direct(&self, a: &str, b: &str) -> Result<Option<Room>, sqlx::Error> {
         let key = direct_key(a, b);
-        let row: Option<RoomRow> = match self {
+        let id: Option<Uuid> = match self {
             Store::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT id, kind, name, owner_id, metadata, created_at FROM rooms
-                     WHERE direct_key = $1 AND deleted_at IS NULL",
+                sqlx::query_scalar(
+                    "SELECT id FROM rooms WHERE direct_key = $1 AND deleted_at IS NULL",
                 )
                 .bind(key)
                 .fetch_optional(pool)
                 .await?
             }
             Store::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT id, kind, name, owner_id, metadata, created_at FROM rooms
-                     WHERE direct_key = ?1 AND deleted_at IS NULL",
+                sqlx::query_scalar(
+                    "SELECT id FROM rooms WHERE direct_key = ?1 AND deleted_at IS NULL",
                 )
                 .bind(key)
                 .fetch_optional(pool)
                 .await?
             }
         };
-        self.with_members(row).await
+        match id {
+            Some(id) => self.room(id).await,
+            None => Ok(None),
+        }
     }
 
     /// A live room with its members, or `None` if it is missing or deleted.
