@@ -314,12 +314,22 @@ pub struct MessageView {
     pub message_temp_id: Option<String>,
     #[schema(required)]
     pub parent_id: Option<Uuid>,
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    #[schema(value_type = Option<String>, format = DateTime, required)]
+    /// Only present once the message was edited: a message reads the same in
+    /// history as in its live `MessageReceived` frame.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub edited_at: Option<OffsetDateTime>,
-    /// Set on a tombstone: the message was deleted and `message` is empty.
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    #[schema(value_type = Option<String>, format = DateTime, required)]
+    /// Only present on a tombstone: the message was deleted and `message` is empty.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub deleted_at: Option<OffsetDateTime>,
 }
 
