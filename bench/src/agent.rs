@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -186,6 +186,8 @@ impl Shared {
 }
 
 struct Agent {
+    agent_index: usize,
+    agents: usize,
     conns: Vec<Conn>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -243,6 +245,8 @@ impl Agent {
             elapsed_ms: millis(started.elapsed()),
         };
         let agent = Agent {
+            agent_index: setup.agent,
+            agents: setup.agents,
             conns,
             shared,
             cancel,
@@ -289,6 +293,19 @@ impl Agent {
             .filter(|c| c.spec_in_room && c.state.room.get().is_some())
             .collect();
         senders.sort_by_key(|c| c.order);
+        // The rotation walks the rooms (member k of every room, then k + 1), and
+        // every agent has the same rooms in the same order and starts at the same
+        // instant: agent a starts a/agents of the way through the rooms, so that
+        // two agents never send into one room at the same moment.
+        let rooms = senders
+            .iter()
+            .filter_map(|c| c.state.room.get())
+            .collect::<HashSet<_>>()
+            .len();
+        let len = senders.len();
+        if len > 0 {
+            senders.rotate_left(rooms * self.agent_index / self.agents.max(1) % len);
+        }
         let scheduled = self.schedule(cmd, &senders).await;
 
         // Drain: at least drain_min after the window, then until nothing is
@@ -314,16 +331,22 @@ impl Agent {
         }
         let drain_ms = unix_now().saturating_sub(drain_from) / 1000;
 
-        let mut rooms: HashMap<&str, (u64, u64)> = HashMap::new();
+        // Per room: deliveries to members still open, how many are open, the
+        // highest seq anyone saw. A closed socket is counted once, as a close.
+        let mut rooms: HashMap<&str, (u64, u64, u64)> = HashMap::new();
         let mut open = 0;
         for conn in &self.conns {
-            if conn.state.open.load(Ordering::Relaxed) {
+            let is_open = conn.state.open.load(Ordering::Relaxed);
+            if is_open {
                 open += 1;
             }
             if let Some(room) = conn.state.room.get() {
                 let entry = rooms.entry(room).or_default();
-                entry.0 += conn.state.received.load(Ordering::Relaxed);
-                entry.1 = entry.1.max(conn.state.max_seq.load(Ordering::Relaxed));
+                if is_open {
+                    entry.0 += conn.state.received.load(Ordering::Relaxed);
+                    entry.1 += 1;
+                }
+                entry.2 = entry.2.max(conn.state.max_seq.load(Ordering::Relaxed));
             }
         }
         let mut acc = self.shared.acc();
@@ -340,9 +363,10 @@ impl Agent {
         out.drain_ms = drain_ms;
         out.rooms = rooms
             .into_iter()
-            .map(|(room, (received, max_seq))| RoomCount {
+            .map(|(room, (received, open_members, max_seq))| RoomCount {
                 room: room.to_owned(),
                 received,
+                open_members,
                 max_seq,
             })
             .collect();

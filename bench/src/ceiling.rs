@@ -65,26 +65,18 @@ impl Ceiling {
     }
 }
 
-/// Socket settings, so the benchmark can show what each costs.
+/// Socket settings, so the benchmark can show what they cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
     /// tungstenite's per-socket read buffer, allocated and zero-filled up front
     /// (its default, and axum's, is 128 KiB).
     pub read_buffer: usize,
-    /// `TCP_NODELAY` on accepted sockets. Without it, a small frame written while
-    /// the previous one is unacknowledged waits for the client's delayed ACK.
-    pub nodelay: bool,
-    /// Write and flush every frame on its own (as a per-frame `socket.send()`
-    /// does) instead of writing what is queued together.
-    pub flush_each: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             read_buffer: 4 * 1024,
-            nodelay: true,
-            flush_each: false,
         }
     }
 }
@@ -99,17 +91,10 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken, options: 
         };
         match accepted {
             Ok((stream, _)) => {
-                if options.nodelay {
-                    let _ = stream.set_nodelay(true);
-                }
+                // Small frames go out at once, not after the peer's delayed ACK.
+                let _ = stream.set_nodelay(true);
                 let config = WebSocketConfig::default().read_buffer_size(options.read_buffer);
-                tokio::spawn(connection(
-                    stream,
-                    config,
-                    options.flush_each,
-                    state.clone(),
-                    shutdown.clone(),
-                ));
+                tokio::spawn(connection(stream, config, state.clone(), shutdown.clone()));
             }
             // Out of file descriptors and the like: back off instead of spinning.
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -133,7 +118,6 @@ fn params(query: &str) -> (Option<String>, Option<String>) {
 async fn connection(
     stream: TcpStream,
     config: WebSocketConfig,
-    flush_each: bool,
     state: Arc<Ceiling>,
     shutdown: CancellationToken,
 ) {
@@ -187,12 +171,6 @@ async fn connection(
                 next = rx.recv() => next,
             };
             let Some(first) = next else { return };
-            if flush_each {
-                if sink.send(first).await.is_err() {
-                    return;
-                }
-                continue;
-            }
             if sink.feed(first).await.is_err() {
                 return;
             }

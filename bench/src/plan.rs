@@ -27,6 +27,9 @@ pub enum Command {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Setup {
     pub agent: usize,
+    /// How many agents share the load (each starts its send rotation at a
+    /// different point, so agents do not hit the same room at the same moment).
+    pub agents: usize,
     pub conns: Vec<ConnSpec>,
     /// Handshakes in flight at once.
     pub connect_concurrency: usize,
@@ -114,7 +117,8 @@ pub struct StepStats {
     /// Scheduled→written delay in µs: how far the sender fell behind its schedule.
     pub send_lag_us: Vec<(u64, u64)>,
     /// Per room, cumulative since the start: frames received by this agent's
-    /// members, and the highest seq seen (in a delivery or a confirmation).
+    /// members that are still open, how many those are, and the highest seq seen
+    /// (in a delivery or a confirmation, by any member).
     pub rooms: Vec<RoomCount>,
     /// Connections that ended, by close code (or `eof`/`error`), cumulative.
     pub closes: BTreeMap<String, u64>,
@@ -133,6 +137,7 @@ pub struct StepStats {
 pub struct RoomCount {
     pub room: String,
     pub received: u64,
+    pub open_members: u64,
     pub max_seq: u64,
 }
 

@@ -30,6 +30,15 @@ pub fn add_pairs(hist: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
     }
 }
 
+/// The share (0–1) of recorded values of at least `us` (to the histogram's
+/// resolution); 0 for an empty histogram.
+pub fn share_at_least(hist: &Histogram<u64>, us: u64) -> f64 {
+    if hist.is_empty() {
+        return 0.0;
+    }
+    hist.count_between(us, MAX_US) as f64 / hist.len() as f64
+}
+
 /// Latency summary in milliseconds.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
@@ -74,5 +83,15 @@ mod tests {
         let (pa, pb) = (a.value_at_quantile(0.99), b.value_at_quantile(0.99));
         assert!(pa.abs_diff(pb) <= pa / 100, "{pa} vs {pb}");
         assert_eq!(summarize(&new_histogram()).count, 0);
+    }
+
+    #[test]
+    fn share_at_least_counts_the_tail() {
+        let mut h = new_histogram();
+        assert_eq!(share_at_least(&h, 40_000), 0.0);
+        for v in [1_000, 2_000, 39_000, 40_000, 45_000, 900_000_000] {
+            record(&mut h, v);
+        }
+        assert!((share_at_least(&h, 40_000) - 0.5).abs() < 1e-9);
     }
 }

@@ -101,11 +101,39 @@ pub const BENCH_PROCESSES: &[&str] = &[
 
 /// Name under which [`CpuSampler`] reports CPU used by processes outside the run.
 pub const OTHER: &str = "(other)";
+/// The whole machine's busy time (every state but idle and iowait), in cores.
+/// Unlike the per-process figures it includes softirq time, where loopback TCP
+/// does much of its work.
+pub const MACHINE_BUSY: &str = "(machine busy)";
+/// The machine's softirq time, in cores.
+pub const MACHINE_SOFTIRQ: &str = "(machine softirq)";
+
+/// `(busy, softirq)` CPU seconds of the whole machine, from `/proc/stat`.
+fn machine_seconds() -> (f64, f64) {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let ticks = if ticks > 0.0 { ticks } else { 100.0 };
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return (0.0, 0.0);
+    };
+    let values: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice; guest time
+    // is already part of user.
+    let total: f64 = values.iter().take(8).sum();
+    let idle = values.get(3).copied().unwrap_or(0.0) + values.get(4).copied().unwrap_or(0.0);
+    let softirq = values.get(6).copied().unwrap_or(0.0);
+    ((total - idle) / ticks, softirq / ticks)
+}
 
 /// CPU use between two moments, per process name, in cores (1.0 = one core busy).
 pub struct CpuSampler {
     start: Instant,
     before: BTreeMap<u32, (String, f64)>,
+    machine_before: (f64, f64),
 }
 
 impl CpuSampler {
@@ -113,11 +141,13 @@ impl CpuSampler {
         CpuSampler {
             start: Instant::now(),
             before: cpu_seconds_by_pid(),
+            machine_before: machine_seconds(),
         }
     }
 
     /// Cores used per process name since `start` — benchmark processes by name,
-    /// everything else summed as [`OTHER`] — keeping entries of ≥ 1 % of a core.
+    /// everything else summed as [`OTHER`] — keeping entries of ≥ 1 % of a core;
+    /// plus the whole machine's [`MACHINE_BUSY`] and [`MACHINE_SOFTIRQ`].
     /// Processes that exited in between are missing; ones that started count whole.
     pub fn finish(&self) -> BTreeMap<String, f64> {
         let elapsed = self.start.elapsed().as_secs_f64().max(1e-3);
@@ -135,6 +165,15 @@ impl CpuSampler {
             *used.entry(key).or_default() += (after - before).max(0.0) / elapsed;
         }
         used.retain(|_, cores| *cores >= 0.01);
+        let (busy, softirq) = machine_seconds();
+        used.insert(
+            MACHINE_BUSY.to_owned(),
+            (busy - self.machine_before.0).max(0.0) / elapsed,
+        );
+        used.insert(
+            MACHINE_SOFTIRQ.to_owned(),
+            (softirq - self.machine_before.1).max(0.0) / elapsed,
+        );
         used
     }
 }

@@ -131,12 +131,14 @@ async fn run(args: Args, fd_limit: u64) -> Result<bool> {
     }
     results.elapsed_s = started.elapsed().as_secs_f64();
     let machine = chatter_bench::sys::machine();
+    let (commit, uncommitted_files) = commit();
     let meta = Meta {
         cores: machine.cores,
         memory_gib: machine.memory_gib,
         cpu_model: machine.cpu_model,
         kernel: machine.kernel,
-        commit: commit(),
+        commit,
+        uncommitted_files,
         date: date(),
         fd_limit,
         command: if args.quick {
@@ -154,8 +156,8 @@ async fn run(args: Args, fd_limit: u64) -> Result<bool> {
     Ok(results.failures.is_empty())
 }
 
-/// `git rev-parse HEAD`, noting uncommitted changes to tracked files.
-fn commit() -> String {
+/// `git rev-parse HEAD` and how many tracked files have uncommitted changes.
+fn commit() -> (String, usize) {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -165,16 +167,12 @@ fn commit() -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
     match git(&["rev-parse", "HEAD"]) {
-        Some(sha) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
-            Some(changes) if !changes.is_empty() => {
-                format!(
-                    "{sha}` plus uncommitted changes to {} tracked files `",
-                    changes.lines().count()
-                )
-            }
-            _ => sha,
-        },
-        None => "unknown (not a git checkout)".into(),
+        Some(sha) => {
+            let changed = git(&["status", "--porcelain", "--untracked-files=no"])
+                .map_or(0, |changes| changes.lines().count());
+            (sha, changed)
+        }
+        None => ("unknown (not a git checkout)".into(), 0),
     }
 }
 

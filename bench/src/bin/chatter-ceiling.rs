@@ -22,12 +22,6 @@ struct Args {
     /// Per-socket read buffer in KiB (tungstenite's and axum's default is 128).
     #[arg(long, env = "CEILING_READ_BUFFER_KIB", default_value_t = 4)]
     read_buffer_kib: usize,
-    /// Leave Nagle's algorithm on (no TCP_NODELAY), as a plain `axum::serve` does.
-    #[arg(long, env = "CEILING_NAGLE")]
-    nagle: bool,
-    /// Write and flush every frame on its own, as a per-frame `socket.send()` does.
-    #[arg(long, env = "CEILING_FLUSH_EACH")]
-    flush_each: bool,
 }
 
 fn main() -> ExitCode {
@@ -68,8 +62,6 @@ fn main() -> ExitCode {
         });
         let options = chatter_bench::ceiling::Options {
             read_buffer: args.read_buffer_kib.max(1) * 1024,
-            nodelay: !args.nagle,
-            flush_each: args.flush_each,
         };
         chatter_bench::ceiling::serve(listener, shutdown, options).await;
         ExitCode::SUCCESS
