@@ -135,7 +135,10 @@ impl Connection {
                     };
                     last_heard = Instant::now();
                     metrics::counter!(metric::FRAMES_IN).increment(1);
-                    let next = self.handle(message, &conn).await;
+                    // Boxed: handling a frame awaits Redis and the database, and
+                    // those futures are ~9 KiB. Inline, every idle socket's task
+                    // would carry that space; boxed, only a frame being handled does.
+                    let next = Box::pin(self.handle(message, &conn)).await;
                     // The first frame (normally `Resume`) has been answered: live
                     // frames held since the upgrade may flow now.
                     self.watch.release();

@@ -31,7 +31,7 @@ use std::time::Duration;
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Initial read buffer per socket (see `upgrade`).
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+const READ_BUFFER_BYTES: usize = 1024;
 
 #[derive(Deserialize)]
 pub struct WsParams {
