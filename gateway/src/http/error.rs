@@ -50,6 +50,10 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
     }
 
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, code, message)
+    }
+
     pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
     }

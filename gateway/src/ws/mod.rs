@@ -15,7 +15,6 @@ use crate::state::AppState;
 use crate::tickets;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::http::header::ORIGIN;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -70,12 +69,8 @@ pub async fn upgrade(
         let allowed = &state.config.allowed_origins.0;
         let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
         if !allowed.iter().any(|a| a == "*" || a == origin) {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "origin_not_allowed",
-                "this origin may not connect",
-            )
-            .into_response();
+            return ApiError::forbidden("origin_not_allowed", "this origin may not connect")
+                .into_response();
         }
     }
     if state.shutdown.is_cancelled() {

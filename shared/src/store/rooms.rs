@@ -8,6 +8,7 @@ use super::Store;
 use crate::protocol::MessageView;
 use serde::Serialize;
 use sqlx::types::Json;
+use std::collections::HashMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -371,31 +372,38 @@ impl Store {
             _ => None,
         };
         let ids: Vec<Uuid> = listed.iter().map(|r| r.room.id).collect();
-        let mut members = self.members_of(&ids).await?;
-        let mut last_messages = self.last_messages(&ids).await?;
-        let unread = self.unread_counts(user_id, &ids).await?;
+        // Members, last messages and unread counts come in one query each for
+        // the whole page; group them by room once.
+        let mut members: HashMap<Uuid, Vec<String>> = HashMap::new();
+        for member in self.members_of(&ids).await? {
+            members
+                .entry(member.room_id)
+                .or_default()
+                .push(member.user_id);
+        }
+        let mut last_messages: HashMap<Uuid, MessageView> = self
+            .last_messages(&ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.room_id, m))
+            .collect();
+        let unread: HashMap<Uuid, i64> = self
+            .unread_counts(user_id, &ids)
+            .await?
+            .into_iter()
+            .collect();
         let rooms = listed
             .into_iter()
             .map(|listed| {
                 let id = listed.room.id;
-                let (of_room, rest): (Vec<_>, Vec<_>) =
-                    members.drain(..).partition(|m| m.room_id == id);
-                members = rest;
                 let room = listed
                     .room
-                    .into_room(of_room.into_iter().map(|m| m.user_id).collect());
-                let last_message = last_messages
-                    .iter()
-                    .position(|m| m.room_id == id)
-                    .map(|at| last_messages.swap_remove(at));
+                    .into_room(members.remove(&id).unwrap_or_default());
                 RoomSummary {
                     is_owner: room.owner_id == user_id,
-                    last_message,
+                    last_message: last_messages.remove(&id),
                     last_read_seq: listed.last_read_seq,
-                    unread_count: unread
-                        .iter()
-                        .find(|(room, _)| *room == id)
-                        .map_or(0, |(_, n)| *n),
+                    unread_count: unread.get(&id).copied().unwrap_or(0),
                     room,
                 }
             })

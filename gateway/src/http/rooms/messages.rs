@@ -172,11 +172,7 @@ async fn direct_history(
         ));
     };
     if *from != caller.user_id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "from must be the caller",
-        ));
+        return Err(ApiError::forbidden("forbidden", "from must be the caller"));
     }
     validate_user_id(to).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
     let page = HistoryQuery {
@@ -296,8 +292,7 @@ async fn publish(
         (Publisher::User(identity), None) => identity.user_id.clone(),
         (Publisher::User(identity), Some(sender)) if sender == identity.user_id => sender,
         (Publisher::User(_), Some(_)) => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
+            return Err(ApiError::forbidden(
                 "not_allowed",
                 "users may only send as themselves",
             ));
@@ -327,8 +322,7 @@ async fn publish(
                 .await?
                 .ok_or_else(room_not_found)?;
             if !room.has_member(&sender) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
+                return Err(ApiError::forbidden(
                     "sender_not_member",
                     "the sender is not a member of the room",
                 ));
@@ -425,8 +419,7 @@ async fn edit_message(
         .await?
         .ok_or_else(message_not_found)?;
     if original.sender_id != caller.user_id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(ApiError::forbidden(
             "not_sender",
             "only the sender may edit a message",
         ));
@@ -501,8 +494,7 @@ async fn delete_message(
         .await?
         .ok_or_else(message_not_found)?;
     if original.sender_id != caller.user_id && room.owner_id != caller.user_id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(ApiError::forbidden(
             "not_allowed",
             "only the sender or the room's owner may delete a message",
         ));

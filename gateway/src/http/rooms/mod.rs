@@ -169,9 +169,11 @@ async fn create_room(
             ),
         ));
     }
-    let mut members = vec![caller.user_id.clone()];
-    members.extend(user_ids(body.members)?);
-    let members = user_ids(members)?;
+    let members = user_ids(
+        std::iter::once(caller.user_id.clone())
+            .chain(body.members)
+            .collect(),
+    )?;
     if kind == RoomKind::Direct && members.len() != 2 {
         return Err(ApiError::bad_request(
             "bad_direct_members",
@@ -433,8 +435,7 @@ async fn change_members(
     let is_owner = room.owner_id == caller.user_id;
     let leaving = add.is_empty() && remove == [caller.user_id.as_str()];
     if !is_owner && !leaving {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(ApiError::forbidden(
             "not_owner",
             "only the room's owner may change its members; members may only remove themselves",
         ));
@@ -504,8 +505,7 @@ async fn delete_room(
 ) -> Result<StatusCode, ApiError> {
     let room = room_of_member(&state, room_id, &caller.user_id).await?;
     if room.owner_id != caller.user_id {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(ApiError::forbidden(
             "not_owner",
             "only the room's owner may delete it",
         ));

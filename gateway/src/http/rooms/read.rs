@@ -79,7 +79,7 @@ async fn mark_read(
         })?;
     Ok(Json(ReadMarker {
         room_id,
-        last_read_seq: moved.unwrap_or(marker).max(marker),
+        last_read_seq: moved.unwrap_or(marker),
     }))
 }
 
