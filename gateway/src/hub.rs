@@ -263,6 +263,24 @@ impl Hub {
             .contains_key(keyspace::user_channel(user_id).as_str())
     }
 
+    /// Frames waiting in local socket queues, over all sockets and in the
+    /// fullest one, for the metrics sampler.
+    pub fn queued_frames(&self) -> (usize, usize) {
+        let (mut total, mut fullest) = (0, 0);
+        // Every connection is on exactly one user channel.
+        for entry in self.channels.iter() {
+            if !entry.key().starts_with(USER_CHANNEL_PREFIX) {
+                continue;
+            }
+            for conn in entry.value() {
+                let queued = conn.outbox.max_capacity() - conn.outbox.capacity();
+                total += queued;
+                fullest = fullest.max(queued);
+            }
+        }
+        (total, fullest)
+    }
+
     /// Starts sending `conn` the presence changes `scope` allows.
     pub async fn subscribe_presence(
         &self,

@@ -18,15 +18,16 @@ pub mod presence;
 pub mod read_state;
 pub mod resume;
 pub mod room_events;
+pub mod server;
 pub mod state;
 pub mod tickets;
 pub mod ws;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use chatter_shared::auth::Tokens;
 use chatter_shared::config::{Config, JwtAlgorithm, Mode};
 use chatter_shared::store::Store;
+use chatter_shared::telemetry::metric;
 use chatter_worker::batch::{Batches, Presence};
 use chatter_worker::dead_letter::DeadLetters;
 use chatter_worker::notify::Notifier;
@@ -56,7 +57,7 @@ pub async fn serve(
     let tokens = Tokens::from_config(&config).context("invalid JWT configuration")?;
     // The hub keeps delivering while sockets drain; it stops after they are gone.
     let hub_stop = CancellationToken::new();
-    let (store, bus, hub, embedded_worker) = match mode {
+    let (store, bus, hub, embedded_worker, redis_risks) = match mode {
         Mode::Cluster {
             redis_url,
             database_url,
@@ -67,11 +68,14 @@ pub async fn serve(
             let redis = chatter_shared::redis::connect(&redis_url)
                 .await
                 .context("cannot connect to Redis (REDIS_URL)")?;
+            let redis_risks =
+                chatter_shared::redis::check_durability(&redis, config.redis_require_durable)
+                    .await?;
             let subscriber = chatter_shared::redis::connect_subscriber(&redis_url)
                 .await
                 .context("cannot connect to Redis (REDIS_URL)")?;
             let hub = hub::Hub::start(Some(subscriber), hub_stop.clone());
-            (store, bus::Bus::redis(redis), hub, None)
+            (store, bus::Bus::redis(redis), hub, None, redis_risks)
         }
         Mode::Embedded { data_dir } => {
             std::fs::create_dir_all(&data_dir)
@@ -103,7 +107,7 @@ pub async fn serve(
                 batches,
                 config.worker_batch_size,
             ));
-            (store, bus::Bus::Local(bus), hub, Some(worker))
+            (store, bus::Bus::Local(bus), hub, Some(worker), Vec::new())
         }
     };
     let presence = tokio::spawn(presence::run(
@@ -112,27 +116,27 @@ pub async fn serve(
         Duration::from_secs(config.presence_ttl_secs),
         hub_stop.clone(),
     ));
-    let state = Arc::new(state::App::new(
-        config,
-        tokens,
-        store,
-        bus,
-        hub,
-        shutdown.clone(),
-    ));
+    chatter_shared::telemetry::register(chatter_shared::telemetry::Process::Gateway);
+    if embedded_worker.is_some() {
+        chatter_shared::telemetry::register(chatter_shared::telemetry::Process::Worker);
+    }
+    tokio::spawn(sample_send_queues(hub.clone(), hub_stop.clone()));
+    let mut app = state::App::new(config, tokens, store, bus, hub, shutdown.clone());
+    app.redis_risks = redis_risks;
+    let state = Arc::new(app);
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    // TCP_NODELAY on every accepted socket: a WebSocket frame is a small write, and
-    // with Nagle's algorithm on, one written while the previous is unacknowledged
-    // waits for the client's delayed ACK (40 ms or more on Linux).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted socket");
-        }
-    });
-    axum::serve(listener, http::app(state.clone()))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("server error")?;
+    // The listener stays open through the drain (probes and REST keep answering,
+    // upgrades get 503 `draining`); it closes once the last socket is gone.
+    let listener_stop = CancellationToken::new();
+    let server = tokio::spawn(server::serve(
+        listener,
+        http::app(state.clone()),
+        server::Limits::from_config(&state.config),
+        shutdown.clone(),
+        listener_stop.clone(),
+    ));
+    shutdown.cancelled().await;
+    metrics::gauge!(metric::DRAINING).set(1.0);
     // Sockets close themselves at random moments within the drain window.
     let drain_window = Duration::from_secs(state.config.drain_window_secs);
     tracing::info!(
@@ -147,6 +151,10 @@ pub async fn serve(
     {
         tracing::warn!(open = state.sockets.len(), "sockets still open at exit");
     }
+    listener_stop.cancel();
+    if let Err(error) = server.await {
+        tracing::error!(%error, "the HTTP listener task failed");
+    }
     hub_stop.cancel();
     let _ = presence.await;
     if let (bus::Bus::Local(bus), Some(worker)) = (&state.bus, embedded_worker) {
@@ -154,6 +162,21 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Samples the send-queue gauges: queue depth is what shows a gateway (or its
+/// clients) falling behind before sockets start closing as slow consumers.
+async fn sample_send_queues(hub: hub::Hub, stop: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(5);
+    loop {
+        let (total, fullest) = hub.queued_frames();
+        metrics::gauge!(metric::SEND_QUEUE_FRAMES).set(total as f64);
+        metrics::gauge!(metric::SEND_QUEUE_MAX_FRAMES).set(fullest as f64);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+    }
 }
 
 /// Stops the in-process bus and waits for the worker to store what it accepted.

@@ -35,6 +35,9 @@ pub struct App {
     /// (axum's graceful shutdown does not track upgraded connections).
     pub sockets: TaskTracker,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Why Redis may lose acknowledged messages, as found at start-up (readiness
+    /// repeats it); empty when it is durable or in the embedded mode.
+    pub redis_risks: Vec<String>,
     recently_seen: DashMap<String, Instant>,
 }
 
@@ -63,6 +66,7 @@ impl App {
             shutdown,
             sockets: TaskTracker::new(),
             metrics: chatter_shared::telemetry::metrics(),
+            redis_risks: Vec::new(),
             recently_seen: DashMap::new(),
         }
     }

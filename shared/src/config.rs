@@ -115,6 +115,18 @@ pub struct Config {
     pub notification_timeout_ms: u64,
     pub notification_concurrency: usize,
     pub notification_queue: usize,
+
+    // --- operations ---
+    /// Refuse to start when Redis keeps no append-only file or may evict keys.
+    pub redis_require_durable: bool,
+    /// A client must send a request's headers within this time, and an idle
+    /// keep-alive connection is closed after it (slow-header attacks).
+    pub http_header_timeout_secs: u64,
+    /// HTTP connections not (yet) upgraded to a WebSocket, over all clients.
+    pub max_http_connections: usize,
+    /// The same, per client address (0: no per-address cap). Behind a load
+    /// balancer every connection comes from its address: raise it there.
+    pub max_http_connections_per_ip: usize,
 }
 
 impl Default for Config {
@@ -175,6 +187,10 @@ impl Default for Config {
             notification_timeout_ms: 5_000,
             notification_concurrency: 32,
             notification_queue: 10_000,
+            redis_require_durable: false,
+            http_header_timeout_secs: 10,
+            max_http_connections: 8192,
+            max_http_connections_per_ip: 256,
         }
     }
 }
@@ -318,6 +334,8 @@ impl Config {
                 "DATABASE_MAX_CONNECTIONS",
                 u64::from(self.database_max_connections),
             ),
+            ("HTTP_HEADER_TIMEOUT_SECS", self.http_header_timeout_secs),
+            ("MAX_HTTP_CONNECTIONS", self.max_http_connections as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -402,6 +420,10 @@ const KNOWN_KEYS: &[&str] = &[
     "notification_timeout_ms",
     "notification_concurrency",
     "notification_queue",
+    "redis_require_durable",
+    "http_header_timeout_secs",
+    "max_http_connections",
+    "max_http_connections_per_ip",
 ];
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// How long one command may take, including time spent waiting for a reconnect.
@@ -43,4 +44,120 @@ pub async fn connect_subscriber(url: &str) -> Result<SubscriberClient, Error> {
     client.init().await?;
     client.manage_subscriptions();
     Ok(client)
+}
+
+/// How much of what Redis acknowledged survives a Redis restart and memory
+/// pressure. An accepted message is "confirmed" once Redis holds it in the
+/// ingest stream; without an append-only file a Redis restart loses every
+/// confirmed message the worker has not stored yet, and an evicting
+/// `maxmemory-policy` may drop stream entries, counters or dedupe keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durability {
+    pub appendonly: String,
+    pub appendfsync: String,
+    pub maxmemory_policy: String,
+}
+
+impl Durability {
+    /// Reads `appendonly`, `appendfsync` and `maxmemory-policy` with CONFIG GET.
+    /// Managed Redis services may refuse CONFIG: that is an error for the caller
+    /// to report, not a verdict.
+    pub async fn read(client: &Client) -> Result<Durability, Error> {
+        async fn get(client: &Client, name: &str) -> Result<String, Error> {
+            let pairs: HashMap<String, String> = client.config_get(name).await?;
+            pairs.get(name).cloned().ok_or_else(|| {
+                Error::new(ErrorKind::Unknown, format!("CONFIG GET {name}: no value"))
+            })
+        }
+        Ok(Durability {
+            appendonly: get(client, "appendonly").await?,
+            appendfsync: get(client, "appendfsync").await?,
+            maxmemory_policy: get(client, "maxmemory-policy").await?,
+        })
+    }
+
+    /// What makes this Redis lose acknowledged messages, one sentence per risk;
+    /// empty when it keeps them.
+    pub fn risks(&self) -> Vec<String> {
+        let mut risks = Vec::new();
+        if self.appendonly != "yes" {
+            risks.push(
+                "appendonly is not yes: a Redis restart loses every acknowledged message not yet stored by a worker"
+                    .to_owned(),
+            );
+        } else if self.appendfsync == "no" {
+            risks.push(
+                "appendfsync is no: a machine crash can lose tens of seconds of acknowledged messages".to_owned(),
+            );
+        }
+        if self.maxmemory_policy != "noeviction" {
+            risks.push(format!(
+                "maxmemory-policy is {}: under memory pressure Redis may evict acknowledged messages, \
+                 sequence counters or dedupe keys (use noeviction)",
+                self.maxmemory_policy
+            ));
+        }
+        risks
+    }
+}
+
+/// Start-up check both binaries run: warns about each durability risk, and with
+/// `REDIS_REQUIRE_DURABLE=true` refuses to start. Returns the warnings, which
+/// readiness repeats.
+pub async fn check_durability(client: &Client, require: bool) -> anyhow::Result<Vec<String>> {
+    let risks = match Durability::read(client).await {
+        Ok(durability) => durability.risks(),
+        Err(error) => vec![format!(
+            "cannot read Redis's persistence settings ({error}); acknowledged messages may not survive a Redis restart"
+        )],
+    };
+    if risks.is_empty() {
+        return Ok(risks);
+    }
+    if require {
+        anyhow::bail!(
+            "Redis is not durable and REDIS_REQUIRE_DURABLE is set: {}",
+            risks.join("; ")
+        );
+    }
+    for risk in &risks {
+        tracing::warn!(risk = %risk, "Redis is not durable: acknowledged messages can be lost");
+    }
+    Ok(risks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Durability;
+
+    fn durability(appendonly: &str, appendfsync: &str, policy: &str) -> Durability {
+        Durability {
+            appendonly: appendonly.into(),
+            appendfsync: appendfsync.into(),
+            maxmemory_policy: policy.into(),
+        }
+    }
+
+    #[test]
+    fn aof_with_noeviction_is_durable() {
+        assert!(
+            durability("yes", "everysec", "noeviction")
+                .risks()
+                .is_empty()
+        );
+        assert!(durability("yes", "always", "noeviction").risks().is_empty());
+    }
+
+    #[test]
+    fn each_risk_is_named() {
+        let risks = durability("no", "everysec", "allkeys-lru").risks();
+        assert_eq!(risks.len(), 2, "{risks:?}");
+        assert!(risks[0].contains("appendonly"));
+        assert!(risks[1].contains("allkeys-lru"));
+        assert_eq!(durability("yes", "no", "noeviction").risks().len(), 1);
+        assert_eq!(
+            durability("yes", "everysec", "volatile-ttl").risks().len(),
+            1
+        );
+    }
 }

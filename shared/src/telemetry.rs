@@ -57,6 +57,158 @@ pub mod metric {
     pub const WORKER_STORED: &str = "chatter_worker_stored_total";
     /// Notification calls by outcome (`sent`, `dead_lettered`).
     pub const NOTIFICATIONS: &str = "chatter_notifications_total";
+    /// Frames waiting in socket send queues, over all sockets (sampled gauge).
+    pub const SEND_QUEUE_FRAMES: &str = "chatter_send_queue_frames";
+    /// Frames waiting in the fullest socket send queue (sampled gauge).
+    pub const SEND_QUEUE_MAX_FRAMES: &str = "chatter_send_queue_max_frames";
+    /// 1 while the process drains (after SIGTERM), else 0.
+    pub const DRAINING: &str = "chatter_draining";
+    /// WebSocket upgrades refused before opening, by `reason` (`draining`, `full`, `origin`).
+    pub const UPGRADES_REFUSED: &str = "chatter_upgrades_refused_total";
+    /// TCP connections closed at accept because a cap was reached, by `cap` (`total`, `per_ip`).
+    pub const HTTP_CONNECTIONS_REFUSED: &str = "chatter_http_connections_refused_total";
+    /// Ingest stream entries not yet stored (sampled by workers).
+    pub const INGEST_BACKLOG: &str = "chatter_ingest_backlog";
+    /// Ingest entries read by a worker and not yet acknowledged (sampled by workers).
+    pub const INGEST_PENDING: &str = "chatter_ingest_pending";
+    /// Failed Redis commands in the worker (reads, acknowledgements, claims).
+    pub const REDIS_ERRORS: &str = "chatter_redis_errors_total";
+}
+
+/// Describes every metric a process serves and records it once at its zero
+/// value, so a fresh pod's `/metrics` already shows each series (dashboards show
+/// 0, not "no data", and absence alerts stay quiet).
+pub fn register(process: Process) {
+    use metric::*;
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    // Descriptions and values recorded before the recorder exists would be lost.
+    let _ = metrics();
+    let counters: &[(&str, &str)] = match process {
+        Process::Gateway => &[
+            (FRAMES_IN, "Frames received from clients."),
+            (
+                FRAMES_OUT,
+                "Frames queued to client sockets (each delivery counts).",
+            ),
+            (BUS_ERRORS, "Sends refused because the bus (Redis) failed."),
+            (DB_ERRORS, "Database errors seen by the REST API."),
+            (
+                SLOW_CONSUMERS,
+                "Sockets closed because they read too slowly (4009).",
+            ),
+        ],
+        Process::Worker => &[
+            (WORKER_STORED, "Messages newly stored by the worker."),
+            (DB_ERRORS, "Failed batch writes to the database."),
+            (
+                REDIS_ERRORS,
+                "Failed Redis commands (reads, acknowledgements, claims).",
+            ),
+        ],
+    };
+    for (name, help) in counters {
+        describe_counter!(*name, Unit::Count, *help);
+        metrics::counter!(*name).absolute(0);
+    }
+    let gauges: &[(&str, &str)] = match process {
+        Process::Gateway => &[
+            (CONNECTIONS, "Open WebSocket connections."),
+            (
+                SEND_QUEUE_FRAMES,
+                "Frames waiting in socket send queues, over all sockets (sampled).",
+            ),
+            (
+                SEND_QUEUE_MAX_FRAMES,
+                "Frames waiting in the fullest socket send queue (sampled).",
+            ),
+            (
+                DRAINING,
+                "1 while the gateway drains after SIGTERM, else 0.",
+            ),
+        ],
+        Process::Worker => &[
+            (
+                INGEST_BACKLOG,
+                "Ingest stream entries not yet stored (sampled).",
+            ),
+            (
+                INGEST_PENDING,
+                "Ingest entries read by a worker, not yet acknowledged (sampled).",
+            ),
+            (DRAINING, "1 while the worker drains after SIGTERM, else 0."),
+        ],
+    };
+    for (name, help) in gauges {
+        describe_gauge!(*name, Unit::Count, *help);
+        metrics::gauge!(*name).set(0.0);
+    }
+    let histograms: &[(&str, Unit, &str)] = match process {
+        Process::Gateway => &[
+            (
+                PUBLISH_SECONDS,
+                Unit::Seconds,
+                "Accepting a message: the one bus round trip.",
+            ),
+            (
+                DELIVERY_SECONDS,
+                Unit::Seconds,
+                "From a message's created_at to its hand-off to this gateway's sockets.",
+            ),
+        ],
+        Process::Worker => &[
+            (
+                WORKER_BATCH_SIZE,
+                Unit::Count,
+                "Messages per batch the worker stored.",
+            ),
+            (
+                WORKER_LAG_SECONDS,
+                Unit::Seconds,
+                "From a message's created_at to its commit in the database.",
+            ),
+        ],
+    };
+    for (name, unit, help) in histograms {
+        describe_histogram!(*name, *unit, *help);
+        // Registering the handle is enough for the exporter to render the series.
+        let _ = metrics::histogram!(*name);
+    }
+    let labelled: &[(&str, &str, &str, &[&str])] = match process {
+        Process::Gateway => &[
+            (
+                UPGRADES_REFUSED,
+                "reason",
+                "WebSocket upgrades refused before opening.",
+                &["draining", "full", "origin"],
+            ),
+            (
+                HTTP_CONNECTIONS_REFUSED,
+                "cap",
+                "TCP connections closed at accept because a cap was reached.",
+                &["total", "per_ip"],
+            ),
+        ],
+        Process::Worker => &[(
+            NOTIFICATIONS,
+            "outcome",
+            "Notification calls by outcome.",
+            &["sent", "dead_lettered"],
+        )],
+    };
+    for (name, label, help, values) in labelled {
+        describe_counter!(*name, Unit::Count, *help);
+        for value in *values {
+            metrics::counter!(*name, *label => *value).absolute(0);
+        }
+    }
+}
+
+/// Which binary's metrics [`register`] sets up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    Gateway,
+    /// In the embedded mode the gateway registers both.
+    Worker,
 }
 
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =

@@ -164,6 +164,26 @@ impl PostgresServer {
         Ok(())
     }
 
+    /// SIGSTOPs the postmaster and every backend: the server hangs (open
+    /// connections stay open, queries get no answer) until [`resume`](Self::resume).
+    pub fn pause(&self) -> Result<()> {
+        self.signal_all(Signal::STOP)
+    }
+
+    /// SIGCONTs what [`pause`](Self::pause) stopped.
+    pub fn resume(&self) -> Result<()> {
+        self.signal_all(Signal::CONT)
+    }
+
+    fn signal_all(&self, signal: Signal) -> Result<()> {
+        let child = self.child.as_ref().context("postgres is not running")?;
+        sys::signal(child, signal)?;
+        for pid in sys::children_of(child.id()) {
+            sys::signal_pid(pid, signal)?;
+        }
+        Ok(())
+    }
+
     /// The server's data directory.
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")

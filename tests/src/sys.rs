@@ -24,6 +24,36 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// The pids whose parent is `parent` (read from `/proc`).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid ...`; comm may hold spaces, so split after ')'.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// Sends `signal` to a process by pid.
+pub fn signal_pid(pid: u32, signal: Signal) -> Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .with_context(|| format!("bad pid {pid}"))?;
+    rustix::process::kill_process(pid, signal)
+        .with_context(|| format!("signal {signal:?} to {pid:?}"))
+}
+
 /// Sends `signal` to a child we spawned. Errors if the process is already gone.
 pub fn signal(child: &Child, signal: Signal) -> Result<()> {
     rustix::process::kill_process(Pid::from_child(child), signal)

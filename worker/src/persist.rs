@@ -4,6 +4,7 @@ use crate::batch::{Batches, RETRY_MIN, sleep_or_cancel};
 use chatter_shared::config::Config;
 use chatter_shared::ingest::IngestEntry;
 use chatter_shared::keyspace::{INGEST_GROUP, INGEST_STREAM};
+use chatter_shared::telemetry::metric;
 use fred::prelude::*;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -64,14 +65,17 @@ impl Persister {
         &self.consumer
     }
 
-    /// Reads, stores and acknowledges until `shutdown`. A batch in hand when the
-    /// shutdown comes is finished first, or left pending for another worker.
-    pub async fn run(&self, shutdown: CancellationToken) {
+    /// Reads, stores and acknowledges until `shutdown`. A read in flight when the
+    /// shutdown comes is not abandoned (Redis may already have handed its entries
+    /// to this consumer): its batch is stored and acknowledged, retrying until
+    /// `give_up`, and only a batch still failing then is left pending for another
+    /// worker.
+    pub async fn run(&self, shutdown: &CancellationToken, give_up: &CancellationToken) {
         let mut next_claim = Instant::now();
         let mut backoff = RETRY_MIN;
         while !shutdown.is_cancelled() {
             if Instant::now() >= next_claim {
-                self.reclaim(&shutdown).await;
+                self.reclaim(shutdown, give_up).await;
                 next_claim = Instant::now() + self.claim_every;
             }
             let read: Result<Value, Error> = self
@@ -93,12 +97,13 @@ impl Persister {
                     match reply.into_xread_response::<String, String, String, String>() {
                         Ok(mut streams) => {
                             let entries = streams.remove(INGEST_STREAM).unwrap_or_default();
-                            self.handle(entries, &shutdown).await;
+                            self.handle(entries, give_up).await;
                         }
                         Err(error) => tracing::error!(%error, "unreadable XREADGROUP reply"),
                     }
                 }
                 Err(error) => {
+                    metrics::counter!(metric::REDIS_ERRORS).increment(1);
                     if error.details().contains("NOGROUP") {
                         // Redis lost its data (restart without persistence): recreate.
                         let _: Result<(), Error> = self
@@ -107,14 +112,14 @@ impl Persister {
                             .await;
                     }
                     tracing::warn!(%error, "cannot read the ingest stream; retrying");
-                    sleep_or_cancel(&mut backoff, &shutdown).await;
+                    sleep_or_cancel(&mut backoff, shutdown).await;
                 }
             }
         }
     }
 
     /// Takes over entries another consumer left pending too long (it died).
-    async fn reclaim(&self, shutdown: &CancellationToken) {
+    async fn reclaim(&self, shutdown: &CancellationToken, give_up: &CancellationToken) {
         let mut cursor = String::from("0-0");
         loop {
             let claimed: Result<(String, Vec<(String, Fields)>), Error> = self
@@ -136,7 +141,7 @@ impl Persister {
                             count = entries.len(),
                             "reclaimed pending entries of a dead consumer"
                         );
-                        self.handle(entries, shutdown).await;
+                        self.handle(entries, give_up).await;
                     }
                     if next == "0-0" || shutdown.is_cancelled() {
                         return;
@@ -144,6 +149,7 @@ impl Persister {
                     cursor = next;
                 }
                 Err(error) => {
+                    metrics::counter!(metric::REDIS_ERRORS).increment(1);
                     tracing::warn!(%error, "cannot reclaim pending entries");
                     return;
                 }
@@ -152,7 +158,8 @@ impl Persister {
     }
 
     /// Stores a batch, acknowledges it, and queues notifications for new messages.
-    async fn handle(&self, entries: Vec<(String, Fields)>, shutdown: &CancellationToken) {
+    /// Retries stop at `give_up`, leaving the batch pending.
+    async fn handle(&self, entries: Vec<(String, Fields)>, give_up: &CancellationToken) {
         if entries.is_empty() {
             return;
         }
@@ -169,16 +176,16 @@ impl Persister {
             }
             ids.push(stream_id);
         }
-        let Some(inserted) = self.batches.store(&batch, shutdown).await else {
-            return; // shutting down: leave the batch pending for the next worker
+        let Some(inserted) = self.batches.store(&batch, give_up).await else {
+            return; // out of time while draining: left pending for the next worker
         };
-        self.acknowledge(&ids, shutdown).await;
+        self.acknowledge(&ids, give_up).await;
         tracing::debug!(read = ids.len(), stored = inserted.len(), "batch persisted");
         self.batches.notify(&batch, &inserted).await;
     }
 
     /// XACK then XDEL: the stream only holds what is not yet stored.
-    async fn acknowledge(&self, ids: &[String], shutdown: &CancellationToken) {
+    async fn acknowledge(&self, ids: &[String], give_up: &CancellationToken) {
         let mut backoff = RETRY_MIN;
         loop {
             let acked: Result<(), Error> = self
@@ -192,9 +199,10 @@ impl Persister {
             match deleted {
                 Ok(()) => return,
                 Err(error) => {
+                    metrics::counter!(metric::REDIS_ERRORS).increment(1);
                     // Not acknowledging is safe (a replay is skipped), just wasteful.
                     tracing::warn!(%error, "cannot acknowledge a stored batch; retrying");
-                    if !sleep_or_cancel(&mut backoff, shutdown).await {
+                    if !sleep_or_cancel(&mut backoff, give_up).await {
                         return;
                     }
                 }

@@ -4,6 +4,7 @@ use super::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use std::time::Duration;
 
@@ -49,13 +50,17 @@ async fn healthz() -> &'static str {
     path = "/readyz",
     tag = "operations",
     responses(
-        (status = 200, description = "Ready to serve", body = String, content_type = "text/plain", example = "ready"),
-        (status = 503, description = "`unavailable`: draining, or Redis or the database does not answer", body = ErrorBody),
+        (status = 200, description = "Ready to serve: `ready`, followed by `; warning: Redis is not durable: …` when Redis keeps no append-only file or may evict", body = String, content_type = "text/plain", example = "ready"),
+        (status = 503, description = "`draining`: shutting down; `unavailable`: Redis or the database does not answer", body = ErrorBody),
     ),
 )]
-async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<String, ApiError> {
     if state.shutdown.is_cancelled() {
-        return Err(ApiError::unavailable("the gateway is draining"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the gateway is draining",
+        ));
     }
     let redis = tokio::time::timeout(PROBE_TIMEOUT, state.bus.ping()).await;
     if !matches!(redis, Ok(Ok(()))) {
@@ -65,5 +70,13 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
     if !matches!(database, Ok(Ok(()))) {
         return Err(ApiError::unavailable("Postgres does not answer"));
     }
-    Ok("ready")
+    if state.redis_risks.is_empty() {
+        return Ok("ready".into());
+    }
+    // Still ready (REDIS_REQUIRE_DURABLE would have refused to start), but say why
+    // acknowledged messages are at risk where an operator looks.
+    Ok(format!(
+        "ready; warning: Redis is not durable: {}",
+        state.redis_risks.join("; ")
+    ))
 }

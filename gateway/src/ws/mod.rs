@@ -15,11 +15,13 @@ use crate::state::AppState;
 use crate::tickets;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
+use axum::http::StatusCode;
 use axum::http::header::ORIGIN;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chatter_shared::auth::{AuthError, Identity, looks_like_jwt};
 use chatter_shared::protocol::{CloseCode, ServerFrame};
+use chatter_shared::telemetry::metric;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -56,7 +58,7 @@ pub struct WsParams {
         (status = 101, description = "Switching Protocols: the WebSocket is open"),
         (status = 400, description = "Not a WebSocket handshake (plain-text body)"),
         (status = 403, description = "`origin_not_allowed`: the `Origin` header is not in `ALLOWED_ORIGINS`", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the gateway is draining or at its connection limit", body = ErrorBody),
+        (status = 503, description = "`draining`: the gateway is shutting down, connect to another (a load balancer retries); `unavailable`: at its connection limit", body = ErrorBody),
     ),
 )]
 pub async fn upgrade(
@@ -69,15 +71,23 @@ pub async fn upgrade(
         let allowed = &state.config.allowed_origins.0;
         let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
         if !allowed.iter().any(|a| a == "*" || a == origin) {
+            metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "origin").increment(1);
             return ApiError::forbidden("origin_not_allowed", "this origin may not connect")
                 .into_response();
         }
     }
     if state.shutdown.is_cancelled() {
-        return ApiError::unavailable("the gateway is draining; connect to another")
-            .into_response();
+        // 503 lets a load balancer retry the upgrade on another gateway.
+        metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "draining").increment(1);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "the gateway is draining; connect to another",
+        )
+        .into_response();
     }
     let Ok(permit) = state.connection_slots.clone().try_acquire_owned() else {
+        metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "full").increment(1);
         return ApiError::unavailable("the gateway is at its connection limit").into_response();
     };
     // tungstenite's own cap sits above ours so that frames just over the limit get
