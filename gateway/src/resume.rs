@@ -108,12 +108,20 @@ pub async fn replay(app: &App, room_id: Uuid, last_seq: i64, watch: &mut Watch) 
             return resync();
         }
     };
-    let live_from = watch.first_live.get(&room_id).copied();
     let newest = log
         .last_seq
         .max(log.frames.last().map_or(0, |(seq, _)| *seq));
-    let up_to = live_from.map_or(newest, |first| first - 1);
     let last_seq = last_seq.max(0);
+    // The connect race: live delivery started at `first` before this Resume was
+    // handled, so the replay stops just below it. A client already past `first`
+    // (a later Resume on the same socket, asking for a hole it found) gets all
+    // it asks for, and live frames up to `newest` are then dropped.
+    let live_from = watch
+        .first_live
+        .get(&room_id)
+        .copied()
+        .filter(|first| last_seq < first - 1);
+    let up_to = live_from.map_or(newest, |first| first - 1);
     if up_to <= last_seq {
         // Nothing missed; live frames the client already has are not sent again.
         if live_from.is_none() {
