@@ -18,7 +18,7 @@
 //! all, each naming the overlay and object to fix.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::LazyLock;
 
@@ -41,36 +41,38 @@ struct Overlay {
     objects: Vec<Value>,
 }
 
-static OVERLAYS: LazyLock<Vec<Overlay>> = LazyLock::new(render_overlays);
+/// Rendered once for all tests; an error (no kubectl, a broken overlay) fails
+/// every test with the same message.
+static OVERLAYS: LazyLock<Result<Vec<Overlay>, String>> = LazyLock::new(render_overlays);
 
 fn overlays() -> &'static [Overlay] {
-    &OVERLAYS
+    match &*OVERLAYS {
+        Ok(overlays) => overlays,
+        Err(error) => panic!("{error}"),
+    }
 }
 
-fn k8s_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s")
-}
-
-fn render_overlays() -> Vec<Overlay> {
-    let root = k8s_dir().join("overlays");
+fn render_overlays() -> Result<Vec<Overlay>, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/overlays");
     let mut names: Vec<String> = std::fs::read_dir(&root)
-        .unwrap_or_else(|error| panic!("cannot list {}: {error}", root.display()))
+        .map_err(|error| format!("cannot list {}: {error}", root.display()))?
         .filter_map(Result::ok)
         .filter(|entry| entry.path().join("kustomization.yaml").is_file())
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     for required in REQUIRED_OVERLAYS {
-        assert!(
-            names.iter().any(|name| name == required),
-            "k8s/overlays/{required}/kustomization.yaml is missing (found: {names:?})"
-        );
+        if !names.iter().any(|name| name == required) {
+            return Err(format!(
+                "k8s/overlays/{required}/kustomization.yaml is missing (found: {names:?})"
+            ));
+        }
     }
     names
         .into_iter()
         .map(|name| {
-            let objects = render(&root.join(&name));
-            Overlay { name, objects }
+            let objects = render(&root.join(&name))?;
+            Ok(Overlay { name, objects })
         })
         .collect()
 }
@@ -78,25 +80,31 @@ fn render_overlays() -> Vec<Overlay> {
 /// `kubectl kustomize DIR`, parsed. kustomize prints YAML only, hence the YAML
 /// parser (serde-saphyr: maintained, pure Rust, panic-free, unlike the
 /// deprecated serde_yaml); `kubectl ... -o json` would need a cluster.
-fn render(dir: &Path) -> Vec<Value> {
+fn render(dir: &Path) -> Result<Vec<Value>, String> {
     let output = match Command::new("kubectl").arg("kustomize").arg(dir).output() {
         Ok(output) => output,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => panic!(
-            "kubectl is not installed: these tests render k8s/overlays with `kubectl kustomize` \
-             and need kubectl >= 1.27 on PATH (see scripts/check-k8s.sh for how to get one)"
-        ),
-        Err(error) => panic!("cannot run kubectl: {error}"),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(
+                "kubectl is not installed: these tests render k8s/overlays with \
+                        `kubectl kustomize` and need kubectl >= 1.27 on PATH (see \
+                        scripts/check-k8s.sh for how to get one)"
+                    .into(),
+            );
+        }
+        Err(error) => return Err(format!("cannot run kubectl: {error}")),
     };
-    assert!(
-        output.status.success(),
-        "kubectl kustomize {} failed ({}); kubectl >= 1.27 is needed:\n{}",
-        dir.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).expect("kubectl prints UTF-8");
+    if !output.status.success() {
+        return Err(format!(
+            "kubectl kustomize {} failed ({}); kubectl >= 1.27 is needed:\n{}",
+            dir.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let text = String::from_utf8(output.stdout)
+        .map_err(|_| format!("kubectl kustomize {}: output is not UTF-8", dir.display()))?;
     serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap_or_else(|error| panic!("kubectl kustomize {}: bad YAML: {error}", dir.display()))
+        .map_err(|error| format!("kubectl kustomize {}: bad YAML: {error}", dir.display()))
 }
 
 impl Overlay {
@@ -111,8 +119,8 @@ impl Overlay {
             .filter(move |object| object["kind"].as_str() == Some(kind))
     }
 
-    /// The chatter container of Deployment `deployment`, with the environment
-    /// it gets and the configuration that environment loads into.
+    /// `component`'s container, with the environment it gets and the
+    /// configuration that environment loads into.
     fn chatter(&self, component: Component) -> Result<Chatter<'_>, String> {
         let place = format!(
             "overlay {}: Deployment {} container {}",
@@ -202,14 +210,15 @@ impl Overlay {
                     reference["name"].as_str().unwrap_or(""),
                     reference["key"].as_str().unwrap_or(""),
                 );
-                let value = self
-                    .get(kind, object)
-                    .and_then(|object| string_data(object).remove(key));
+                let found = self.get(kind, object);
+                let value = found.and_then(|found| string_data(found).remove(key));
                 if value.is_none() && reference["optional"] != Value::Bool(true) {
-                    problems.push(format!(
-                        "{place}: env {name} comes from key {key:?} of {kind} {object:?}, \
-                         which the overlay does not render"
-                    ));
+                    let why = if found.is_some() {
+                        format!("{kind} {object:?} has no key {key:?}")
+                    } else {
+                        format!("the overlay renders no {kind} {object:?}")
+                    };
+                    problems.push(format!("{place}: env {name}: {why}"));
                 }
                 value
             };
@@ -754,12 +763,16 @@ fn services_autoscaler_budgets_and_policies_point_at_the_right_pods() {
     let mut problems = Vec::new();
     for overlay in overlays() {
         let name = &overlay.name;
-        let (Ok(gateway), Ok(worker)) = (
+        let (gateway, worker) = match (
             overlay.chatter(Component::Gateway),
             overlay.chatter(Component::Worker),
-        ) else {
-            problems.push(format!("overlay {name}: a chatter Deployment is missing"));
-            continue;
+        ) {
+            (Ok(gateway), Ok(worker)) => (gateway, worker),
+            (gateway, worker) => {
+                problems.extend(gateway.err());
+                problems.extend(worker.err());
+                continue;
+            }
         };
 
         let services: Vec<&Value> = overlay
