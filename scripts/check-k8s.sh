@@ -36,7 +36,7 @@ minor=$(kubectl version --client -o json 2>/dev/null |
 
 if ! command -v kubernetes-validate >/dev/null 2>&1; then
     echo "check-k8s: installing kubernetes-validate==${VALIDATOR_VERSION}"
-    python3 -m pip install --quiet --disable-pip-version-check "kubernetes-validate==${VALIDATOR_VERSION}" ||
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "kubernetes-validate==${VALIDATOR_VERSION}" ||
         fail "cannot install kubernetes-validate with pip"
     hash -r
     command -v kubernetes-validate >/dev/null 2>&1 ||
