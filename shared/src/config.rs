@@ -426,6 +426,15 @@ const KNOWN_KEYS: &[&str] = &[
     "max_http_connections_per_ip",
 ];
 
+/// Whether `name` is an environment variable chatter reads: a configuration key
+/// in upper case (older aliases such as `EMOTIVES_URL` do not count). Anything
+/// else is silently ignored, so deployment files check their names with this
+/// (see `tests/tests/manifests.rs`).
+pub fn is_known_env_name(name: &str) -> bool {
+    name.bytes().all(|b| !b.is_ascii_lowercase())
+        && KNOWN_KEYS.contains(&name.to_ascii_lowercase().as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
