@@ -1,7 +1,11 @@
 //! `POST /users` (alias `POST /user`): the identity service tells chatter about a user.
+//!
+//! `POST /user` is the older identity service's call: besides `SERVICE_SECRET` it
+//! accepts `NOTIFICATION_AUTH` ([`LegacyIdentityService`]), and is the only route
+//! that does.
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Json, Service};
+use super::extract::{Json, LegacyIdentityService, Service};
 use crate::state::AppState;
 use axum::Router;
 use axum::extract::State;
@@ -13,7 +17,7 @@ use utoipa::ToSchema;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/users", post(upsert_user))
-        .route("/user", post(upsert_user))
+        .route("/user", post(upsert_user_legacy))
 }
 
 /// A user as the identity service declares it.
@@ -65,6 +69,20 @@ async fn upsert_user(
     _service: Service,
     Json(body): Json<UpsertUser>,
 ) -> Result<Json<UserBody>, ApiError> {
+    upsert(state, body).await
+}
+
+/// `POST /user`: the same, for the older identity service (documented as an
+/// alias of `POST /users` in `openapi.rs`).
+async fn upsert_user_legacy(
+    State(state): State<AppState>,
+    _service: LegacyIdentityService,
+    Json(body): Json<UpsertUser>,
+) -> Result<Json<UserBody>, ApiError> {
+    upsert(state, body).await
+}
+
+async fn upsert(state: AppState, body: UpsertUser) -> Result<Json<UserBody>, ApiError> {
     validate_user_id(&body.id).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
     let identity = Identity {
         user_id: body.id,
