@@ -117,6 +117,8 @@ pub struct Config {
     pub worker_claim_idle_ms: u64,
     pub worker_claim_interval_ms: u64,
     pub notification_url: Option<String>,
+    /// The raw `Authorization` chatter sends to the notification service. Inbound,
+    /// only `POST /user` accepts it (see `service_secret`).
     pub notification_auth: Option<String>,
     /// Base URL of the web app, used to build links in notifications.
     /// `EMOTIVES_URL` is accepted as the older name.
