@@ -141,14 +141,29 @@ impl Tokens {
             _ => return Err(AuthError::NoUserId),
         };
         validate_user_id(&user_id).map_err(|_| AuthError::NoUserId)?;
-        let text = |key: &str| claims.get(key).and_then(Value::as_str).map(str::to_owned);
+        // An optional claim the database cannot store (NUL) is left out: keeping it
+        // would fail every request made with the token.
+        let storable = |text: &&str| !text.contains('\0');
+        let text = |key: &str| {
+            claims
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(storable)
+                .map(str::to_owned)
+        };
         let roles = match claims.get("roles") {
             Some(Value::Array(items)) => items
                 .iter()
                 .filter_map(Value::as_str)
+                .filter(storable)
                 .map(str::to_owned)
                 .collect(),
-            Some(Value::String(csv)) => csv.split(',').map(|r| r.trim().to_owned()).collect(),
+            Some(Value::String(csv)) => csv
+                .split(',')
+                .map(str::trim)
+                .filter(storable)
+                .map(str::to_owned)
+                .collect(),
             _ => Vec::new(),
         };
         Ok(Identity {
@@ -325,6 +340,19 @@ mod tests {
         let exp = OffsetDateTime::now_utc().unix_timestamp() + 600;
         let token = sign(&json!({"sub": "alice", "exp": exp}));
         assert!(tokens(SECRET).verify(&token).is_ok());
+    }
+
+    #[test]
+    fn optional_claims_a_database_cannot_store_are_left_out() {
+        let exp = OffsetDateTime::now_utc().unix_timestamp() + 600;
+        let token = sign(&json!({
+            "sub": "alice", "exp": exp, "name": "a\u{0000}b", "group": "g\u{0000}",
+            "roles": ["support", "ad\u{0000}min"],
+        }));
+        let identity = tokens(SECRET).verify(&token).expect("valid");
+        assert_eq!(identity.name, None);
+        assert_eq!(identity.group, None);
+        assert_eq!(identity.roles, vec!["support".to_owned()]);
     }
 
     #[test]

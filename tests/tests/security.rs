@@ -809,6 +809,69 @@ async fn hostile_text_in_every_rest_field_is_kept_verbatim_or_refused_never_a_50
     }
     println!("refused with a reason: {refusals:?}");
 
+    // NUL, which Postgres cannot store, in the room and user fields: refused with
+    // a reason. (In message text and temp ids it is the message path's to refuse.)
+    let nul = "a\u{0000}b";
+    for (body, code) in [
+        (json!({"members": ["bob"], "name": nul}), "bad_name"),
+        (
+            json!({"members": ["bob"], "metadata": {"k": nul}}),
+            "bad_metadata",
+        ),
+        (
+            json!({"members": ["bob"], "metadata": {"k": [{"deep": nul}]}}),
+            "bad_metadata",
+        ),
+        (
+            json!({"members": ["bob"], "metadata": {nul: 1}}),
+            "bad_metadata",
+        ),
+    ] {
+        let (status, answer) = api
+            .post_json("/rooms", cluster.token("alice"), &body)
+            .await?;
+        ensure!(
+            status == 400 && error_code(&answer) == Some(code),
+            "POST /rooms {body}: {status} {answer}"
+        );
+    }
+    for (body, code) in [
+        (json!({"id": "nul-user", "name": nul}), "bad_name"),
+        (
+            json!({"id": "nul-user", "user_group": nul}),
+            "bad_user_group",
+        ),
+        (
+            json!({"id": "nul-user", "roles": ["support", nul]}),
+            "bad_roles",
+        ),
+        (json!({"id": nul}), "bad_user_id"),
+    ] {
+        let (status, answer) = api
+            .post_json(
+                "/users",
+                Auth::Bearer(cluster.service_secret().into()),
+                &body,
+            )
+            .await?;
+        ensure!(
+            status == 400 && error_code(&answer) == Some(code),
+            "POST /users {body}: {status} {answer}"
+        );
+    }
+    // A token's optional claims holding NUL are left out, not a failure of
+    // every request the token makes.
+    let mut claims = Cluster::claims("nul-claims");
+    claims["name"] = json!(nul);
+    claims["group"] = json!(nul);
+    claims["roles"] = json!([nul]);
+    let token = Cluster::token_with(&claims, cluster.jwt_secret());
+    let (status, body) = api.get("/rooms", &token).await?;
+    ensure!(
+        status == 200,
+        "a token with NUL in its name: {status} {body}"
+    );
+
     // Temp ids and sender ids that would collide if dedupe keys were naive
     // concatenations: two users' messages, never one answered with the other's.
     let colliders = ["alice", "alice:x"];

@@ -57,7 +57,8 @@ struct UserBody {
     request_body = UpsertUser,
     responses(
         (status = 200, description = "The user as stored", body = UserBody),
-        (status = 400, description = "`bad_user_id`, `bad_json`", body = ErrorBody),
+        (status = 400, description = "`bad_user_id`, `bad_json`, `bad_name`, `bad_user_group`, \
+            `bad_roles`: a NUL character", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no or wrong service secret", body = ErrorBody),
         (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
@@ -84,6 +85,24 @@ async fn upsert_user_legacy(
 
 async fn upsert(state: AppState, body: UpsertUser) -> Result<Json<UserBody>, ApiError> {
     validate_user_id(&body.id).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
+    // The database cannot store NUL: refused with a reason rather than a 500.
+    let nul = |text: &Option<String>| text.as_deref().is_some_and(|t| t.contains('\0'));
+    for (code, field, bad) in [
+        ("bad_name", "name", nul(&body.name)),
+        ("bad_user_group", "user_group", nul(&body.user_group)),
+        (
+            "bad_roles",
+            "roles",
+            body.roles.iter().any(|role| role.contains('\0')),
+        ),
+    ] {
+        if bad {
+            return Err(ApiError::bad_request(
+                code,
+                format!("{field} may not contain NUL characters"),
+            ));
+        }
+    }
     let identity = Identity {
         user_id: body.id,
         name: body.name,
