@@ -43,7 +43,7 @@ done
 
 export REDIS_URL="redis://127.0.0.1:$redis_port"
 export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/chatter"
-export JWT_SECRET=${JWT_SECRET:-dev-secret-change-me}
+export JWT_SECRET=${JWT_SECRET:-dev-only-jwt-secret-change-me-0123456789}
 export SERVICE_SECRET=${SERVICE_SECRET:-dev-service-secret}
 export ALLOWED_ORIGINS=${ALLOWED_ORIGINS:-*}
 export HOST=${HOST:-127.0.0.1} PORT=$port

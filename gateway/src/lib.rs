@@ -25,7 +25,7 @@ pub mod ws;
 
 use anyhow::Context;
 use chatter_shared::auth::Tokens;
-use chatter_shared::config::{Config, JwtAlgorithm, Mode};
+use chatter_shared::config::{Config, Mode};
 use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
 use chatter_worker::batch::{Batches, Presence};
@@ -55,6 +55,7 @@ pub async fn serve(
         use_dev_secret_if_unset(&mut config, data_dir)?;
     }
     let tokens = Tokens::from_config(&config).context("invalid JWT configuration")?;
+    http::extract::log_service_secret_use(&config);
     // The hub keeps delivering while sockets drain; it stops after they are gone.
     let hub_stop = CancellationToken::new();
     let (store, bus, hub, embedded_worker, redis_risks) = match mode {
@@ -78,9 +79,8 @@ pub async fn serve(
             (store, bus::Bus::redis(redis), hub, None, redis_risks)
         }
         Mode::Embedded { data_dir } => {
-            std::fs::create_dir_all(&data_dir)
-                .with_context(|| format!("cannot create DATA_DIR {}", data_dir.display()))?;
-            let path = embedded::database_path(&data_dir);
+            let path = embedded::prepare_database(&data_dir)
+                .with_context(|| format!("cannot prepare DATA_DIR {}", data_dir.display()))?;
             let store = Store::open_sqlite(&path)
                 .await
                 .with_context(|| format!("cannot open {}", path.display()))?;
@@ -195,7 +195,7 @@ pub fn use_dev_secret_if_unset(
     config: &mut Config,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    if config.jwt_algorithm != JwtAlgorithm::HS256 || config.jwt_secret.is_some() {
+    if !config.uses_dev_secret() {
         return Ok(());
     }
     let (secret, created) = embedded::dev_secret(data_dir).with_context(|| {
@@ -207,8 +207,9 @@ pub fn use_dev_secret_if_unset(
     tracing::warn!(
         file = %data_dir.join("jwt_secret").display(),
         created,
+        host = %config.host,
         "no JWT_SECRET configured: using a development secret (fine for trying chatter, not for production); \
-         mint tokens with `chatter-gateway token --user NAME`"
+         mint tokens with `chatter-gateway token --user NAME`; without HOST set it listens on 127.0.0.1 only"
     );
     config.jwt_secret = Some(secret);
     Ok(())

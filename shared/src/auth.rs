@@ -2,10 +2,12 @@
 //!
 //! The accepted algorithm is fixed by configuration and never read from the token
 //! (the classic `alg: none` / HS-with-a-public-key confusions). `exp` is required,
-//! `nbf` enforced, `iss`/`aud` checked when configured, with a small leeway for
-//! clock skew.
+//! `nbf` enforced, and `iss`/`aud`, when configured, required and checked, with a
+//! small leeway for clock skew. HS256 secrets shorter than
+//! [`MIN_JWT_SECRET_BYTES`](crate::config::MIN_JWT_SECRET_BYTES) are refused: a short HMAC key can be brute-forced
+//! offline from any one token.
 
-use crate::config::{Config, JwtAlgorithm};
+use crate::config::{Config, JwtAlgorithm, MIN_JWT_SECRET_BYTES};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq;
@@ -49,6 +51,8 @@ pub struct Tokens {
 pub enum KeyError {
     #[error("JWT_SECRET must be set for HS256")]
     MissingSecret,
+    #[error("JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes long for HS256")]
+    ShortSecret,
     #[error("JWT_PUBLIC_KEY must be set for RS256")]
     MissingPublicKey,
     #[error("JWT_PUBLIC_KEY is not a valid RSA PEM key: {0}")]
@@ -66,6 +70,9 @@ impl Tokens {
                     .as_deref()
                     .filter(|s| !s.is_empty())
                     .ok_or(KeyError::MissingSecret)?;
+                if secret.len() < MIN_JWT_SECRET_BYTES {
+                    return Err(KeyError::ShortSecret);
+                }
                 (
                     Algorithm::HS256,
                     DecodingKey::from_secret(secret.as_bytes()),
@@ -92,15 +99,25 @@ impl Tokens {
         let mut validation = Validation::new(algorithm);
         validation.leeway = config.jwt_leeway_secs;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp"]);
+        // A configured issuer or audience is *required*, not only compared when
+        // present: jsonwebtoken skips the comparison for a token without the claim,
+        // so a token minted for another service (no `aud`) would otherwise pass.
+        let mut required = vec!["exp"];
         match &config.jwt_issuer {
-            Some(issuer) => validation.set_issuer(&[issuer]),
+            Some(issuer) => {
+                validation.set_issuer(&[issuer]);
+                required.push("iss");
+            }
             None => validation.iss = None,
         }
         match &config.jwt_audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(Tokens {
             decoding,
             encoding,
@@ -124,14 +141,29 @@ impl Tokens {
             _ => return Err(AuthError::NoUserId),
         };
         validate_user_id(&user_id).map_err(|_| AuthError::NoUserId)?;
-        let text = |key: &str| claims.get(key).and_then(Value::as_str).map(str::to_owned);
+        // An optional claim the database cannot store (NUL) is left out: keeping it
+        // would fail every request made with the token.
+        let storable = |text: &&str| !text.contains('\0');
+        let text = |key: &str| {
+            claims
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(storable)
+                .map(str::to_owned)
+        };
         let roles = match claims.get("roles") {
             Some(Value::Array(items)) => items
                 .iter()
                 .filter_map(Value::as_str)
+                .filter(storable)
                 .map(str::to_owned)
                 .collect(),
-            Some(Value::String(csv)) => csv.split(',').map(|r| r.trim().to_owned()).collect(),
+            Some(Value::String(csv)) => csv
+                .split(',')
+                .map(str::trim)
+                .filter(storable)
+                .map(str::to_owned)
+                .collect(),
             _ => Vec::new(),
         };
         Ok(Identity {
@@ -216,6 +248,9 @@ pub fn looks_like_jwt(token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "a-test-secret-of-at-least-32-bytes";
 
     fn tokens(secret: &str) -> Tokens {
         let config = Config {
@@ -234,19 +269,107 @@ mod tests {
         }
     }
 
+    fn sign(claims: &Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("sign")
+    }
+
     #[test]
     fn minted_tokens_verify_and_foreign_or_expired_ones_do_not() {
-        let ours = tokens("one");
+        let ours = tokens(SECRET);
         let (token, _) = ours
             .mint(&alice(), time::Duration::minutes(5))
             .expect("mint");
         assert_eq!(ours.verify(&token), Ok(alice()));
-        assert_eq!(tokens("two").verify(&token), Err(AuthError::Invalid));
+        assert_eq!(
+            tokens("another-secret-also-32-bytes-long").verify(&token),
+            Err(AuthError::Invalid)
+        );
         let (expired, _) = ours
             .mint(&alice(), time::Duration::minutes(-5))
             .expect("mint");
         assert_eq!(ours.verify(&expired), Err(AuthError::Invalid));
         assert_eq!(ours.verify("garbage"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn a_configured_issuer_and_audience_are_required_not_only_compared() {
+        let config = Config {
+            jwt_secret: Some(SECRET.into()),
+            jwt_issuer: Some("https://id.example".into()),
+            jwt_audience: Some("chatter".into()),
+            ..Config::default()
+        };
+        let tokens = Tokens::from_config(&config).expect("valid");
+        let exp = OffsetDateTime::now_utc().unix_timestamp() + 600;
+        let full =
+            json!({"sub": "alice", "exp": exp, "iss": "https://id.example", "aud": "chatter"});
+        assert!(tokens.verify(&sign(&full)).is_ok());
+        for (what, drop, wrong) in [
+            ("iss", "iss", None),
+            ("aud", "aud", None),
+            ("wrong iss", "", Some(("iss", "https://evil.example"))),
+            ("wrong aud", "", Some(("aud", "other-service"))),
+        ] {
+            let mut claims = full.clone();
+            if let Some(map) = claims.as_object_mut() {
+                map.remove(drop);
+                if let Some((key, value)) = wrong {
+                    map.insert(key.into(), value.into());
+                }
+            }
+            assert_eq!(
+                tokens.verify(&sign(&claims)),
+                Err(AuthError::Invalid),
+                "{what}: {claims}"
+            );
+        }
+        // Minted tokens carry both, so they still verify.
+        let (minted, _) = tokens
+            .mint(&alice(), time::Duration::minutes(5))
+            .expect("mint");
+        assert_eq!(tokens.verify(&minted), Ok(alice()));
+    }
+
+    #[test]
+    fn without_a_configured_issuer_or_audience_tokens_need_neither() {
+        let exp = OffsetDateTime::now_utc().unix_timestamp() + 600;
+        let token = sign(&json!({"sub": "alice", "exp": exp}));
+        assert!(tokens(SECRET).verify(&token).is_ok());
+    }
+
+    #[test]
+    fn optional_claims_a_database_cannot_store_are_left_out() {
+        let exp = OffsetDateTime::now_utc().unix_timestamp() + 600;
+        let token = sign(&json!({
+            "sub": "alice", "exp": exp, "name": "a\u{0000}b", "group": "g\u{0000}",
+            "roles": ["support", "ad\u{0000}min"],
+        }));
+        let identity = tokens(SECRET).verify(&token).expect("valid");
+        assert_eq!(identity.name, None);
+        assert_eq!(identity.group, None);
+        assert_eq!(identity.roles, vec!["support".to_owned()]);
+    }
+
+    #[test]
+    fn a_short_hs256_secret_is_refused() {
+        let config = Config {
+            jwt_secret: Some("x".repeat(MIN_JWT_SECRET_BYTES - 1)),
+            ..Config::default()
+        };
+        assert!(matches!(
+            Tokens::from_config(&config),
+            Err(KeyError::ShortSecret)
+        ));
+        let config = Config {
+            jwt_secret: Some("x".repeat(MIN_JWT_SECRET_BYTES)),
+            ..Config::default()
+        };
+        assert!(Tokens::from_config(&config).is_ok());
     }
 
     #[test]

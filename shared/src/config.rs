@@ -16,9 +16,19 @@ pub const DEFAULT_PORT: u16 = 8080;
 pub const DEFAULT_TICKET_TTL_SECS: u64 = 30;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 32 * 1024;
 pub const DEFAULT_MAX_MESSAGE_CHARS: usize = 4000;
+/// The shortest HS256 `JWT_SECRET` accepted: a shorter HMAC key can be found by
+/// brute force offline from any one token (RFC 7518 §3.2 asks for at least the
+/// hash size, 256 bits).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+/// Where the embedded mode listens when it signs with its generated development
+/// secret and no `HOST` is configured: that secret sits in a file anyone with the
+/// data directory can read, so the server is not offered to the network by default.
+pub const DEV_SECRET_HOST: &str = "127.0.0.1";
 
 /// Every setting chatter understands. See the README's configuration table.
-#[derive(Debug, Clone, Deserialize)]
+///
+/// `Debug` redacts the secrets (see the impl at the end of this file).
+#[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct Config {
     // --- serving ---
@@ -51,8 +61,9 @@ pub struct Config {
     pub jwt_leeway_secs: u64,
     /// The claim holding the user id.
     pub jwt_user_claim: String,
-    /// Authorizes service-to-service calls. Falls back to `NOTIFICATION_AUTH`,
-    /// the name the older identity service uses for the same shared secret.
+    /// Authorizes service-to-service calls (user upsert, token minting, server
+    /// publish). `NOTIFICATION_AUTH` does not stand in for it, except on
+    /// `POST /user` (see the gateway's `http::extract::LegacyIdentityService`).
     pub service_secret: Option<String>,
     pub ticket_ttl_secs: u64,
 
@@ -106,6 +117,8 @@ pub struct Config {
     pub worker_claim_idle_ms: u64,
     pub worker_claim_interval_ms: u64,
     pub notification_url: Option<String>,
+    /// The raw `Authorization` chatter sends to the notification service. Inbound,
+    /// only `POST /user` accepts it (see `service_secret`).
     pub notification_auth: Option<String>,
     /// Base URL of the web app, used to build links in notifications.
     /// `EMOTIVES_URL` is accepted as the older name.
@@ -270,11 +283,17 @@ impl Config {
             // Only our own keys: the rest of the environment (PATH, HOME…) is not config.
             .filter(|(key, _)| KNOWN_KEYS.contains(&key.to_ascii_lowercase().as_str()))
             .collect();
-        let config: Config = builder
+        let sources = builder
             .add_source(config::Environment::default().source(Some(env)))
-            .build()?
-            .try_deserialize()?;
+            .build()?;
+        // Defaults come from `Default`, not from a source: a key the sources hold
+        // was set by the operator.
+        let host_is_set = sources.get_string("host").is_ok();
+        let mut config: Config = sources.try_deserialize()?;
         config.validate()?;
+        if !host_is_set && config.uses_dev_secret() {
+            config.host = DEV_SECRET_HOST.into();
+        }
         Ok(config)
     }
 
@@ -303,12 +322,23 @@ impl Config {
         }
     }
 
-    /// The secret that authorizes service calls, if any is configured.
+    /// The secret that authorizes service calls (`SERVICE_SECRET`), if configured.
+    ///
+    /// Never `NOTIFICATION_AUTH`: chatter sends that value to the notification
+    /// service with every call, so whoever runs or observes that service could mint
+    /// tokens and publish as anyone with it. Only `POST /user` accepts it.
     pub fn service_secret(&self) -> Option<&str> {
         self.service_secret
             .as_deref()
-            .or(self.notification_auth.as_deref())
             .filter(|secret| !secret.is_empty())
+    }
+
+    /// True when the gateway will sign with the development secret it keeps in
+    /// `DATA_DIR` (embedded mode, HS256, no `JWT_SECRET`).
+    pub fn uses_dev_secret(&self) -> bool {
+        self.jwt_algorithm == JwtAlgorithm::HS256
+            && self.jwt_secret.is_none()
+            && matches!(self.mode(), Ok(Mode::Embedded { .. }))
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -345,6 +375,7 @@ impl Config {
                 });
             }
         }
+        self.validate_secrets()?;
         if self.page_size_default > self.page_size_max {
             return Err(ConfigError::Key {
                 key: "PAGE_SIZE_DEFAULT",
@@ -353,6 +384,195 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// HS256 keys long enough not to be guessed (see [`MIN_JWT_SECRET_BYTES`]).
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
+        if self.jwt_algorithm == JwtAlgorithm::HS256
+            && let Some(secret) = &self.jwt_secret
+            && secret.len() < MIN_JWT_SECRET_BYTES
+        {
+            return Err(ConfigError::Key {
+                key: "JWT_SECRET",
+                problem: format!(
+                    "an HS256 secret must be at least {MIN_JWT_SECRET_BYTES} bytes long \
+                     (this one is {}); generate one with `openssl rand -hex 32`",
+                    secret.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Secrets print as `<redacted>`, and a password inside `DATABASE_URL` or
+/// `REDIS_URL` too, so a logged or panicking `{config:?}` leaks no credential.
+/// Every field is named (no `..`), so a new one cannot be added without
+/// deciding here whether it is a secret.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Config {
+            host,
+            port,
+            allowed_origins,
+            log_level,
+            log_format,
+            database_url,
+            redis_url,
+            database_max_connections,
+            data_dir,
+            jwt_algorithm,
+            jwt_secret,
+            jwt_public_key,
+            jwt_private_key,
+            jwt_issuer,
+            jwt_audience,
+            jwt_leeway_secs,
+            jwt_user_claim,
+            service_secret,
+            ticket_ttl_secs,
+            max_frame_bytes,
+            max_message_chars,
+            max_temp_id_chars,
+            frames_per_sec,
+            bad_frame_limit,
+            ping_interval_secs,
+            idle_timeout_secs,
+            send_queue_frames,
+            max_connections,
+            drain_window_secs,
+            presence_ttl_secs,
+            recent_log_size,
+            recent_log_ttl_secs,
+            resume_max,
+            dedupe_ttl_secs,
+            ingest_max_backlog,
+            page_size_default,
+            page_size_max,
+            max_room_members,
+            max_room_name_chars,
+            max_room_metadata_bytes,
+            typing_interval_ms,
+            worker_name,
+            worker_port,
+            worker_batch_size,
+            worker_block_ms,
+            worker_claim_idle_ms,
+            worker_claim_interval_ms,
+            notification_url,
+            notification_auth,
+            app_url,
+            notification_retries,
+            notification_backoff_ms,
+            notification_timeout_ms,
+            notification_concurrency,
+            notification_queue,
+            redis_require_durable,
+            http_header_timeout_secs,
+            max_http_connections,
+            max_http_connections_per_ip,
+        } = self;
+        let secret = |value: &Option<String>| value.as_ref().map(|_| Redacted);
+        let url = |value: &Option<String>| value.as_deref().map(redact_url);
+        f.debug_struct("Config")
+            .field("host", host)
+            .field("port", port)
+            .field("allowed_origins", allowed_origins)
+            .field("log_level", log_level)
+            .field("log_format", log_format)
+            .field("database_url", &url(database_url))
+            .field("redis_url", &url(redis_url))
+            .field("database_max_connections", database_max_connections)
+            .field("data_dir", data_dir)
+            .field("jwt_algorithm", jwt_algorithm)
+            .field("jwt_secret", &secret(jwt_secret))
+            .field("jwt_public_key", jwt_public_key)
+            .field("jwt_private_key", &secret(jwt_private_key))
+            .field("jwt_issuer", jwt_issuer)
+            .field("jwt_audience", jwt_audience)
+            .field("jwt_leeway_secs", jwt_leeway_secs)
+            .field("jwt_user_claim", jwt_user_claim)
+            .field("service_secret", &secret(service_secret))
+            .field("ticket_ttl_secs", ticket_ttl_secs)
+            .field("max_frame_bytes", max_frame_bytes)
+            .field("max_message_chars", max_message_chars)
+            .field("max_temp_id_chars", max_temp_id_chars)
+            .field("frames_per_sec", frames_per_sec)
+            .field("bad_frame_limit", bad_frame_limit)
+            .field("ping_interval_secs", ping_interval_secs)
+            .field("idle_timeout_secs", idle_timeout_secs)
+            .field("send_queue_frames", send_queue_frames)
+            .field("max_connections", max_connections)
+            .field("drain_window_secs", drain_window_secs)
+            .field("presence_ttl_secs", presence_ttl_secs)
+            .field("recent_log_size", recent_log_size)
+            .field("recent_log_ttl_secs", recent_log_ttl_secs)
+            .field("resume_max", resume_max)
+            .field("dedupe_ttl_secs", dedupe_ttl_secs)
+            .field("ingest_max_backlog", ingest_max_backlog)
+            .field("page_size_default", page_size_default)
+            .field("page_size_max", page_size_max)
+            .field("max_room_members", max_room_members)
+            .field("max_room_name_chars", max_room_name_chars)
+            .field("max_room_metadata_bytes", max_room_metadata_bytes)
+            .field("typing_interval_ms", typing_interval_ms)
+            .field("worker_name", worker_name)
+            .field("worker_port", worker_port)
+            .field("worker_batch_size", worker_batch_size)
+            .field("worker_block_ms", worker_block_ms)
+            .field("worker_claim_idle_ms", worker_claim_idle_ms)
+            .field("worker_claim_interval_ms", worker_claim_interval_ms)
+            .field("notification_url", notification_url)
+            .field("notification_auth", &secret(notification_auth))
+            .field("app_url", app_url)
+            .field("notification_retries", notification_retries)
+            .field("notification_backoff_ms", notification_backoff_ms)
+            .field("notification_timeout_ms", notification_timeout_ms)
+            .field("notification_concurrency", notification_concurrency)
+            .field("notification_queue", notification_queue)
+            .field("redis_require_durable", redis_require_durable)
+            .field("http_header_timeout_secs", http_header_timeout_secs)
+            .field("max_http_connections", max_http_connections)
+            .field("max_http_connections_per_ip", max_http_connections_per_ip)
+            .finish()
+    }
+}
+
+/// Prints as `<redacted>` (without quotes) in place of a secret.
+struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A connection URL with its password (in the user part or a `password=` query
+/// parameter) replaced; an unparseable one is redacted whole, since where its
+/// password sits is unknown.
+fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return "<redacted: not a URL>".into();
+    };
+    if url.password().is_some() && url.set_password(Some("redacted")).is_err() {
+        return "<redacted: not a URL>".into();
+    }
+    if url.query_pairs().any(|(key, _)| key == "password") {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key == "password" {
+                    "redacted".into()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.into()
 }
 
 fn alias(env: &mut HashMap<String, String>, old: &str, new: &str) {
@@ -468,7 +688,9 @@ mod tests {
         .expect("valid");
         assert_eq!(config.port, 9000);
         assert_eq!(config.app_url, "https://emotives.example/");
-        assert_eq!(config.service_secret(), Some("s3cret"));
+        assert_eq!(config.notification_auth.as_deref(), Some("s3cret"));
+        // The value chatter sends to notif never authorizes calls into chatter.
+        assert_eq!(config.service_secret(), None);
         assert_eq!(
             config.allowed_origins.0,
             vec!["https://a.example", "https://b.example"]
@@ -498,5 +720,78 @@ mod tests {
         assert_eq!(config.host, "127.0.0.1");
         assert_eq!(config.allowed_origins.0, vec!["https://x.example"]);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_short_hs256_secret_stops_startup_naming_jwt_secret() {
+        let short = "x".repeat(MIN_JWT_SECRET_BYTES - 1);
+        let error = Config::load(None, env(&[("JWT_SECRET", &short)])).expect_err("too short");
+        assert!(error.to_string().contains("JWT_SECRET"), "{error}");
+        assert!(error.to_string().contains("32 bytes"), "{error}");
+        let long = "x".repeat(MIN_JWT_SECRET_BYTES);
+        assert!(Config::load(None, env(&[("JWT_SECRET", &long)])).is_ok());
+        // RS256 does not use it.
+        let rs = env(&[("JWT_SECRET", "x"), ("JWT_ALGORITHM", "RS256")]);
+        assert!(Config::load(None, rs).is_ok());
+    }
+
+    #[test]
+    fn the_development_secret_listens_on_loopback_unless_host_is_set() {
+        let secret = "s".repeat(MIN_JWT_SECRET_BYTES);
+        let cluster = [
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
+        ];
+        let cases: [(&[(&str, &str)], &str); 4] = [
+            (&[], DEV_SECRET_HOST),
+            (&[("HOST", "0.0.0.0")], "0.0.0.0"),
+            (&[("JWT_SECRET", &secret)], "0.0.0.0"),
+            (&cluster, "0.0.0.0"),
+        ];
+        for (pairs, host) in cases {
+            let config = Config::load(None, env(pairs)).expect("valid");
+            assert_eq!(config.host, host, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("JWT_SECRET", "jwt-secret-value-0123456789abcdef"),
+                ("JWT_PRIVATE_KEY", "private-key-value"),
+                ("SERVICE_SECRET", "service-secret-value"),
+                ("NOTIFICATION_AUTH", "notification-auth-value"),
+                (
+                    "DATABASE_URL",
+                    "postgres://chat:db-password@db.internal:5432/chat?sslmode=require&password=query-password",
+                ),
+                ("REDIS_URL", "redis://:redis-password@redis.internal:6379"),
+            ]),
+        )
+        .expect("valid");
+        let printed = format!("{config:?}");
+        for leaked in [
+            "jwt-secret-value",
+            "private-key-value",
+            "service-secret-value",
+            "notification-auth-value",
+            "db-password",
+            "query-password",
+            "redis-password",
+        ] {
+            assert!(!printed.contains(leaked), "{leaked} in {printed}");
+        }
+        assert!(
+            printed.contains("jwt_secret: Some(<redacted>)"),
+            "{printed}"
+        );
+        // What is not secret stays readable.
+        assert!(printed.contains("db.internal:5432/chat"), "{printed}");
+        assert!(printed.contains("sslmode=require"), "{printed}");
+        assert!(printed.contains("redis.internal:6379"), "{printed}");
+        assert!(printed.contains("jwt_leeway_secs: 5"), "{printed}");
+        assert_eq!(redact_url("not a url"), "<redacted: not a URL>");
     }
 }

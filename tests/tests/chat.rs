@@ -854,7 +854,7 @@ async fn readiness_follows_redis() {
 async fn invalid_configuration_stops_startup_naming_the_key() {
     let dir = tempfile_dir();
     let bins = binaries!();
-    let cases: [(&[(&str, &str)], &str); 4] = [
+    let cases: [(&[(&str, &str)], &str); 5] = [
         (
             &[
                 ("PORT", "eighty"),
@@ -868,11 +868,13 @@ async fn invalid_configuration_stops_startup_naming_the_key() {
         (&[("REDIS_URL", "redis://127.0.0.1:1")], "DATABASE_URL"),
         (
             &[
-                ("JWT_SECRET", "s"),
+                ("JWT_SECRET", "a-jwt-secret-of-at-least-32-bytes"),
                 ("DATABASE_URL", "postgres://x@127.0.0.1:1/x"),
             ],
             "REDIS_URL",
         ),
+        // An HS256 secret shorter than 32 bytes could be brute-forced from one token.
+        (&[("JWT_SECRET", "short-secret")], "JWT_SECRET"),
     ];
     for (env, key) in cases {
         let env: Vec<(String, String)> = env

@@ -6,6 +6,7 @@ use axum::extract::{FromRef, FromRequest, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use chatter_shared::auth::{AuthError, Identity, is_service_secret};
+use chatter_shared::config::Config;
 
 /// `axum::Json` whose rejections are [`ApiError`]s.
 #[derive(FromRequest)]
@@ -51,7 +52,7 @@ where
     }
 }
 
-/// A service authenticated by the shared secret (`Bearer <secret>` or the raw secret).
+/// A service authenticated by `SERVICE_SECRET` (`Bearer <secret>` or the raw secret).
 pub struct Service;
 
 impl<S> FromRequestParts<S> for Service
@@ -66,16 +67,81 @@ where
         let secret = state.config.service_secret().ok_or_else(|| {
             ApiError::unauthorized("service calls are disabled: SERVICE_SECRET is not set")
         })?;
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .ok_or_else(|| ApiError::unauthorized("the service secret is required"))?;
-        if is_service_secret(header, secret) {
-            Ok(Service)
-        } else {
-            Err(ApiError::unauthorized("the service secret is wrong"))
+        check_secrets(parts, &[secret])?;
+        Ok(Service)
+    }
+}
+
+/// The older identity service calling `POST /user`: it authenticates with
+/// `SERVICE_SECRET` or with `NOTIFICATION_AUTH`, the one secret it was deployed
+/// with. No other route accepts `NOTIFICATION_AUTH`: chatter sends it to the
+/// notification service with every call, so whoever runs or observes that
+/// service knows it, and the worst it may do here is declare a user.
+pub struct LegacyIdentityService;
+
+impl<S> FromRequestParts<S> for LegacyIdentityService
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<LegacyIdentityService, ApiError> {
+        let state = AppState::from_ref(state);
+        let accepted: Vec<&str> = [
+            state.config.service_secret(),
+            state.config.notification_auth.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|secret| !secret.is_empty())
+        .collect();
+        if accepted.is_empty() {
+            return Err(ApiError::unauthorized(
+                "service calls are disabled: SERVICE_SECRET is not set",
+            ));
         }
+        check_secrets(parts, &accepted)?;
+        Ok(LegacyIdentityService)
+    }
+}
+
+/// Says at start-up what a deployment that sets only `NOTIFICATION_AUTH` gets:
+/// before, that value also worked as `SERVICE_SECRET` everywhere.
+pub fn log_service_secret_use(config: &Config) {
+    if config.service_secret().is_none()
+        && config
+            .notification_auth
+            .as_deref()
+            .is_some_and(|auth| !auth.is_empty())
+    {
+        tracing::warn!(
+            "NOTIFICATION_AUTH is set but SERVICE_SECRET is not: NOTIFICATION_AUTH is accepted \
+             only by POST /user (the older identity service); POST /users, POST /tokens and \
+             service publishing are disabled until SERVICE_SECRET is set"
+        );
+    }
+}
+
+/// Accepts the request when its `Authorization` header carries one of `secrets`.
+fn check_secrets(parts: &Parts, secrets: &[&str]) -> Result<(), ApiError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .ok_or_else(|| ApiError::unauthorized("the service secret is required"))?;
+    // Every secret is compared (in constant time), so which one matched does not
+    // show in the timing either.
+    let matched = secrets.iter().fold(false, |matched, secret| {
+        matched | is_service_secret(header, secret)
+    });
+    if matched {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("the service secret is wrong"))
     }
 }
 

@@ -150,7 +150,11 @@ impl Modify for UserAlias {
         };
         if let Some(operation) = alias.post.as_mut() {
             operation.operation_id = Some("upsert_user_alias".into());
-            operation.summary = Some("Alias of `POST /users`".into());
+            operation.summary = Some(
+                "Alias of `POST /users`, for the older identity service: also accepts \
+                 `NOTIFICATION_AUTH` as the service secret (no other route does)"
+                    .into(),
+            );
         }
         doc.paths.paths.insert("/user".into(), alias);
     }

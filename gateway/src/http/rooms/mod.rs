@@ -122,7 +122,8 @@ struct CreateRoom {
         (status = 201, description = "The room, created; the caller is its owner", body = RoomSummary),
         (status = 200, description = "`direct`: the pair's existing live direct room", body = RoomSummary),
         (status = 400, description = "`bad_json` (unknown fields too), `bad_user_id`, `unknown_user`, \
-            `too_many_members`, `name_too_long`, `bad_metadata`, `metadata_too_large`, \
+            `too_many_members`, `name_too_long`, `bad_name`: a NUL character, `bad_metadata` \
+            (not an object, or a NUL character), `metadata_too_large`, \
             `bad_direct_members`, `unsupported_kind`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
         (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
@@ -153,6 +154,14 @@ async fn create_room(
             ),
         ));
     }
+    // Postgres `text` and `jsonb` cannot hold NUL: refused here with a reason
+    // instead of failing in the database with a 500.
+    if body.name.as_deref().is_some_and(|name| name.contains('\0')) {
+        return Err(ApiError::bad_request(
+            "bad_name",
+            "room names may not contain NUL characters",
+        ));
+    }
     let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
     if !metadata.is_object() {
         return Err(ApiError::bad_request(
@@ -167,6 +176,12 @@ async fn create_room(
                 "metadata is at most {} bytes",
                 state.config.max_room_metadata_bytes
             ),
+        ));
+    }
+    if has_nul(&metadata) {
+        return Err(ApiError::bad_request(
+            "bad_metadata",
+            "metadata may not contain NUL characters",
         ));
     }
     let members = user_ids(
@@ -242,6 +257,19 @@ async fn create_room(
 
 /// The room as `user_id` sees it; a user who is not (or no longer) a member
 /// gets the room's shared fields with empty read state.
+/// True when a key or string anywhere in `value` holds a NUL character.
+fn has_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, value)| key.contains('\0') || has_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 async fn summary(state: &AppState, room: Room, user_id: &str) -> Result<RoomSummary, ApiError> {
     if let Some(summary) = state.store.room_summary(room.id, user_id).await? {
         return Ok(summary);
