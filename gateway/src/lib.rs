@@ -13,6 +13,7 @@ pub mod cli;
 pub mod embedded;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod messages;
 pub mod presence;
 pub mod read_state;
@@ -30,6 +31,7 @@ use chatter_shared::store::Store;
 use chatter_worker::batch::{Batches, Presence};
 use chatter_worker::dead_letter::DeadLetters;
 use chatter_worker::notify::Notifier;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -120,6 +122,8 @@ pub async fn serve(
         hub,
         shutdown.clone(),
     ));
+    // Like the hub, the limiter sweep runs until the sockets are gone.
+    let sweep = tokio::spawn(limits::sweep(state.limits.clone(), hub_stop.clone()));
     tracing::info!(addr = %listener.local_addr()?, "listening");
     // TCP_NODELAY on every accepted socket: a WebSocket frame is a small write, and
     // with Nagle's algorithm on, one written while the previous is unacknowledged
@@ -129,7 +133,9 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted socket");
         }
     });
-    axum::serve(listener, http::app(state.clone()))
+    // The peer address is the client IP of the per-IP rate limit.
+    let app = http::app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
         .context("server error")?;
@@ -149,6 +155,7 @@ pub async fn serve(
     }
     hub_stop.cancel();
     let _ = presence.await;
+    let _ = sweep.await;
     if let (bus::Bus::Local(bus), Some(worker)) = (&state.bus, embedded_worker) {
         drain_embedded_worker(bus, worker).await;
     }

@@ -2,6 +2,7 @@
 
 use crate::bus::Bus;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use chatter_shared::auth::{Identity, Tokens};
 use chatter_shared::config::Config;
 use chatter_shared::ingest::AppendLimits;
@@ -36,6 +37,8 @@ pub struct App {
     pub sockets: TaskTracker,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     recently_seen: DashMap<String, Instant>,
+    /// Per-user and per-IP rate limits (REST, upgrades, HTTP publish).
+    pub limits: Arc<Limits>,
 }
 
 impl App {
@@ -49,6 +52,7 @@ impl App {
     ) -> App {
         App {
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            limits: Arc::new(Limits::new(&config)),
             append_limits: AppendLimits {
                 dedupe_ttl_secs: config.dedupe_ttl_secs,
                 max_backlog: config.ingest_max_backlog,

@@ -115,6 +115,25 @@ pub struct Config {
     pub notification_timeout_ms: u64,
     pub notification_concurrency: usize,
     pub notification_queue: usize,
+
+    // --- rate and connection limits (docs/SECURITY-rate-limits.md) ---
+    /// A socket over `FRAMES_PER_SEC` is told to wait; once more than this many of
+    /// its refused frames are outstanding (told to wait, slot not yet come) it is
+    /// flooding and is closed with 4013.
+    pub rate_flood_frames: u32,
+    /// Sockets one user may hold on one gateway; a newer one closes the oldest (4008).
+    pub max_connections_per_user: usize,
+    /// REST requests per second per authenticated user (sustained) and the burst.
+    pub rest_rate_per_sec: u32,
+    pub rest_rate_burst: u32,
+    /// REST requests per second per client IP for requests without valid
+    /// credentials (none, or refused), and the burst.
+    pub rest_ip_rate_per_sec: u32,
+    pub rest_ip_rate_burst: u32,
+    /// Take the client IP from the last `X-Forwarded-For` entry (the one the
+    /// proxy in front appended) instead of the peer address. Only behind a proxy
+    /// that always sets it: otherwise clients could pick their own IP.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for Config {
@@ -175,6 +194,13 @@ impl Default for Config {
             notification_timeout_ms: 5_000,
             notification_concurrency: 32,
             notification_queue: 10_000,
+            rate_flood_frames: 1000,
+            max_connections_per_user: 32,
+            rest_rate_per_sec: 20,
+            rest_rate_burst: 100,
+            rest_ip_rate_per_sec: 10,
+            rest_ip_rate_burst: 50,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -314,6 +340,15 @@ impl Config {
                 self.notification_concurrency as u64,
             ),
             ("NOTIFICATION_QUEUE", self.notification_queue as u64),
+            ("RATE_FLOOD_FRAMES", u64::from(self.rate_flood_frames)),
+            (
+                "MAX_CONNECTIONS_PER_USER",
+                self.max_connections_per_user as u64,
+            ),
+            ("REST_RATE_PER_SEC", u64::from(self.rest_rate_per_sec)),
+            ("REST_RATE_BURST", u64::from(self.rest_rate_burst)),
+            ("REST_IP_RATE_PER_SEC", u64::from(self.rest_ip_rate_per_sec)),
+            ("REST_IP_RATE_BURST", u64::from(self.rest_ip_rate_burst)),
             (
                 "DATABASE_MAX_CONNECTIONS",
                 u64::from(self.database_max_connections),
@@ -402,6 +437,13 @@ const KNOWN_KEYS: &[&str] = &[
     "notification_timeout_ms",
     "notification_concurrency",
     "notification_queue",
+    "rate_flood_frames",
+    "max_connections_per_user",
+    "rest_rate_per_sec",
+    "rest_rate_burst",
+    "rest_ip_rate_per_sec",
+    "rest_ip_rate_burst",
+    "trust_forwarded_for",
 ];
 
 #[cfg(test)]

@@ -57,6 +57,12 @@ pub mod metric {
     pub const WORKER_STORED: &str = "chatter_worker_stored_total";
     /// Notification calls by outcome (`sent`, `dead_lettered`).
     pub const NOTIFICATIONS: &str = "chatter_notifications_total";
+    /// Requests and frames refused by a rate limit, by `limit` (`socket`, `user`,
+    /// `ip`, `sender`).
+    pub const RATE_LIMITED: &str = "chatter_rate_limited_total";
+    /// Sockets closed (4008) because their user opened more than
+    /// `MAX_CONNECTIONS_PER_USER` on this gateway.
+    pub const REPLACED_CONNECTIONS: &str = "chatter_replaced_connections_total";
 }
 
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
