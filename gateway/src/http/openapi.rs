@@ -166,7 +166,11 @@ impl Modify for RateLimitResponses {
         use utoipa::openapi::header::HeaderBuilder;
         use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
         let retry_after = HeaderBuilder::new()
-            .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+            .schema(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
             .description(Some("Seconds until a retry can succeed"))
             .build();
         let response = ResponseBuilder::new()

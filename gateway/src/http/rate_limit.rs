@@ -106,9 +106,10 @@ mod tests {
     fn request(forwarded: &[&str]) -> Request {
         let mut request = Request::new(axum::body::Body::empty());
         for value in forwarded {
-            request
-                .headers_mut()
-                .append("x-forwarded-for", HeaderValue::from_str(value).expect("ascii"));
+            request.headers_mut().append(
+                "x-forwarded-for",
+                HeaderValue::from_str(value).expect("ascii"),
+            );
         }
         let peer: SocketAddr = "192.0.2.1:5000".parse().expect("addr");
         request.extensions_mut().insert(ConnectInfo(peer));
