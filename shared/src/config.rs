@@ -510,4 +510,26 @@ mod tests {
         assert_eq!(config.allowed_origins.0, vec!["https://x.example"]);
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[test]
+    fn rate_limit_settings_load_from_the_environment() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("TRUST_FORWARDED_FOR", "true"),
+                ("MAX_CONNECTIONS_PER_USER", "4"),
+                ("REST_RATE_BURST", "7"),
+            ]),
+        )
+        .expect("valid");
+        assert!(config.trust_forwarded_for);
+        assert_eq!(config.max_connections_per_user, 4);
+        assert_eq!(config.rest_rate_burst, 7);
+        assert!(!Config::default().trust_forwarded_for);
+        let error = Config::load(None, env(&[("REST_IP_RATE_PER_SEC", "0")])).expect_err("zero");
+        assert!(
+            error.to_string().contains("REST_IP_RATE_PER_SEC"),
+            "{error}"
+        );
+    }
 }
