@@ -124,6 +124,9 @@ impl Deployment {
             // The load's own needs: senders may burst, and sockets are many.
             ("FRAMES_PER_SEC", "1000".to_owned()),
             ("MAX_CONNECTIONS", "100000".to_owned()),
+            // Set-up creates rooms as fast as it can, several per user.
+            ("REST_RATE_PER_SEC", "100000".to_owned()),
+            ("REST_RATE_BURST", "100000".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -28,7 +28,7 @@ use dashmap::DashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -47,8 +47,11 @@ pub struct Conn {
     /// The rooms this connection may send to and receive from. A std mutex: held
     /// only for set operations, never across an `.await`.
     rooms: Mutex<HashSet<Uuid>>,
-    /// Cancelled when the outbox overflows: the socket task closes the connection.
+    /// Cancelled when the socket must close: its outbox overflowed, or (with
+    /// `replaced` set) a newer connection of its user took its place.
     pub overflowed: CancellationToken,
+    /// Set by [`Hub::replace_oldest`]: close with 4008, not as a slow consumer.
+    replaced: AtomicBool,
     /// Whose presence changes this connection receives, once it subscribed.
     presence_scope: Mutex<Option<PresenceScope>>,
 }
@@ -70,6 +73,11 @@ impl Conn {
             Err(mpsc::error::TrySendError::Full(_)) => self.overflowed.cancel(),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Whether a newer connection of the same user replaced this one (4008).
+    pub fn is_replaced(&self) -> bool {
+        self.replaced.load(Ordering::Relaxed)
     }
 
     pub fn is_member(&self, room_id: Uuid) -> bool {
@@ -183,6 +191,7 @@ impl Hub {
             outbox,
             rooms: Mutex::new(HashSet::new()),
             overflowed: CancellationToken::new(),
+            replaced: AtomicBool::new(false),
             presence_scope: Mutex::new(None),
         });
         let channel = keyspace::user_channel(user_id);
@@ -196,6 +205,26 @@ impl Hub {
         metrics::gauge!(metric::CONNECTIONS).increment(1.0);
         self.sync(vec![channel]).await?;
         Ok((registration, inbox))
+    }
+
+    /// `MAX_CONNECTIONS_PER_USER`: asks the oldest of `user_id`'s connections on
+    /// this gateway to close (4008) until at most `max` are left. The user
+    /// channel's list is in registration order and holds exactly the user's
+    /// connections, so it is the per-user count: no second map to keep bounded,
+    /// and it is gone with the user's last connection. Connections already asked
+    /// to close are not counted, so concurrent registrations converge.
+    pub fn replace_oldest(&self, user_id: &str, max: usize) {
+        let channel = keyspace::user_channel(user_id);
+        let Some(members) = self.channels.get(channel.as_str()) else {
+            return;
+        };
+        let live = members.iter().filter(|c| !c.is_replaced()).count();
+        let excess = live.saturating_sub(max);
+        for conn in members.iter().filter(|c| !c.is_replaced()).take(excess) {
+            conn.replaced.store(true, Ordering::Relaxed);
+            conn.overflowed.cancel();
+            metrics::counter!(metric::REPLACED_CONNECTIONS).increment(1);
+        }
     }
 
     /// Makes `conn` a member of `rooms` and waits until Redis delivers them.

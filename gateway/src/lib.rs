@@ -13,6 +13,7 @@ pub mod cli;
 pub mod embedded;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod messages;
 pub mod presence;
 pub mod read_state;
@@ -124,6 +125,8 @@ pub async fn serve(
     let mut app = state::App::new(config, tokens, store, bus, hub, shutdown.clone());
     app.redis_risks = redis_risks;
     let state = Arc::new(app);
+    // Like the hub, the limiter sweep runs until the sockets are gone.
+    let sweep = tokio::spawn(limits::sweep(state.limits.clone(), hub_stop.clone()));
     tracing::info!(addr = %listener.local_addr()?, "listening");
     // The listener stays open through the drain (probes and REST keep answering,
     // upgrades get 503 `draining`); it closes once the last socket is gone.
@@ -157,6 +160,7 @@ pub async fn serve(
     }
     hub_stop.cancel();
     let _ = presence.await;
+    let _ = sweep.await;
     if let (bus::Bus::Local(bus), Some(worker)) = (&state.bus, embedded_worker) {
         drain_embedded_worker(bus, worker).await;
     }

@@ -2,6 +2,7 @@
 
 use crate::bus::Bus;
 use crate::hub::Hub;
+use crate::limits::Limits;
 use chatter_shared::auth::{Identity, Tokens};
 use chatter_shared::config::Config;
 use chatter_shared::ingest::AppendLimits;
@@ -39,6 +40,8 @@ pub struct App {
     /// repeats it); empty when it is durable or in the embedded mode.
     pub redis_risks: Vec<String>,
     recently_seen: DashMap<String, Instant>,
+    /// Per-user and per-IP rate limits (REST, upgrades, HTTP publish).
+    pub limits: Arc<Limits>,
 }
 
 impl App {
@@ -52,6 +55,7 @@ impl App {
     ) -> App {
         App {
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            limits: Arc::new(Limits::new(&config)),
             append_limits: AppendLimits {
                 dedupe_ttl_secs: config.dedupe_ttl_secs,
                 max_backlog: config.ingest_max_backlog,

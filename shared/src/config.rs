@@ -140,6 +140,24 @@ pub struct Config {
     /// The same, per client address (0: no per-address cap). Behind a load
     /// balancer every connection comes from its address: raise it there.
     pub max_http_connections_per_ip: usize,
+    // --- rate and connection limits (docs/SECURITY.md ("Rate limits")) ---
+    /// A socket over `FRAMES_PER_SEC` is told to wait; once more than this many of
+    /// its refused frames are outstanding (told to wait, slot not yet come) it is
+    /// flooding and is closed with 4013.
+    pub rate_flood_frames: u32,
+    /// Sockets one user may hold on one gateway; a newer one closes the oldest (4008).
+    pub max_connections_per_user: usize,
+    /// REST requests per second per authenticated user (sustained) and the burst.
+    pub rest_rate_per_sec: u32,
+    pub rest_rate_burst: u32,
+    /// REST requests per second per client IP for requests without valid
+    /// credentials (none, or refused), and the burst.
+    pub rest_ip_rate_per_sec: u32,
+    pub rest_ip_rate_burst: u32,
+    /// Take the client IP from the last `X-Forwarded-For` entry (the one the
+    /// proxy in front appended) instead of the peer address. Only behind a proxy
+    /// that always sets it: otherwise clients could pick their own IP.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for Config {
@@ -204,6 +222,13 @@ impl Default for Config {
             http_header_timeout_secs: 10,
             max_http_connections: 8192,
             max_http_connections_per_ip: 256,
+            rate_flood_frames: 1000,
+            max_connections_per_user: 32,
+            rest_rate_per_sec: 20,
+            rest_rate_burst: 100,
+            rest_ip_rate_per_sec: 10,
+            rest_ip_rate_burst: 50,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -360,6 +385,15 @@ impl Config {
                 self.notification_concurrency as u64,
             ),
             ("NOTIFICATION_QUEUE", self.notification_queue as u64),
+            ("RATE_FLOOD_FRAMES", u64::from(self.rate_flood_frames)),
+            (
+                "MAX_CONNECTIONS_PER_USER",
+                self.max_connections_per_user as u64,
+            ),
+            ("REST_RATE_PER_SEC", u64::from(self.rest_rate_per_sec)),
+            ("REST_RATE_BURST", u64::from(self.rest_rate_burst)),
+            ("REST_IP_RATE_PER_SEC", u64::from(self.rest_ip_rate_per_sec)),
+            ("REST_IP_RATE_BURST", u64::from(self.rest_ip_rate_burst)),
             (
                 "DATABASE_MAX_CONNECTIONS",
                 u64::from(self.database_max_connections),
@@ -472,6 +506,13 @@ impl std::fmt::Debug for Config {
             http_header_timeout_secs,
             max_http_connections,
             max_http_connections_per_ip,
+            rate_flood_frames,
+            max_connections_per_user,
+            rest_rate_per_sec,
+            rest_rate_burst,
+            rest_ip_rate_per_sec,
+            rest_ip_rate_burst,
+            trust_forwarded_for,
         } = self;
         let secret = |value: &Option<String>| value.as_ref().map(|_| Redacted);
         let url = |value: &Option<String>| value.as_deref().map(redact_url);
@@ -535,6 +576,13 @@ impl std::fmt::Debug for Config {
             .field("http_header_timeout_secs", http_header_timeout_secs)
             .field("max_http_connections", max_http_connections)
             .field("max_http_connections_per_ip", max_http_connections_per_ip)
+            .field("rate_flood_frames", rate_flood_frames)
+            .field("max_connections_per_user", max_connections_per_user)
+            .field("rest_rate_per_sec", rest_rate_per_sec)
+            .field("rest_rate_burst", rest_rate_burst)
+            .field("rest_ip_rate_per_sec", rest_ip_rate_per_sec)
+            .field("rest_ip_rate_burst", rest_ip_rate_burst)
+            .field("trust_forwarded_for", trust_forwarded_for)
             .finish()
     }
 }
@@ -644,6 +692,13 @@ const KNOWN_KEYS: &[&str] = &[
     "http_header_timeout_secs",
     "max_http_connections",
     "max_http_connections_per_ip",
+    "rate_flood_frames",
+    "max_connections_per_user",
+    "rest_rate_per_sec",
+    "rest_rate_burst",
+    "rest_ip_rate_per_sec",
+    "rest_ip_rate_burst",
+    "trust_forwarded_for",
 ];
 
 /// Whether `name` is an environment variable chatter reads: a configuration key
@@ -793,5 +848,27 @@ mod tests {
         assert!(printed.contains("redis.internal:6379"), "{printed}");
         assert!(printed.contains("jwt_leeway_secs: 5"), "{printed}");
         assert_eq!(redact_url("not a url"), "<redacted: not a URL>");
+    }
+
+    #[test]
+    fn rate_limit_settings_load_from_the_environment() {
+        let config = Config::load(
+            None,
+            env(&[
+                ("TRUST_FORWARDED_FOR", "true"),
+                ("MAX_CONNECTIONS_PER_USER", "4"),
+                ("REST_RATE_BURST", "7"),
+            ]),
+        )
+        .expect("valid");
+        assert!(config.trust_forwarded_for);
+        assert_eq!(config.max_connections_per_user, 4);
+        assert_eq!(config.rest_rate_burst, 7);
+        assert!(!Config::default().trust_forwarded_for);
+        let error = Config::load(None, env(&[("REST_IP_RATE_PER_SEC", "0")])).expect_err("zero");
+        assert!(
+            error.to_string().contains("REST_IP_RATE_PER_SEC"),
+            "{error}"
+        );
     }
 }

@@ -155,6 +155,15 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a str>,
     },
+    /// The `Error` answer to a frame over the socket's rate: the same `type` as
+    /// [`ServerFrame::Error`], plus when to try again.
+    #[serde(rename = "Error")]
+    RateLimited {
+        code: &'a str,
+        message: &'a str,
+        /// Milliseconds until the socket may send a frame again.
+        retry_after_ms: u64,
+    },
     Pong {},
     Disconnection {
         code: u16,
@@ -224,6 +233,10 @@ pub struct Confirmation<'a> {
     pub message_id: Option<Uuid>,
     pub message_temp_id: Option<&'a str>,
     pub seq: Option<i64>,
+    /// With `reason: "rate_limited"`: milliseconds until the socket may send
+    /// again; resend the message (same `message_temp_id`) then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ServerFrame<'_> {
@@ -411,5 +424,39 @@ mod tests {
         let view: MessageView = serde_json::from_value(value["data"].clone()).expect("a message");
         assert_eq!(view.message, "hi \"there\"");
         assert_eq!(view.id, tail.id);
+    }
+
+    #[test]
+    fn rate_limited_answers_carry_retry_after() {
+        let error = ServerFrame::RateLimited {
+            code: "rate_limited",
+            message: "slow down",
+            retry_after_ms: 20,
+        }
+        .to_json();
+        assert_eq!(
+            error,
+            r#"{"type":"Error","data":{"code":"rate_limited","message":"slow down","retry_after_ms":20}}"#
+        );
+        let refused = ServerFrame::MessageSentConfirmation(Confirmation {
+            confirmed: false,
+            reason: Some("rate_limited"),
+            message_id: None,
+            message_temp_id: Some("t1"),
+            seq: None,
+            retry_after_ms: Some(40),
+        });
+        let value: serde_json::Value = serde_json::from_str(&refused.to_json()).expect("JSON");
+        assert_eq!(value["data"]["retry_after_ms"], 40);
+        assert_eq!(value["data"]["message_temp_id"], "t1");
+        let confirmed = ServerFrame::MessageSentConfirmation(Confirmation {
+            confirmed: true,
+            reason: None,
+            message_id: None,
+            message_temp_id: None,
+            seq: Some(1),
+            retry_after_ms: None,
+        });
+        assert!(!confirmed.to_json().contains("retry_after_ms"));
     }
 }

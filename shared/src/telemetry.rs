@@ -73,6 +73,12 @@ pub mod metric {
     pub const INGEST_PENDING: &str = "chatter_ingest_pending";
     /// Failed Redis commands in the worker (reads, acknowledgements, claims).
     pub const REDIS_ERRORS: &str = "chatter_redis_errors_total";
+    /// Requests and frames refused by a rate limit, by `limit` (`socket`, `user`,
+    /// `ip`, `sender`).
+    pub const RATE_LIMITED: &str = "chatter_rate_limited_total";
+    /// Sockets closed (4008) because their user opened more than
+    /// `MAX_CONNECTIONS_PER_USER` on this gateway.
+    pub const REPLACED_CONNECTIONS: &str = "chatter_replaced_connections_total";
 }
 
 /// Describes every metric a process serves and records it once at its zero
@@ -95,6 +101,10 @@ pub fn register(process: Process) {
             (
                 SLOW_CONSUMERS,
                 "Sockets closed because they read too slowly (4009).",
+            ),
+            (
+                REPLACED_CONNECTIONS,
+                "Sockets closed (4008) because their user opened more than MAX_CONNECTIONS_PER_USER here.",
             ),
         ],
         Process::Worker => &[
@@ -186,6 +196,12 @@ pub fn register(process: Process) {
                 "cap",
                 "TCP connections closed at accept because a cap was reached.",
                 &["total", "per_ip"],
+            ),
+            (
+                RATE_LIMITED,
+                "limit",
+                "Requests and frames refused by a rate limit.",
+                &["socket", "user", "ip", "sender"],
             ),
         ],
         Process::Worker => &[(

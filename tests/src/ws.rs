@@ -174,6 +174,17 @@ impl WsClient {
             .ok_or_else(|| anyhow!("no websocket frame within {timeout:?}"))
     }
 
+    /// The next frame (buffered ones first) or the close, or `None` once
+    /// `deadline` passes: for clients that also have timers of their own (a
+    /// resend due at a given moment) and so must not treat a quiet moment as an
+    /// error.
+    pub async fn recv_until(&mut self, deadline: Instant) -> Result<Option<Incoming>> {
+        if let Some(frame) = self.buffered.pop_front() {
+            return Ok(Some(Incoming::Frame(frame)));
+        }
+        self.read(deadline).await
+    }
+
     /// The `data` of the next frame whose `type` is `type_name`. Other frames are
     /// kept for later calls. Fails on timeout or close, listing what did arrive.
     pub async fn recv_type(&mut self, type_name: &str, timeout: Duration) -> Result<Value> {

@@ -637,8 +637,11 @@ async fn bad_frames_get_their_documented_answers_while_others_are_served(backend
 }
 
 async fn flooding_closes_with_4013(backend: Backend) {
+    // Bursts of 10, then refusals; the 11th refusal outstanding is a flood.
+    // (Being slowed down rather than closed is `tests/tests/limits.rs`.)
     let cluster = builder(backend)
         .env("FRAMES_PER_SEC", "5")
+        .env("RATE_FLOOD_FRAMES", "10")
         .start()
         .await
         .expect("cluster");

@@ -5,9 +5,10 @@
 //! generic body: clients never see internals, stack traces or other users' data.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use std::time::Duration;
 use utoipa::ToSchema;
 
 /// The body of every error answer.
@@ -24,6 +25,10 @@ pub struct ErrorDetail {
     pub code: &'static str,
     /// For humans; may change.
     pub message: String,
+    /// With `rate_limited` (429): milliseconds until a retry can succeed; the
+    /// `Retry-After` header says the same in whole seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -31,6 +36,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Set on 429s: becomes `Retry-After` and `retry_after_ms`.
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -39,6 +46,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limited`, with when to try again.
+    pub fn rate_limited(retry_after: Duration) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests; retry after Retry-After seconds",
+            )
         }
     }
 
@@ -65,13 +85,27 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after_ms = self.retry_after.map(|wait| {
+            u64::try_from(wait.as_micros().div_ceil(1000))
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,
                 message: self.message,
+                retry_after_ms,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(millis) = retry_after_ms {
+            // Whole seconds, rounded up: a client that waits that long gets through.
+            let secs = millis.div_ceil(1000);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 

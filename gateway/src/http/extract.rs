@@ -39,6 +39,10 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<User, ApiError> {
         let state = AppState::from_ref(state);
+        if let Some(Verified(identity)) = parts.extensions.remove::<Verified>() {
+            state.ensure_user(&identity).await?;
+            return Ok(User(identity));
+        }
         let token =
             bearer(parts).ok_or_else(|| ApiError::unauthorized("a Bearer token is required"))?;
         let identity = state.tokens.verify(token).map_err(|error| match error {
@@ -51,6 +55,11 @@ where
         Ok(User(identity))
     }
 }
+
+/// The caller's identity, verified already by the rate-limit layer
+/// (`http::rate_limit`), which had to know the user to charge them.
+#[derive(Clone)]
+pub struct Verified(pub Identity);
 
 /// A service authenticated by `SERVICE_SECRET` (`Bearer <secret>` or the raw secret).
 pub struct Service;

@@ -1,11 +1,12 @@
 //! The REST API: one module per resource, merged here with the cross-cutting layers
-//! (request ids, tracing, CORS, body limits).
+//! (request ids, tracing, CORS, body limits, rate limits).
 
 mod connections;
 pub mod error;
 pub mod extract;
 mod health;
 pub mod openapi;
+mod rate_limit;
 mod rooms;
 mod tokens;
 mod users;
@@ -38,6 +39,11 @@ pub fn app(state: AppState) -> Router {
         .route("/ws", get(crate::ws::upgrade))
         .fallback(|| async { error::ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Inside CORS, so a browser can read a 429 (and preflights are not charged).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ))
         .layer(cors)
         .layer(
             // Only the path is logged: query strings may carry tickets or tokens.

@@ -42,7 +42,7 @@ pub fn router() -> Router<AppState> {
         description = "Real-time chat: REST API of the chatter gateway. Errors are \
             `{\"error\": {\"code\", \"message\"}}` with the matching status.",
     ),
-    modifiers(&SecuritySchemes, &UserAlias),
+    modifiers(&SecuritySchemes, &UserAlias, &RateLimitResponses),
     paths(
         // Operations
         super::health::healthz,
@@ -160,6 +160,61 @@ impl Modify for UserAlias {
     }
 }
 
+/// Every rate-limited operation (all but the probes and `/metrics`, see
+/// `http::rate_limit`) may answer 429; one place adds that answer to all of
+/// them rather than every handler repeating it.
+struct RateLimitResponses;
+
+impl Modify for RateLimitResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
+        let retry_after = HeaderBuilder::new()
+            .schema(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1)),
+            )
+            .description(Some("Seconds until a retry can succeed"))
+            .build();
+        let response = ResponseBuilder::new()
+            .description(
+                "`rate_limited`: the caller's budget is spent — per user (`REST_RATE_PER_SEC`, \
+                 `REST_RATE_BURST`), or per client IP for requests without valid credentials \
+                 (`REST_IP_RATE_*`); `POST /rooms/{id}/messages` also spends the sender's \
+                 message rate (`FRAMES_PER_SEC`). Retry after `Retry-After` seconds \
+                 (`retry_after_ms` in the body).",
+            )
+            .header("Retry-After", retry_after)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if super::rate_limit::UNLIMITED.contains(&path.as_str()) {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .entry("429".into())
+                    .or_insert_with(|| response.clone().into());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +234,20 @@ mod tests {
             "upsert_user_alias"
         );
         assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    }
+
+    #[test]
+    fn rate_limited_operations_document_429_and_probes_do_not() {
+        let doc: Value = serde_json::from_str(&DOCUMENT).expect("JSON");
+        let limited = &doc["paths"]["/rooms/{id}/messages"]["post"]["responses"]["429"];
+        assert!(limited["headers"]["Retry-After"].is_object(), "{limited}");
+        assert!(doc["paths"]["/ws"]["get"]["responses"]["429"].is_object());
+        assert!(doc["paths"]["/user"]["post"]["responses"]["429"].is_object());
+        for probe in ["/healthz", "/readyz", "/metrics"] {
+            assert!(
+                doc["paths"][probe]["get"]["responses"]["429"].is_null(),
+                "{probe}"
+            );
+        }
     }
 }

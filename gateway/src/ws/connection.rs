@@ -1,6 +1,7 @@
 //! One WebSocket connection's loop: frames in, frames out, heartbeat, limits.
 
 use super::close;
+use super::throttle::{Throttle, Verdict, millis_ceil};
 use crate::hub::{Conn, PresenceScope, Registration};
 use crate::messages::{self, Draft, Refusal};
 use crate::read_state::{self, ReadError};
@@ -44,12 +45,12 @@ pub async fn run(
     let span = tracing::info_span!("ws", conn = registration.conn.id, user = %identity.user_id);
     async move {
         tracing::debug!("connected");
-        let rate = FrameRate::new(state.config.frames_per_sec);
+        let throttle = Throttle::new(state.config.frames_per_sec);
         let mut connection = Connection {
             socket,
             state,
             identity,
-            rate,
+            throttle,
             bad_frames: 0,
             watch: Watch::at_connect(),
             typing: HashMap::new(),
@@ -72,7 +73,7 @@ struct Connection {
     socket: WebSocket,
     state: AppState,
     identity: Identity,
-    rate: FrameRate,
+    throttle: Throttle,
     bad_frames: u32,
     watch: Watch,
     /// When this socket last passed on `Typing` per room, for its rate limit.
@@ -107,6 +108,9 @@ impl Connection {
                     return Some((CloseCode::ServerShutdown, "server shutting down; reconnect"));
                 }
                 () = conn.overflowed.cancelled() => {
+                    if conn.is_replaced() {
+                        return Some((CloseCode::NewDevice, "replaced by a newer connection of the same user"));
+                    }
                     metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
                     return Some((CloseCode::ConnectionClosed, "too slow: the send queue is full"));
                 }
@@ -172,12 +176,22 @@ impl Connection {
         if text.len() > self.state.config.max_frame_bytes {
             return Next::Close(CloseCode::MessageTooLarge, "frame too large");
         }
-        if !self.rate.allow(Instant::now()) {
-            return Next::Close(CloseCode::RateLimited, "too many frames");
-        }
+        let over_rate = match self.throttle.check(self.state.config.rate_flood_frames) {
+            Verdict::Pass => None,
+            Verdict::RetryAfter(wait) => Some(millis_ceil(wait)),
+            Verdict::Flood => {
+                return Next::Close(
+                    CloseCode::RateLimited,
+                    "too many frames: kept sending after being told to wait",
+                );
+            }
+        };
         match ClientFrame::parse(text.as_str()) {
             Ok(frame) => {
                 self.bad_frames = 0;
+                if let Some(retry_after_ms) = over_rate {
+                    return self.rate_limited(frame, retry_after_ms).await;
+                }
                 match frame {
                     ClientFrame::SendMessage(send) => self.send_message(send, conn).await,
                     ClientFrame::Resume(request) => self.resume(request, conn).await,
@@ -218,6 +232,7 @@ impl Connection {
                 message_id: Some(accepted.id),
                 message_temp_id: draft.temp_id,
                 seq: Some(accepted.seq),
+                retry_after_ms: None,
             },
             Err(refusal) => Confirmation {
                 confirmed: false,
@@ -225,6 +240,7 @@ impl Connection {
                 message_id: None,
                 message_temp_id: draft.temp_id,
                 seq: None,
+                retry_after_ms: None,
             },
         };
         reply(
@@ -232,6 +248,29 @@ impl Connection {
             &ServerFrame::MessageSentConfirmation(confirmation),
         )
         .await
+    }
+
+    /// Answers a frame over the socket's rate without handling it: a
+    /// `SendMessage` gets a negative confirmation echoing its temp id (the client
+    /// resends it after `retry_after_ms`), anything else an `Error`.
+    async fn rate_limited(&mut self, frame: ClientFrame, retry_after_ms: u64) -> Next {
+        metrics::counter!(metric::RATE_LIMITED, "limit" => "socket").increment(1);
+        let answer = match &frame {
+            ClientFrame::SendMessage(send) => ServerFrame::MessageSentConfirmation(Confirmation {
+                confirmed: false,
+                reason: Some("rate_limited"),
+                message_id: None,
+                message_temp_id: send.message_temp_id.as_deref(),
+                seq: None,
+                retry_after_ms: Some(retry_after_ms),
+            }),
+            _ => ServerFrame::RateLimited {
+                code: "rate_limited",
+                message: "too many frames: send again after retry_after_ms",
+                retry_after_ms,
+            },
+        };
+        reply(&mut self.socket, &answer).await
     }
 
     async fn resume(&mut self, request: Resume, conn: &Conn) -> Next {
@@ -394,53 +433,5 @@ fn random_delay(window: Duration) -> Duration {
         Duration::ZERO
     } else {
         Duration::from_millis(rand::random_range(0..millis))
-    }
-}
-
-/// A token bucket: `per_sec` frames a second sustained, bursts of twice that.
-struct FrameRate {
-    per_sec: f64,
-    capacity: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl FrameRate {
-    fn new(per_sec: u32) -> FrameRate {
-        let per_sec = f64::from(per_sec);
-        FrameRate {
-            per_sec,
-            capacity: per_sec * 2.0,
-            tokens: per_sec * 2.0,
-            last: Instant::now(),
-        }
-    }
-
-    fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::FrameRate;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn frame_rate_allows_a_burst_then_the_sustained_rate() {
-        let mut rate = FrameRate::new(10);
-        let start = Instant::now();
-        let burst = (0..100).filter(|_| rate.allow(start)).count();
-        assert_eq!(burst, 20);
-        assert!(rate.allow(start + Duration::from_millis(100)));
-        assert!(!rate.allow(start + Duration::from_millis(100)));
     }
 }

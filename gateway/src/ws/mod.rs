@@ -8,6 +8,7 @@
 //! because browsers cannot read the HTTP status of a failed WebSocket handshake.
 
 mod connection;
+mod throttle;
 
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::bearer;
@@ -115,6 +116,11 @@ pub async fn upgrade(
         Ok(identity) => identity,
         Err(Refusal(code, reason)) => return refuse(ws, code, reason),
     };
+    // Connection churn costs a database read and subscriptions: upgrades spend
+    // the user's REST budget.
+    if let Err(limited) = state.limits.user(&identity.user_id) {
+        return ApiError::rate_limited(limited.retry_after).into_response();
+    }
     let prepared = async {
         state
             .ensure_user(&identity)
@@ -125,6 +131,9 @@ pub async fn upgrade(
             .register(&identity.user_id, state.config.send_queue_frames)
             .await
             .map_err(|e| e.to_string())?;
+        state
+            .hub
+            .replace_oldest(&identity.user_id, state.config.max_connections_per_user);
         let rooms = state
             .store
             .room_ids_of(&identity.user_id)

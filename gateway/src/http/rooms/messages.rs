@@ -309,6 +309,11 @@ async fn publish(
             sender
         }
     };
+    // The sender's message budget, whoever publishes for them.
+    state
+        .limits
+        .message(&sender)
+        .map_err(|limited| ApiError::rate_limited(limited.retry_after))?;
     match publisher {
         Publisher::User(_) => {
             if !state.store.is_member(room_id, &sender).await? {
