@@ -27,11 +27,13 @@
 
 pub mod chat;
 pub mod cluster;
+pub mod nginx;
 pub mod notif;
 pub mod postgres;
 pub mod process;
 pub mod redis;
 mod sys;
+pub mod traffic;
 pub mod wait;
 pub mod ws;
 
