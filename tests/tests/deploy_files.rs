@@ -121,7 +121,11 @@ fn parse_duration(text: &str) -> Option<Duration> {
         ("s", 1000),
     ];
     // Rank of each unit in the required order (ms comes last, after s).
-    let rank = |unit: &str| ["y", "w", "d", "h", "m", "s", "ms"].iter().position(|u| *u == unit);
+    let rank = |unit: &str| {
+        ["y", "w", "d", "h", "m", "s", "ms"]
+            .iter()
+            .position(|u| *u == unit)
+    };
     let mut rest = text;
     let mut total = 0u64;
     let mut last_rank = None;
@@ -149,11 +153,42 @@ fn parse_duration(text: &str) -> Option<Duration> {
 /// (`[5m]`), strings and grouping label lists (`by (instance)`) are skipped.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     const KEYWORDS: &[&str] = &[
-        "by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
-        "bool", "offset", "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count",
-        "count_values", "bottomk", "topk", "quantile", "limitk", "limit_ratio", "inf", "nan",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+        "inf",
+        "nan",
     ];
-    const GROUPING: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
+    const GROUPING: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
     let chars: Vec<char> = expr.chars().collect();
     let skip_string = |mut i: usize| {
         let quote = chars[i];
@@ -165,7 +200,14 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     };
     // Index after the bracket closing the one opened at `i`.
     let skip_group = |mut i: usize| {
-        let (open, close) = (chars[i], match chars[i] { '{' => '}', '[' => ']', _ => ')' });
+        let (open, close) = (
+            chars[i],
+            match chars[i] {
+                '{' => '}',
+                '[' => ']',
+                _ => ')',
+            },
+        );
         let mut depth = 0;
         while i < chars.len() {
             match chars[i] {
@@ -242,7 +284,11 @@ fn metric_names_are_found_in_promql() {
     );
     assert_eq!(
         names.into_iter().collect::<Vec<_>>(),
-        ["chatter_connections", "chatter_draining", "chatter_publish_seconds_bucket"]
+        [
+            "chatter_connections",
+            "chatter_draining",
+            "chatter_publish_seconds_bucket"
+        ]
     );
 }
 
@@ -278,7 +324,10 @@ fn alert_rules_are_complete_and_read_served_metrics() {
         for rule in rules {
             let alert = str_at(rule, "alert", &format!("a rule of group {group_name}"));
             let context = format!("alert {alert}");
-            assert!(alerts.insert(alert.to_owned()), "{context}: the name is used twice");
+            assert!(
+                alerts.insert(alert.to_owned()),
+                "{context}: the name is used twice"
+            );
             assert!(
                 alert.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                 "{context}: alert names are identifiers"
@@ -322,7 +371,10 @@ fn dashboard_charts_every_metric_and_only_those() {
             "dashboard `{key}`"
         );
     }
-    assert!(dashboard["schemaVersion"].is_u64(), "dashboard schemaVersion");
+    assert!(
+        dashboard["schemaVersion"].is_u64(),
+        "dashboard schemaVersion"
+    );
     let panels = dashboard["panels"]
         .as_array()
         .filter(|panels| !panels.is_empty())
@@ -378,7 +430,10 @@ fn dashboard_charts_every_metric_and_only_those() {
         .map(|name| family(name))
         .filter(|name| !charted.contains(name))
         .collect();
-    assert!(missing.is_empty(), "the dashboard does not chart {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "the dashboard does not chart {missing:?}"
+    );
 }
 
 /// Whether chatter's configuration has a setting of this (environment) name: a
@@ -425,12 +480,24 @@ fn compose_runs_the_cluster_as_documented() {
     let redis = named("redis");
     let command = flat_command(redis);
     for flag in ["--appendonly yes", "--maxmemory-policy noeviction"] {
-        assert!(command.contains(flag), "redis command lacks `{flag}`: {command}");
+        assert!(
+            command.contains(flag),
+            "redis command lacks `{flag}`: {command}"
+        );
     }
-    assert!(redis.get("volumes").is_some(), "redis keeps its AOF on a volume");
+    assert!(
+        redis.get("volumes").is_some(),
+        "redis keeps its AOF on a volume"
+    );
     let postgres = named("postgres");
-    assert!(postgres.get("volumes").is_some(), "postgres keeps its data on a volume");
-    assert!(postgres.get("healthcheck").is_some(), "postgres has a health check");
+    assert!(
+        postgres.get("volumes").is_some(),
+        "postgres keeps its data on a volume"
+    );
+    assert!(
+        postgres.get("healthcheck").is_some(),
+        "postgres has a health check"
+    );
 
     let drain_default = Config::default().drain_window_secs;
     let mut gateways = Vec::new();
@@ -450,8 +517,16 @@ fn compose_runs_the_cluster_as_documented() {
             Some("deploy/Dockerfile"),
             "{name}: built from deploy/Dockerfile"
         );
-        assert_eq!(service.get("read_only").and_then(Value::as_bool), Some(true), "{name}: read_only");
-        assert_eq!(str_at(service, "user", name), "10001:10001", "{name}: the images' user");
+        assert_eq!(
+            service.get("read_only").and_then(Value::as_bool),
+            Some(true),
+            "{name}: read_only"
+        );
+        assert_eq!(
+            str_at(service, "user", name),
+            "10001:10001",
+            "{name}: the images' user"
+        );
         let env = service
             .get("environment")
             .and_then(Value::as_mapping)
@@ -459,7 +534,10 @@ fn compose_runs_the_cluster_as_documented() {
         let mut set = HashSet::new();
         for (key, value) in env {
             let key = key.as_str().expect("env names are strings");
-            assert!(is_chatter_setting(key), "{name}: {key} is not a chatter setting");
+            assert!(
+                is_chatter_setting(key),
+                "{name}: {key} is not a chatter setting"
+            );
             assert!(
                 value.as_str().is_some(),
                 "{name}: {key} must be a string (compose passes strings; quote numbers)"
@@ -475,14 +553,18 @@ fn compose_runs_the_cluster_as_documented() {
             .map(|secs| secs.parse::<u64>().expect("DRAIN_WINDOW_SECS is a number"))
             .unwrap_or(drain_default);
         let grace = str_at(service, "stop_grace_period", name);
-        let grace = parse_duration(grace).unwrap_or_else(|| panic!("{name}: stop_grace_period {grace}"));
+        let grace =
+            parse_duration(grace).unwrap_or_else(|| panic!("{name}: stop_grace_period {grace}"));
         assert!(
             grace >= Duration::from_secs(drain + 5),
             "{name}: stop_grace_period {grace:?} must cover DRAIN_WINDOW_SECS ({drain} s) plus a margin"
         );
         for backend in ["redis", "postgres"] {
             assert!(
-                service.get("depends_on").and_then(|d| d.get(backend)).is_some(),
+                service
+                    .get("depends_on")
+                    .and_then(|d| d.get(backend))
+                    .is_some(),
                 "{name}: depends on {backend}"
             );
         }
@@ -508,7 +590,9 @@ fn compose_runs_the_cluster_as_documented() {
         .map(|mounts| mounts.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     assert!(
-        mounts.iter().any(|m| m.starts_with("./nginx/chatter.conf:/etc/nginx/templates/")),
+        mounts
+            .iter()
+            .any(|m| m.starts_with("./nginx/chatter.conf:/etc/nginx/templates/")),
         "nginx renders deploy/nginx/chatter.conf as a template: {mounts:?}"
     );
     let upstreams = str_at(&nginx["environment"], "CHATTER_UPSTREAM_SERVERS", "nginx");
@@ -572,41 +656,73 @@ fn dockerfile_builds_what_ci_builds_and_runs_locked_down() {
         .lines()
         .find_map(|line| line.strip_prefix("ARG RUST_VERSION="))
         .expect("Dockerfile: ARG RUST_VERSION=");
-    let version = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().expect("a version")).collect() };
+    let version = |v: &str| -> Vec<u32> {
+        v.split('.')
+            .map(|p| p.parse().expect("a version"))
+            .collect()
+    };
     assert!(
         version(image) >= version(&minimum),
         "the build image's Rust {image} is older than rust-version {minimum}"
     );
 
     let build = stage("build");
-    assert!(has(build, "FROM rust:${RUST_VERSION}"), "build stage on the official rust image");
-    assert!(has(build, BUILD_COMMAND), "the build stage runs `{BUILD_COMMAND}`");
+    assert!(
+        has(build, "FROM rust:${RUST_VERSION}"),
+        "build stage on the official rust image"
+    );
+    assert!(
+        has(build, BUILD_COMMAND),
+        "the build stage runs `{BUILD_COMMAND}`"
+    );
     let local = read("deploy/local-cluster.sh");
     assert!(
-        local.contains(r#"cargo build "${profile[@]}" --locked -p chatter-gateway -p chatter-worker"#)
-            && local.contains("profile=(--release)"),
+        local.contains(
+            r#"cargo build "${profile[@]}" --locked -p chatter-gateway -p chatter-worker"#
+        ) && local.contains("profile=(--release)"),
         "deploy/local-cluster.sh builds with the images' command"
     );
 
     let runtime = stage("runtime");
-    assert!(has(runtime, "USER 10001:10001"), "runtime runs as 10001:10001");
-    assert!(has(runtime, r#"ENTRYPOINT ["tini", "--"]"#), "tini is PID 1");
+    assert!(
+        has(runtime, "USER 10001:10001"),
+        "runtime runs as 10001:10001"
+    );
+    assert!(
+        has(runtime, r#"ENTRYPOINT ["tini", "--"]"#),
+        "tini is PID 1"
+    );
     assert!(has(runtime, "tini"), "tini is installed");
     for (target, binary, port) in [
         ("gateway", "chatter-gateway", "8080"),
         ("worker", "chatter-worker", "9091"),
     ] {
         let lines = stage(target);
-        assert!(lines[0].contains("FROM runtime AS"), "{target} builds on the runtime stage");
-        assert!(has(lines, &format!("/usr/local/bin/{binary}")), "{target}: /usr/local/bin/{binary}");
-        assert!(has(lines, &format!("EXPOSE {port}")), "{target}: EXPOSE {port}");
+        assert!(
+            lines[0].contains("FROM runtime AS"),
+            "{target} builds on the runtime stage"
+        );
+        assert!(
+            has(lines, &format!("/usr/local/bin/{binary}")),
+            "{target}: /usr/local/bin/{binary}"
+        );
+        assert!(
+            has(lines, &format!("EXPOSE {port}")),
+            "{target}: EXPOSE {port}"
+        );
         assert!(has(lines, "HEALTHCHECK"), "{target}: HEALTHCHECK");
-        assert!(has(lines, &format!(r#"CMD ["{binary}"]"#)), "{target}: CMD {binary}");
+        assert!(
+            has(lines, &format!(r#"CMD ["{binary}"]"#)),
+            "{target}: CMD {binary}"
+        );
         assert!(!has(lines, "USER root"), "{target}: stays non-root");
     }
     let config = Config::default();
     assert_eq!(config.port, 8080, "EXPOSE 8080 is the default PORT");
-    assert_eq!(config.worker_port, 9091, "EXPOSE 9091 is the default WORKER_PORT");
+    assert_eq!(
+        config.worker_port, 9091,
+        "EXPOSE 9091 is the default WORKER_PORT"
+    );
 }
 
 /// The value of an nginx directive in the template (first occurrence).
@@ -622,7 +738,10 @@ fn directive<'a>(conf: &'a str, name: &str) -> Option<&'a str> {
 fn nginx_passes_websockets_and_retries_a_draining_gateway() {
     let conf = read("deploy/nginx/chatter.conf");
     assert_eq!(directive(&conf, "proxy_http_version"), Some("1.1"));
-    assert!(conf.contains("map $http_upgrade $connection_upgrade"), "Upgrade/Connection map");
+    assert!(
+        conf.contains("map $http_upgrade $connection_upgrade"),
+        "Upgrade/Connection map"
+    );
     assert!(conf.contains("proxy_set_header Upgrade $http_upgrade;"));
     assert!(conf.contains("proxy_set_header Connection $connection_upgrade;"));
     assert!(conf.contains("proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"));
@@ -639,7 +758,10 @@ fn nginx_passes_websockets_and_retries_a_draining_gateway() {
     }
     let retry = directive(&conf, "proxy_next_upstream").expect("proxy_next_upstream");
     for condition in ["error", "timeout", "http_503", "non_idempotent"] {
-        assert!(retry.split(' ').any(|word| word == condition), "proxy_next_upstream lacks {condition}");
+        assert!(
+            retry.split(' ').any(|word| word == condition),
+            "proxy_next_upstream lacks {condition}"
+        );
     }
     let tries: u32 = directive(&conf, "proxy_next_upstream_tries")
         .and_then(|tries| tries.parse().ok())
