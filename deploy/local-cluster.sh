@@ -97,13 +97,15 @@ start_bg() {
     echo $! >"$(pid_file "$name")"
 }
 
-# Waits until `check` (the rest) succeeds, while process `name` is alive.
+# Waits until `check` (the rest) succeeds, while process `name` is alive. (Only
+# alive: right after the fork the child still shows this script's command line.)
 wait_ready() {
     local name=$1 seconds=$2
     shift 2
-    local deadline=$((SECONDS + seconds))
+    local deadline=$((SECONDS + seconds)) pid
+    pid=$(<"$(pid_file "$name")")
     until "$@" >/dev/null 2>&1; do
-        if ! running_pid "$name" >/dev/null; then
+        if ! alive "$pid"; then
             log "$name exited while starting; last lines of $dir/logs/$name.log:"
             tail -n 20 "$dir/logs/$name.log" >&2 || true
             return 1
@@ -293,7 +295,11 @@ http {
     include $dir/nginx/chatter.conf;
 }
 EOF
-    "$nginx" -q -t -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/logs/nginx.log" ||
+    # stdout as when it runs: the access log is /dev/stdout, which a non-root
+    # nginx can open only if it is a file of its own. (Both only append to it.)
+    # shellcheck disable=SC2094
+    "$nginx" -q -t -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/logs/nginx.log" \
+        >>"$dir/logs/nginx.log" ||
         die "nginx refuses its configuration ($dir/nginx/nginx.conf)"
     start_bg nginx "$nginx" -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/logs/nginx.log"
     wait_ready nginx 20 probe "$lb_port" /readyz

@@ -92,7 +92,8 @@ ok "chat through nginx across gateways"
 # 4. a draining gateway: new sockets still get through
 gateway_urls=()
 for file in "$dir"/pids/gateway-*.port; do gateway_urls+=("http://127.0.0.1:$(<"$file")"); done
-client hold "${gateway_urls[@]}" >"$dir/hold.out" &
+# python3 itself in the background (not through `client`), so $! is the process to kill.
+python3 "$repo/deploy/smoke_client.py" hold "${gateway_urls[@]}" >"$dir/hold.out" &
 holder=$!
 for _ in $(seq 50); do grep -q holding "$dir/hold.out" && break; sleep 0.1; done
 grep -q holding "$dir/hold.out"
