@@ -111,21 +111,16 @@ fn str_at<'a>(value: &'a Value, key: &str, context: &str) -> &'a str {
 /// A Prometheus duration (`30s`, `5m`, `1h30m`, `250ms`): units from largest to
 /// smallest, each at most once. Compose's `stop_grace_period` uses the same form.
 fn parse_duration(text: &str) -> Option<Duration> {
+    // In the order they must appear, with their length in milliseconds.
     const UNITS: &[(&str, u64)] = &[
         ("y", 365 * 24 * 3_600_000),
         ("w", 7 * 24 * 3_600_000),
         ("d", 24 * 3_600_000),
         ("h", 3_600_000),
-        ("ms", 1),
         ("m", 60_000),
         ("s", 1000),
+        ("ms", 1),
     ];
-    // Rank of each unit in the required order (ms comes last, after s).
-    let rank = |unit: &str| {
-        ["y", "w", "d", "h", "m", "s", "ms"]
-            .iter()
-            .position(|u| *u == unit)
-    };
     let mut rest = text;
     let mut total = 0u64;
     let mut last_rank = None;
@@ -136,12 +131,16 @@ fn parse_duration(text: &str) -> Option<Duration> {
         }
         let number: u64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let (unit, millis) = UNITS.iter().find(|(unit, _)| rest.starts_with(unit))?;
-        let this_rank = rank(unit);
-        if last_rank.is_some_and(|last| this_rank <= Some(last)) {
+        // The longest unit that matches: `5ms` is milliseconds, not minutes.
+        let (rank, (unit, millis)) = UNITS
+            .iter()
+            .enumerate()
+            .filter(|(_, (unit, _))| rest.starts_with(unit))
+            .max_by_key(|(_, (unit, _))| unit.len())?;
+        if last_rank.is_some_and(|last| rank <= last) {
             return None;
         }
-        last_rank = this_rank;
+        last_rank = Some(rank);
         total = total.checked_add(number.checked_mul(*millis)?)?;
         rest = &rest[unit.len()..];
     }
@@ -297,6 +296,10 @@ fn durations_parse_like_prometheus() {
     assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
     assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
     assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(
+        parse_duration("1m30s5ms"),
+        Some(Duration::from_millis(90_005))
+    );
     for bad in ["", "5", "m", "5x", "30s5m", "1.5m", "5m5m", "-5m"] {
         assert_eq!(parse_duration(bad), None, "{bad:?}");
     }
