@@ -19,6 +19,7 @@ pub mod read_state;
 pub mod resume;
 pub mod room_events;
 pub mod state;
+pub mod storable;
 pub mod tickets;
 pub mod ws;
 

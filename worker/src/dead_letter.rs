@@ -14,30 +14,41 @@ pub enum DeadLetters {
 }
 
 impl DeadLetters {
-    /// An ingest entry that can never be stored.
-    pub async fn ingest(&self, fields: Vec<(String, String)>, problem: &str) {
+    /// An ingest entry that can never be stored, with every field it had (see
+    /// `IngestEntry::to_fields`) plus `problem`. False if the dead letter could
+    /// not be written: the caller must then keep the entry (not acknowledge it),
+    /// so that it is retried rather than lost.
+    #[must_use]
+    pub async fn ingest(&self, fields: Vec<(String, String)>, problem: &str) -> bool {
         tracing::error!(problem, "an ingest entry cannot be stored; dead-lettered");
-        self.write(INGEST_DEAD_LETTER, fields, problem).await;
+        self.write(INGEST_DEAD_LETTER, fields, problem).await
     }
 
     /// A notification that failed after every retry (or never got a chance).
     pub async fn notification(&self, body: String, problem: &str) {
         tracing::warn!(problem, "notification dead-lettered");
-        self.write(NOTIFY_DEAD_LETTER, vec![("body".into(), body)], problem)
+        // Notifications are at most once (docs/ARCHITECTURE.md): a dead letter
+        // that cannot be written is logged, and that is all.
+        let _ = self
+            .write(NOTIFY_DEAD_LETTER, vec![("body".into(), body)], problem)
             .await;
     }
 
-    async fn write(&self, stream: &str, mut fields: Vec<(String, String)>, problem: &str) {
+    async fn write(&self, stream: &str, mut fields: Vec<(String, String)>, problem: &str) -> bool {
         fields.push(("problem".into(), problem.into()));
         match self {
             DeadLetters::Redis(redis) => {
                 let added: Result<String, Error> =
                     redis.xadd(stream, false, None, "*", fields).await;
-                if let Err(error) = added {
+                if let Err(error) = &added {
                     tracing::error!(%error, stream, "cannot write a dead letter");
                 }
+                added.is_ok()
             }
-            DeadLetters::Log => tracing::error!(stream, ?fields, "dead letter"),
+            DeadLetters::Log => {
+                tracing::error!(stream, ?fields, "dead letter");
+                true
+            }
         }
     }
 }

@@ -164,7 +164,9 @@ impl Persister {
                 Err(problem) => {
                     let mut record: Vec<(String, String)> = fields.into_iter().collect();
                     record.push(("stream_id".into(), stream_id.clone()));
-                    self.batches.dead_letters.ingest(record, &problem).await;
+                    if !self.batches.dead_letters.ingest(record, &problem).await {
+                        return; // left pending: retried once Redis takes the dead letter
+                    }
                 }
             }
             ids.push(stream_id);
