@@ -605,3 +605,99 @@ async fn an_unstorable_ingest_entry_is_dead_lettered_with_every_field() {
     .await
     .expect("the stream is drained");
 }
+
+/// An entry whose bytes are not UTF-8 (only something with direct access to
+/// Redis can write one) must not make its whole read unreadable: it is
+/// dead-lettered byte for byte, the rest of its batch is stored, and nothing is
+/// left pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_that_is_not_utf8_is_dead_lettered_byte_for_byte() {
+    let cluster = Cluster::builder(binaries!())
+        .env("WORKER_CLAIM_IDLE_MS", "500")
+        .env("WORKER_CLAIM_INTERVAL_MS", "200")
+        .start()
+        .await
+        .expect("cluster");
+    ensure_users(&cluster, &["alice", "bob"])
+        .await
+        .expect("users");
+    let room = create_room(&cluster, 0, "alice", &["bob"])
+        .await
+        .expect("room");
+    let redis = cluster.redis();
+    let at = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).to_string();
+    let bad_id = uuid::Uuid::now_v7().to_string();
+    let good_id = uuid::Uuid::now_v7().to_string();
+    // Lua writes the byte 0xFF, which no &str can carry.
+    const XADD_BOTH: &str = "
+        redis.call('XADD', KEYS[1], '*', 'id', ARGV[1], 'room', ARGV[3], 'seq', '500',
+            'sender', 'alice', 'body', 'a' .. string.char(255) .. 'b', 'temp', '', 'parent', '',
+            'at', ARGV[4])
+        redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'room', ARGV[3], 'seq', '501',
+            'sender', 'alice', 'body', 'fine', 'temp', '', 'parent', '', 'at', ARGV[4])
+        return 1";
+    redis
+        .cmd(&[
+            "EVAL",
+            XADD_BOTH,
+            "1",
+            "chatter:ingest",
+            &bad_id,
+            &good_id,
+            &room,
+            &at,
+        ])
+        .await
+        .expect("XADD");
+
+    let dead = eventually(STORE_WAIT, || async {
+        match redis
+            .cmd(&["XRANGE", "chatter:ingest:dead", "-", "+"])
+            .await?
+        {
+            Resp::Array(Some(entries)) if !entries.is_empty() => Ok(entries),
+            other => Err(anyhow::anyhow!("no dead letter yet: {other:?}")),
+        }
+    })
+    .await
+    .expect("the entry is dead-lettered");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let fields = entry_fields(&dead[0]);
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("dead letter lacks {name}: {}", readable(&fields)))
+    };
+    assert_eq!(field("body"), b"a\xffb", "the body, byte for byte");
+    assert_eq!(field("id"), bad_id.as_bytes());
+    assert_eq!(field("seq"), b"500");
+    assert!(!field("problem").is_empty());
+
+    eventually(STORE_WAIT, || async {
+        let stored = history(&cluster, &room, "alice").await;
+        match stored.as_slice() {
+            [(501, id, _)] if *id == good_id => Ok(()),
+            other => Err(anyhow::anyhow!("stored {other:?}")),
+        }
+    })
+    .await
+    .expect("the good entry of the batch is stored");
+    eventually(STORE_WAIT, || async {
+        let len = redis.cmd(&["XLEN", "chatter:ingest"]).await?.as_int();
+        let pending = match redis
+            .cmd(&["XPENDING", "chatter:ingest", "persisters"])
+            .await?
+        {
+            Resp::Array(Some(summary)) => summary[0].as_int(),
+            _ => None,
+        };
+        match (len, pending) {
+            (Some(0), Some(0)) => Ok(()),
+            other => Err(anyhow::anyhow!("stream length, pending: {other:?}")),
+        }
+    })
+    .await
+    .expect("the stream is drained and nothing is pending");
+}
