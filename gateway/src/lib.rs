@@ -21,6 +21,7 @@ pub mod resume;
 pub mod room_events;
 pub mod server;
 pub mod state;
+pub mod storable;
 pub mod tickets;
 pub mod ws;
 

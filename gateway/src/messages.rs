@@ -8,6 +8,7 @@
 //! deletion) looks it up with [`stored_message`], which waits that long.
 
 use crate::state::App;
+use crate::storable;
 use chatter_shared::ingest::{AppendOutcome, NewMessage};
 use chatter_shared::protocol::{MessageView, now_micros};
 use chatter_shared::telemetry::metric;
@@ -28,6 +29,10 @@ pub enum Refusal {
     EmptyMessage,
     MessageTooLong,
     TempIdTooLong,
+    /// The text holds a character it may not (see [`crate::storable`]).
+    BadMessage,
+    /// The temp id holds a control character.
+    BadTempId,
     Backlogged,
     Unavailable,
 }
@@ -40,8 +45,27 @@ impl Refusal {
             Refusal::EmptyMessage => "empty_message",
             Refusal::MessageTooLong => "message_too_long",
             Refusal::TempIdTooLong => "temp_id_too_long",
+            Refusal::BadMessage => "bad_message",
+            Refusal::BadTempId => "bad_temp_id",
             Refusal::Backlogged => "server_busy",
             Refusal::Unavailable => "unavailable",
+        }
+    }
+
+    /// The refusal for a human (HTTP error messages).
+    pub fn explanation(self) -> &'static str {
+        match self {
+            Refusal::NotMember => "not a member of the room",
+            Refusal::BadParent => "parent_id is not a message of this room",
+            Refusal::EmptyMessage => "the message is empty",
+            Refusal::MessageTooLong => "the message is longer than MAX_MESSAGE_CHARS",
+            Refusal::TempIdTooLong => "the temp id is longer than MAX_TEMP_ID_CHARS",
+            Refusal::BadMessage => {
+                "the message contains a control character (only tab, line feed and carriage return are allowed)"
+            }
+            Refusal::BadTempId => "the temp id contains a control character",
+            Refusal::Backlogged => "the server is busy; retry later",
+            Refusal::Unavailable => "the service is unavailable; retry later",
         }
     }
 }
@@ -63,6 +87,10 @@ pub struct Draft<'a> {
 
 /// Checks the draft's shape; membership is the caller's to check (a socket knows
 /// its rooms locally, HTTP asks the database).
+///
+/// Everything the database will store is checked here, before Redis assigns a
+/// seq: a message that could only fail in the worker would be confirmed and
+/// delivered, then never stored, leaving a gap in the room.
 pub fn validate(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
     if draft.body.trim().is_empty() {
         return Err(Refusal::EmptyMessage);
@@ -70,11 +98,16 @@ pub fn validate(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
     if draft.body.chars().count() > app.config.max_message_chars {
         return Err(Refusal::MessageTooLong);
     }
-    if draft
-        .temp_id
-        .is_some_and(|t| t.chars().count() > app.config.max_temp_id_chars)
-    {
-        return Err(Refusal::TempIdTooLong);
+    if !storable::is_message_text(draft.body) {
+        return Err(Refusal::BadMessage);
+    }
+    if let Some(temp_id) = draft.temp_id {
+        if temp_id.chars().count() > app.config.max_temp_id_chars {
+            return Err(Refusal::TempIdTooLong);
+        }
+        if !storable::is_one_line(temp_id) {
+            return Err(Refusal::BadTempId);
+        }
     }
     Ok(())
 }

@@ -269,6 +269,28 @@ pub struct IngestEntry {
 }
 
 impl IngestEntry {
+    /// The entry's fields as the ingest script writes them (`APPEND_LUA`'s
+    /// `XADD`), in the same order: what a dead letter keeps, so an operator can
+    /// fix it and `XADD` it back. [`IngestEntry::from_fields`] reads them back.
+    pub fn to_fields(&self) -> Vec<(String, String)> {
+        [
+            ("id", self.id.to_string()),
+            ("room", self.room_id.to_string()),
+            ("seq", self.seq.to_string()),
+            ("sender", self.sender_id.clone()),
+            ("body", self.body.clone()),
+            ("temp", self.temp_id.clone().unwrap_or_default()),
+            (
+                "parent",
+                self.parent_id.map(|p| p.to_string()).unwrap_or_default(),
+            ),
+            ("at", micros(self.created_at).to_string()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+    }
+
     /// Parses the stream entry's fields; `Err` names the field that is wrong.
     pub fn from_fields(fields: &HashMap<String, String>) -> Result<IngestEntry, String> {
         let get = |name: &str| {
@@ -326,5 +348,28 @@ mod tests {
         );
         assert_eq!(parse_reply(&s(&["cold"])).ok(), Some(AppendOutcome::Cold));
         assert!(parse_reply(&s(&["what"])).is_err());
+    }
+
+    #[test]
+    fn fields_read_back_as_the_same_entry() {
+        let entry = IngestEntry {
+            id: Uuid::now_v7(),
+            room_id: Uuid::now_v7(),
+            seq: 42,
+            sender_id: "alice".into(),
+            body: "a\u{0}b".into(),
+            temp_id: Some("t-1".into()),
+            parent_id: Some(Uuid::now_v7()),
+            created_at: crate::protocol::now_micros(),
+        };
+        let fields: HashMap<String, String> = entry.to_fields().into_iter().collect();
+        assert_eq!(IngestEntry::from_fields(&fields), Ok(entry.clone()));
+        let plain = IngestEntry {
+            temp_id: None,
+            parent_id: None,
+            ..entry
+        };
+        let fields: HashMap<String, String> = plain.to_fields().into_iter().collect();
+        assert_eq!(IngestEntry::from_fields(&fields), Ok(plain));
     }
 }

@@ -52,8 +52,11 @@ impl Presence {
 impl Batches {
     /// Inserts the batch, retrying while the database is unavailable. A batch that
     /// fails for another reason is stored entry by entry, and entries that still
-    /// fail are dead-lettered, so one bad row never blocks the rest.
-    /// `None` only when `shutdown` interrupts the retries.
+    /// fail are dead-lettered with all their fields, so one bad row never blocks
+    /// the rest. `None` when `shutdown` interrupts the retries, or when the
+    /// database or the dead-letter stream fails midway through the entries: the
+    /// caller then leaves the batch unacknowledged, to be retried (entries
+    /// already stored are skipped by their id then).
     pub async fn store(
         &self,
         batch: &[IngestEntry],
@@ -84,8 +87,10 @@ impl Batches {
                             Ok(ids) => inserted.extend(ids),
                             Err(error) if is_transient(&error) => return None,
                             Err(error) => {
-                                let fields = vec![("id".to_owned(), entry.id.to_string())];
-                                self.dead_letters.ingest(fields, &error.to_string()).await;
+                                let problem = error.to_string();
+                                if !self.dead_letters.ingest(entry.to_fields(), &problem).await {
+                                    return None;
+                                }
                             }
                         }
                     }

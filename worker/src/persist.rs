@@ -5,13 +5,19 @@ use chatter_shared::config::Config;
 use chatter_shared::ingest::IngestEntry;
 use chatter_shared::keyspace::{INGEST_GROUP, INGEST_STREAM};
 use chatter_shared::telemetry::metric;
+use fred::bytes::Bytes;
 use fred::prelude::*;
+use fred::types::Key;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-type Fields = HashMap<String, String>;
+/// An entry's fields as Redis holds them: bytes. Read as text, a single field
+/// that is not UTF-8 (only something with direct access to Redis could write
+/// one) would make the whole reply unreadable, and every entry in it would stay
+/// pending for ever; as bytes, that one entry is dead-lettered and the rest go on.
+type Fields = HashMap<Key, Bytes>;
 
 pub struct Persister {
     batches: Batches,
@@ -94,7 +100,7 @@ impl Persister {
                 Ok(Value::Null) => backoff = RETRY_MIN, // BLOCK timed out: nothing new
                 Ok(reply) => {
                     backoff = RETRY_MIN;
-                    match reply.into_xread_response::<String, String, String, String>() {
+                    match reply.into_xread_response::<String, String, Key, Bytes>() {
                         Ok(mut streams) => {
                             let entries = streams.remove(INGEST_STREAM).unwrap_or_default();
                             self.handle(entries, give_up).await;
@@ -166,12 +172,17 @@ impl Persister {
         let mut ids = Vec::with_capacity(entries.len());
         let mut batch = Vec::with_capacity(entries.len());
         for (stream_id, fields) in entries {
-            match IngestEntry::from_fields(&fields) {
+            match as_text(&fields).and_then(|text| IngestEntry::from_fields(&text)) {
                 Ok(entry) => batch.push(entry),
                 Err(problem) => {
-                    let mut record: Vec<(String, String)> = fields.into_iter().collect();
-                    record.push(("stream_id".into(), stream_id.clone()));
-                    self.batches.dead_letters.ingest(record, &problem).await;
+                    let mut record: Vec<(Bytes, Bytes)> = fields
+                        .into_iter()
+                        .map(|(name, value)| (name.into_bytes(), value))
+                        .collect();
+                    record.push(("stream_id".into(), stream_id.clone().into()));
+                    if !self.batches.dead_letters.ingest(record, &problem).await {
+                        return; // left pending: retried once Redis takes the dead letter
+                    }
                 }
             }
             ids.push(stream_id);
@@ -209,4 +220,19 @@ impl Persister {
             }
         }
     }
+}
+
+/// The fields as text; `Err` names the first one that is not UTF-8.
+fn as_text(fields: &Fields) -> Result<HashMap<String, String>, String> {
+    fields
+        .iter()
+        .map(|(name, value)| {
+            let name = name
+                .as_str()
+                .ok_or_else(|| "a field name is not UTF-8".to_owned())?;
+            let value =
+                std::str::from_utf8(value).map_err(|_| format!("field {name} is not UTF-8"))?;
+            Ok((name.to_owned(), value.to_owned()))
+        })
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! Messages: batched idempotent inserts (worker) and keyset-paginated history (gateway).
 
 use super::Store;
+use super::rooms::members_in_order;
 use crate::ingest::IngestEntry;
 use crate::protocol::MessageView;
 use time::OffsetDateTime;
@@ -77,51 +78,27 @@ impl Store {
         };
         let ascending = matches!(page, HistoryPage::After { .. });
         // Latest is "before +infinity"; the two directions are two statements.
-        let (postgres, sqlite) = if ascending {
-            (
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE room_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
-                ),
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE room_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3"
-                ),
+        let sql = if ascending {
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE room_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
             )
         } else {
-            (
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
-                ),
-                concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE room_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-                ),
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
             )
         };
-        let rows: Vec<MessageRow> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(postgres)
-                    .bind(room_id)
-                    .bind(seq)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_as(sqlite)
-                    .bind(room_id)
-                    .bind(seq)
-                    .bind(limit)
-                    .fetch_all(pool)
-                    .await?
-            }
-        };
+        let rows: Vec<MessageRow> = on_pool!(self, pool => {
+            sqlx::query_as(sql)
+                .bind(room_id)
+                .bind(seq)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        });
         let mut messages: Vec<MessageView> = rows.into_iter().map(MessageView::from).collect();
         if !ascending {
             messages.reverse();
@@ -131,26 +108,20 @@ impl Store {
 
     /// The highest persisted seq of a room (0 for none): the floor for its counter.
     pub async fn max_seq(&self, room_id: Uuid) -> Result<i64, sqlx::Error> {
-        match self {
-            Store::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT COALESCE(MAX(seq), 0)::int8 FROM messages WHERE room_id = $1",
-                )
+        on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = $1")
                 .bind(room_id)
                 .fetch_one(pool)
                 .await
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = ?1")
-                    .bind(room_id)
-                    .fetch_one(pool)
-                    .await
-            }
-        }
+        })
     }
 
     /// Inserts a batch atomically; entries already stored (a replay after a crash,
-    /// a reclaimed entry) are skipped. Returns the ids actually inserted.
+    /// a reclaimed entry) are skipped by their id. Returns the ids actually inserted.
+    ///
+    /// Only the id may conflict quietly: any other clash (a seq already taken)
+    /// fails the batch, so the worker stores it entry by entry and dead-letters
+    /// the clashing one rather than dropping a confirmed message in silence.
     pub async fn insert_messages(&self, batch: &[IngestEntry]) -> Result<Vec<Uuid>, sqlx::Error> {
         match self {
             Store::Postgres(pool) => {
@@ -167,7 +138,7 @@ impl Store {
                     "INSERT INTO messages (id, room_id, seq, sender_id, body, client_msg_id, parent_id, created_at)
                      SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[],
                                           $6::text[], $7::uuid[], $8::timestamptz[])
-                     ON CONFLICT DO NOTHING
+                     ON CONFLICT (id) DO NOTHING
                      RETURNING id",
                 )
                 .bind(&ids)
@@ -187,9 +158,10 @@ impl Store {
                 let mut inserted = Vec::with_capacity(batch.len());
                 for entry in batch {
                     let id: Option<Uuid> = sqlx::query_scalar(
-                        "INSERT OR IGNORE INTO messages
+                        "INSERT INTO messages
                              (id, room_id, seq, sender_id, body, client_msg_id, parent_id, created_at, persisted_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                         ON CONFLICT (id) DO NOTHING
                          RETURNING id",
                     )
                     .bind(entry.id)
@@ -218,30 +190,18 @@ impl Store {
         room_id: Uuid,
         message_id: Uuid,
     ) -> Result<Option<MessageView>, sqlx::Error> {
-        let row: Option<MessageRow> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE id = $1 AND room_id = $2"
-                ))
+        let sql = concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE id = $1 AND room_id = $2"
+        );
+        let row: Option<MessageRow> = on_pool!(self, pool => {
+            sqlx::query_as(sql)
                 .bind(message_id)
                 .bind(room_id)
                 .fetch_optional(pool)
                 .await?
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE id = ?1 AND room_id = ?2"
-                ))
-                .bind(message_id)
-                .bind(room_id)
-                .fetch_optional(pool)
-                .await?
-            }
-        };
+        });
         Ok(row.map(MessageView::from))
     }
 
@@ -253,34 +213,20 @@ impl Store {
         body: &str,
     ) -> Result<Option<MessageView>, sqlx::Error> {
         let now = crate::protocol::now_micros();
-        let row: Option<MessageRow> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(concat!(
-                    "UPDATE messages SET body = $3, edited_at = $4
-                     WHERE id = $1 AND room_id = $2 AND deleted_at IS NULL RETURNING ",
-                    message_columns!()
-                ))
+        let sql = concat!(
+            "UPDATE messages SET body = $3, edited_at = $4
+             WHERE id = $1 AND room_id = $2 AND deleted_at IS NULL RETURNING ",
+            message_columns!()
+        );
+        let row: Option<MessageRow> = on_pool!(self, pool => {
+            sqlx::query_as(sql)
                 .bind(message_id)
                 .bind(room_id)
                 .bind(body)
                 .bind(now)
                 .fetch_optional(pool)
                 .await?
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_as(concat!(
-                    "UPDATE messages SET body = ?3, edited_at = ?4
-                     WHERE id = ?1 AND room_id = ?2 AND deleted_at IS NULL RETURNING ",
-                    message_columns!()
-                ))
-                .bind(message_id)
-                .bind(room_id)
-                .bind(body)
-                .bind(now)
-                .fetch_optional(pool)
-                .await?
-            }
-        };
+        });
         Ok(row.map(MessageView::from))
     }
 
@@ -293,32 +239,19 @@ impl Store {
         message_id: Uuid,
     ) -> Result<Option<MessageView>, sqlx::Error> {
         let now = crate::protocol::now_micros();
-        let row: Option<MessageRow> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(concat!(
-                    "UPDATE messages SET body = '', deleted_at = COALESCE(deleted_at, $3)
-                     WHERE id = $1 AND room_id = $2 RETURNING ",
-                    message_columns!()
-                ))
+        let sql = concat!(
+            "UPDATE messages SET body = '', deleted_at = COALESCE(deleted_at, $3)
+             WHERE id = $1 AND room_id = $2 RETURNING ",
+            message_columns!()
+        );
+        let row: Option<MessageRow> = on_pool!(self, pool => {
+            sqlx::query_as(sql)
                 .bind(message_id)
                 .bind(room_id)
                 .bind(now)
                 .fetch_optional(pool)
                 .await?
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_as(concat!(
-                    "UPDATE messages SET body = '', deleted_at = COALESCE(deleted_at, ?3)
-                     WHERE id = ?1 AND room_id = ?2 RETURNING ",
-                    message_columns!()
-                ))
-                .bind(message_id)
-                .bind(room_id)
-                .bind(now)
-                .fetch_optional(pool)
-                .await?
-            }
-        };
+        });
         Ok(row.map(MessageView::from))
     }
 
@@ -342,7 +275,7 @@ impl Store {
                     let row: Option<MessageRow> = sqlx::query_as(concat!(
                         "SELECT ",
                         message_columns!(),
-                        " FROM messages WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1"
+                        " FROM messages WHERE room_id = $1 ORDER BY seq DESC LIMIT 1"
                     ))
                     .bind(room)
                     .fetch_optional(pool)
@@ -370,13 +303,11 @@ impl Store {
             Store::Sqlite(pool) => {
                 let mut members = Vec::new();
                 for room in rooms {
-                    let mut of_room: Vec<MemberOfRoom> = sqlx::query_as(
-                        "SELECT room_id, user_id FROM room_members WHERE room_id = ?1
-                         ORDER BY role = 'owner' DESC, joined_at, user_id",
-                    )
-                    .bind(room)
-                    .fetch_all(pool)
-                    .await?;
+                    let mut of_room: Vec<MemberOfRoom> =
+                        sqlx::query_as(members_in_order!("room_id, user_id", sqlite))
+                            .bind(room)
+                            .fetch_all(pool)
+                            .await?;
                     members.append(&mut of_room);
                 }
                 Ok(members)

@@ -1,14 +1,33 @@
 //! Storage: Postgres for a cluster, SQLite for the embedded mode.
 //!
-//! [`Store`] is an enum over the two pools. Each query is written once per dialect,
-//! side by side in the resource modules (`users`, `rooms`, `messages`), so a change
-//! to one is made to the other in the same place. Queries are plain SQL with binds;
-//! they live here rather than beside each handler because the gateway, the worker
-//! and the embedded mode share them.
+//! [`Store`] is an enum over the two pools. Queries are plain SQL with binds; they
+//! live here rather than beside each handler because the gateway, the worker and
+//! the embedded mode share them.
 //!
-//! SQLite differences worth knowing: UUIDs are 16-byte blobs, timestamps RFC 3339
-//! text, arrays JSON text; batches are a transaction of single-row inserts rather
-//! than one `unnest` statement.
+//! **One statement for both dialects** wherever they agree: placeholders are
+//! `$1`, `$2`… (sqlx binds SQLite's `$n` by number, as Postgres does) and
+//! [`on_pool!`] compiles one chain of binds against either pool. A statement is
+//! written twice, side by side, only where the SQL really differs:
+//! - arrays: Postgres takes a whole list in one statement (`unnest($1::uuid[])`,
+//!   `= ANY($1)`); SQLite runs one statement per item inside a transaction;
+//! - byte-order sorting: Postgres needs `COLLATE "C"`, which SQLite does not
+//!   know (its default `BINARY` is byte order already);
+//! - `LATERAL`, `FOR UPDATE`, `now()`, `text[]` roles: Postgres only.
+//!
+//! SQLite stores UUIDs as 16-byte blobs, timestamps as RFC 3339 text, roles and
+//! metadata as JSON text; sqlx's encoders take care of that for shared statements.
+
+/// Runs `$body` with `$pool` bound to whichever pool `$store` holds. The body is
+/// compiled once per backend, so a single SQL string and a single chain of
+/// `.bind(…)` calls serve both.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool) => $body,
+        }
+    };
+}
 
 mod messages;
 mod rooms;
@@ -71,10 +90,7 @@ impl Store {
 
     /// `SELECT 1`, for readiness.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        match self {
-            Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
-            Store::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()),
-        }
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))
     }
 }
 

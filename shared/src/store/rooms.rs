@@ -165,6 +165,35 @@ fn direct_key(a: &str, b: &str) -> String {
     format!("{low}\n{high}")
 }
 
+/// Both dialects insert a room alike; its members differ (one `unnest` statement
+/// in Postgres, one statement per member in SQLite).
+const INSERT_ROOM: &str =
+    "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at, direct_key)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Members of a room, the owner first, then in joining order, then by id in byte
+/// order: Postgres must be told `COLLATE "C"`, SQLite's default is byte order and
+/// it knows no collation named "C".
+macro_rules! members_in_order {
+    ($columns:literal, postgres) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM room_members WHERE room_id = $1
+             ORDER BY role = 'owner' DESC, joined_at, user_id COLLATE \"C\""
+        )
+    };
+    ($columns:literal, sqlite) => {
+        concat!(
+            "SELECT ",
+            $columns,
+            " FROM room_members WHERE room_id = $1
+             ORDER BY role = 'owner' DESC, joined_at, user_id"
+        )
+    };
+}
+pub(super) use members_in_order;
+
 impl Store {
     /// Creates a room and its memberships in one transaction. A direct room whose
     /// pair already has one fails with a unique violation (see
@@ -179,19 +208,16 @@ impl Store {
         match self {
             Store::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at, direct_key)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(id)
-                .bind(new.kind.as_str())
-                .bind(new.name)
-                .bind(new.owner_id)
-                .bind(&new.metadata)
-                .bind(created_at)
-                .bind(&direct)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(INSERT_ROOM)
+                    .bind(id)
+                    .bind(new.kind.as_str())
+                    .bind(new.name)
+                    .bind(new.owner_id)
+                    .bind(Json(&new.metadata))
+                    .bind(created_at)
+                    .bind(&direct)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO room_members (room_id, user_id, role, joined_at)
                      SELECT $1, member, CASE WHEN member = $3 THEN 'owner' ELSE 'member' END, $4
@@ -207,26 +233,23 @@ impl Store {
             }
             Store::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at, direct_key)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )
-                .bind(id)
-                .bind(new.kind.as_str())
-                .bind(new.name)
-                .bind(new.owner_id)
-                .bind(new.metadata.to_string())
-                .bind(created_at)
-                .bind(&direct)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(INSERT_ROOM)
+                    .bind(id)
+                    .bind(new.kind.as_str())
+                    .bind(new.name)
+                    .bind(new.owner_id)
+                    .bind(Json(&new.metadata))
+                    .bind(created_at)
+                    .bind(&direct)
+                    .execute(&mut *tx)
+                    .await?;
                 for member in new.members {
                     let role = if member == new.owner_id {
                         "owner"
                     } else {
                         "member"
                     };
-                    sqlx::query("INSERT INTO room_members (room_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)")
+                    sqlx::query("INSERT INTO room_members (room_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4)")
                         .bind(id)
                         .bind(member)
                         .bind(role)
@@ -254,24 +277,12 @@ impl Store {
     /// The live direct room of a pair, if they have one.
     pub async fn find_direct(&self, a: &str, b: &str) -> Result<Option<Room>, sqlx::Error> {
         let key = direct_key(a, b);
-        let id: Option<Uuid> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT id FROM rooms WHERE direct_key = $1 AND deleted_at IS NULL",
-                )
+        let id: Option<Uuid> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT id FROM rooms WHERE direct_key = $1 AND deleted_at IS NULL")
                 .bind(key)
                 .fetch_optional(pool)
                 .await?
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "SELECT id FROM rooms WHERE direct_key = ?1 AND deleted_at IS NULL",
-                )
-                .bind(key)
-                .fetch_optional(pool)
-                .await?
-            }
-        };
+        });
         match id {
             Some(id) => self.room(id).await,
             None => Ok(None),
@@ -280,26 +291,15 @@ impl Store {
 
     /// A live room with its members, or `None` if it is missing or deleted.
     pub async fn room(&self, room_id: Uuid) -> Result<Option<Room>, sqlx::Error> {
-        let row: Option<RoomRow> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT id, kind, name, owner_id, metadata, created_at FROM rooms
-                     WHERE id = $1 AND deleted_at IS NULL",
-                )
-                .bind(room_id)
-                .fetch_optional(pool)
-                .await?
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT id, kind, name, owner_id, metadata, created_at FROM rooms
-                     WHERE id = ?1 AND deleted_at IS NULL",
-                )
-                .bind(room_id)
-                .fetch_optional(pool)
-                .await?
-            }
-        };
+        let row: Option<RoomRow> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, kind, name, owner_id, metadata, created_at FROM rooms
+                 WHERE id = $1 AND deleted_at IS NULL",
+            )
+            .bind(room_id)
+            .fetch_optional(pool)
+            .await?
+        });
         self.with_members(row).await
     }
 
@@ -353,7 +353,7 @@ impl Store {
                                       ORDER BY x.seq DESC LIMIT 1), r.created_at) AS activity
                      FROM room_members m
                      JOIN rooms r ON r.id = m.room_id AND r.deleted_at IS NULL
-                     WHERE m.user_id = ?1",
+                     WHERE m.user_id = $1",
                 )
                 .bind(user_id)
                 .fetch_all(pool)
@@ -442,28 +442,16 @@ impl Store {
         room_id: Uuid,
         user_id: &str,
     ) -> Result<Option<i64>, sqlx::Error> {
-        match self {
-            Store::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT m.last_read_seq FROM room_members m JOIN rooms r ON r.id = m.room_id
-                     WHERE m.room_id = $1 AND m.user_id = $2 AND r.deleted_at IS NULL",
-                )
-                .bind(room_id)
-                .bind(user_id)
-                .fetch_optional(pool)
-                .await
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "SELECT m.last_read_seq FROM room_members m JOIN rooms r ON r.id = m.room_id
-                     WHERE m.room_id = ?1 AND m.user_id = ?2 AND r.deleted_at IS NULL",
-                )
-                .bind(room_id)
-                .bind(user_id)
-                .fetch_optional(pool)
-                .await
-            }
-        }
+        on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT m.last_read_seq FROM room_members m JOIN rooms r ON r.id = m.room_id
+                 WHERE m.room_id = $1 AND m.user_id = $2 AND r.deleted_at IS NULL",
+            )
+            .bind(room_id)
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await
+        })
     }
 
     /// Per room, how many stored messages after `user_id`'s read marker others sent.
@@ -491,8 +479,8 @@ impl Store {
                 for room in rooms {
                     let count: i64 = sqlx::query_scalar(
                         "SELECT COUNT(*) FROM messages x JOIN room_members m
-                           ON m.room_id = x.room_id AND m.user_id = ?2
-                         WHERE x.room_id = ?1 AND x.seq > m.last_read_seq
+                           ON m.room_id = x.room_id AND m.user_id = $2
+                         WHERE x.room_id = $1 AND x.seq > m.last_read_seq
                            AND x.sender_id <> m.user_id AND x.deleted_at IS NULL",
                     )
                     .bind(room)
@@ -544,13 +532,11 @@ impl Store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                let members: Vec<String> = sqlx::query_scalar(
-                    "SELECT user_id FROM room_members WHERE room_id = $1
-                     ORDER BY role = 'owner' DESC, joined_at, user_id COLLATE \"C\"",
-                )
-                .bind(room_id)
-                .fetch_all(&mut *tx)
-                .await?;
+                let members: Vec<String> =
+                    sqlx::query_scalar(members_in_order!("user_id", postgres))
+                        .bind(room_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
                 if members.len() > max_members {
                     return Ok(MembersChange::TooMany);
                 }
@@ -563,7 +549,7 @@ impl Store {
                 // embedded worker commits between its read and its first write.
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
                 let live: Option<Uuid> =
-                    sqlx::query_scalar("SELECT id FROM rooms WHERE id = ?1 AND deleted_at IS NULL")
+                    sqlx::query_scalar("SELECT id FROM rooms WHERE id = $1 AND deleted_at IS NULL")
                         .bind(room_id)
                         .fetch_optional(&mut *tx)
                         .await?;
@@ -571,7 +557,7 @@ impl Store {
                     return Ok(MembersChange::NoRoom);
                 }
                 for member in remove {
-                    sqlx::query("DELETE FROM room_members WHERE room_id = ?1 AND user_id = ?2")
+                    sqlx::query("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
                         .bind(room_id)
                         .bind(member)
                         .execute(&mut *tx)
@@ -579,8 +565,8 @@ impl Store {
                 }
                 for member in add {
                     sqlx::query(
-                        "INSERT OR IGNORE INTO room_members (room_id, user_id, role, joined_at)
-                         VALUES (?1, ?2, 'member', ?3)",
+                        "INSERT INTO room_members (room_id, user_id, role, joined_at)
+                         VALUES ($1, $2, 'member', $3) ON CONFLICT DO NOTHING",
                     )
                     .bind(room_id)
                     .bind(member)
@@ -588,13 +574,10 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
-                let members: Vec<String> = sqlx::query_scalar(
-                    "SELECT user_id FROM room_members WHERE room_id = ?1
-                     ORDER BY role = 'owner' DESC, joined_at, user_id",
-                )
-                .bind(room_id)
-                .fetch_all(&mut *tx)
-                .await?;
+                let members: Vec<String> = sqlx::query_scalar(members_in_order!("user_id", sqlite))
+                    .bind(room_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
                 if members.len() > max_members {
                     return Ok(MembersChange::TooMany);
                 }
@@ -608,24 +591,14 @@ impl Store {
     /// Soft-deletes a room; true if it was live.
     pub async fn delete_room(&self, room_id: Uuid) -> Result<bool, sqlx::Error> {
         let now = crate::protocol::now_micros();
-        let result = match self {
-            Store::Postgres(pool) => {
-                sqlx::query("UPDATE rooms SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
-                    .bind(room_id)
-                    .bind(now)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query("UPDATE rooms SET deleted_at = ?2 WHERE id = ?1 AND deleted_at IS NULL")
-                    .bind(room_id)
-                    .bind(now)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
-            }
-        };
+        let result = on_pool!(self, pool => {
+            sqlx::query("UPDATE rooms SET deleted_at = $2 WHERE id = $1 AND deleted_at IS NULL")
+                .bind(room_id)
+                .bind(now)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        });
         Ok(result > 0)
     }
 
@@ -637,105 +610,62 @@ impl Store {
         user_id: &str,
         seq: i64,
     ) -> Result<Option<i64>, sqlx::Error> {
-        match self {
-            Store::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "UPDATE room_members SET last_read_seq = $3
-                     WHERE room_id = $1 AND user_id = $2 AND last_read_seq < $3
-                     RETURNING last_read_seq",
-                )
-                .bind(room_id)
-                .bind(user_id)
-                .bind(seq)
-                .fetch_optional(pool)
-                .await
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "UPDATE room_members SET last_read_seq = ?3
-                     WHERE room_id = ?1 AND user_id = ?2 AND last_read_seq < ?3
-                     RETURNING last_read_seq",
-                )
-                .bind(room_id)
-                .bind(user_id)
-                .bind(seq)
-                .fetch_optional(pool)
-                .await
-            }
-        }
+        on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "UPDATE room_members SET last_read_seq = $3
+                 WHERE room_id = $1 AND user_id = $2 AND last_read_seq < $3
+                 RETURNING last_read_seq",
+            )
+            .bind(room_id)
+            .bind(user_id)
+            .bind(seq)
+            .fetch_optional(pool)
+            .await
+        })
     }
 
     /// Every member's read marker, the owner first, then in joining order.
     pub async fn receipts(&self, room_id: Uuid) -> Result<Vec<Receipt>, sqlx::Error> {
         match self {
             Store::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT user_id, last_read_seq FROM room_members WHERE room_id = $1
-                     ORDER BY role = 'owner' DESC, joined_at, user_id COLLATE \"C\"",
-                )
-                .bind(room_id)
-                .fetch_all(pool)
-                .await
+                sqlx::query_as(members_in_order!("user_id, last_read_seq", postgres))
+                    .bind(room_id)
+                    .fetch_all(pool)
+                    .await
             }
             Store::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT user_id, last_read_seq FROM room_members WHERE room_id = ?1
-                     ORDER BY role = 'owner' DESC, joined_at, user_id",
-                )
-                .bind(room_id)
-                .fetch_all(pool)
-                .await
+                sqlx::query_as(members_in_order!("user_id, last_read_seq", sqlite))
+                    .bind(room_id)
+                    .fetch_all(pool)
+                    .await
             }
         }
     }
 
     /// The live (not deleted) rooms `user_id` belongs to.
     pub async fn room_ids_of(&self, user_id: &str) -> Result<Vec<Uuid>, sqlx::Error> {
-        match self {
-            Store::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT m.room_id FROM room_members m JOIN rooms r ON r.id = m.room_id
-                     WHERE m.user_id = $1 AND r.deleted_at IS NULL",
-                )
-                .bind(user_id)
-                .fetch_all(pool)
-                .await
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "SELECT m.room_id FROM room_members m JOIN rooms r ON r.id = m.room_id
-                     WHERE m.user_id = ?1 AND r.deleted_at IS NULL",
-                )
-                .bind(user_id)
-                .fetch_all(pool)
-                .await
-            }
-        }
+        on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT m.room_id FROM room_members m JOIN rooms r ON r.id = m.room_id
+                 WHERE m.user_id = $1 AND r.deleted_at IS NULL",
+            )
+            .bind(user_id)
+            .fetch_all(pool)
+            .await
+        })
     }
 
     /// Whether `user_id` is a member of the live room `room_id`.
     pub async fn is_member(&self, room_id: Uuid, user_id: &str) -> Result<bool, sqlx::Error> {
-        match self {
-            Store::Postgres(pool) => {
-                sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM room_members m JOIN rooms r ON r.id = m.room_id
-                                    WHERE m.room_id = $1 AND m.user_id = $2 AND r.deleted_at IS NULL)",
-                )
-                .bind(room_id)
-                .bind(user_id)
-                .fetch_one(pool)
-                .await
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM room_members m JOIN rooms r ON r.id = m.room_id
-                                    WHERE m.room_id = ?1 AND m.user_id = ?2 AND r.deleted_at IS NULL)",
-                )
-                .bind(room_id)
-                .bind(user_id)
-                .fetch_one(pool)
-                .await
-            }
-        }
+        on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM room_members m JOIN rooms r ON r.id = m.room_id
+                                WHERE m.room_id = $1 AND m.user_id = $2 AND r.deleted_at IS NULL)",
+            )
+            .bind(room_id)
+            .bind(user_id)
+            .fetch_one(pool)
+            .await
+        })
     }
 }

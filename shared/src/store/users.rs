@@ -3,12 +3,33 @@
 
 use super::Store;
 use crate::auth::Identity;
+use std::borrow::Cow;
 use time::OffsetDateTime;
+
+/// `text` with U+0000 (which Postgres `text` cannot hold) replaced by U+FFFD.
+fn storable(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') {
+        Cow::Owned(text.replace('\0', "\u{FFFD}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
 
 impl Store {
     /// Inserts or refreshes a user. Fields the caller does not know (`None`, no
     /// roles) keep their stored values.
+    ///
+    /// Names, groups and roles come from the identity provider (token claims,
+    /// `POST /user`); a U+0000 in them, which Postgres cannot store, is replaced
+    /// with U+FFFD rather than locking the user out of every request.
     pub async fn upsert_user(&self, identity: &Identity) -> Result<(), sqlx::Error> {
+        let name = identity.name.as_deref().map(storable);
+        let group = identity.group.as_deref().map(storable);
+        let roles: Vec<String> = identity
+            .roles
+            .iter()
+            .map(|role| storable(role).into_owned())
+            .collect();
         match self {
             Store::Postgres(pool) => {
                 sqlx::query(
@@ -21,18 +42,18 @@ impl Store {
                          last_seen_at = now()",
                 )
                 .bind(&identity.user_id)
-                .bind(&identity.name)
-                .bind(&identity.group)
-                .bind(&identity.roles)
+                .bind(name.as_deref())
+                .bind(group.as_deref())
+                .bind(&roles)
                 .execute(pool)
                 .await?;
             }
             Store::Sqlite(pool) => {
-                let roles = serde_json::to_string(&identity.roles).unwrap_or_else(|_| "[]".into());
+                let roles = serde_json::to_string(&roles).unwrap_or_else(|_| "[]".into());
                 let now = OffsetDateTime::now_utc();
                 sqlx::query(
                     "INSERT INTO users (id, name, user_group, roles, created_at, last_seen_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+                     VALUES ($1, $2, $3, $4, $5, $5)
                      ON CONFLICT (id) DO UPDATE SET
                          name = COALESCE(excluded.name, users.name),
                          user_group = COALESCE(excluded.user_group, users.user_group),
@@ -40,8 +61,8 @@ impl Store {
                          last_seen_at = excluded.last_seen_at",
                 )
                 .bind(&identity.user_id)
-                .bind(&identity.name)
-                .bind(&identity.group)
+                .bind(name.as_deref())
+                .bind(group.as_deref())
                 .bind(roles)
                 .bind(now)
                 .execute(pool)
@@ -66,7 +87,7 @@ impl Store {
             Store::Sqlite(pool) => {
                 let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
                 sqlx::query_scalar(
-                    "SELECT wanted.value FROM json_each(?1) AS wanted
+                    "SELECT wanted.value FROM json_each($1) AS wanted
                      WHERE NOT EXISTS (SELECT 1 FROM users WHERE users.id = wanted.value)",
                 )
                 .bind(ids)
@@ -79,38 +100,21 @@ impl Store {
     /// The users `user_id` shares a live room or a `user_group` with (not
     /// themself): who they may see on `/connections` and in presence events.
     pub async fn contacts_of(&self, user_id: &str) -> Result<Vec<Contact>, sqlx::Error> {
-        match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT u.id, u.name FROM users u
-                     WHERE u.id <> $1 AND (
-                         u.id IN (SELECT other.user_id FROM room_members mine
-                                  JOIN room_members other ON other.room_id = mine.room_id
-                                  JOIN rooms r ON r.id = mine.room_id AND r.deleted_at IS NULL
-                                  WHERE mine.user_id = $1)
-                         OR u.user_group = (SELECT user_group FROM users WHERE id = $1))
-                     ORDER BY u.id",
-                )
-                .bind(user_id)
-                .fetch_all(pool)
-                .await
-            }
-            Store::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT u.id, u.name FROM users u
-                     WHERE u.id <> ?1 AND (
-                         u.id IN (SELECT other.user_id FROM room_members mine
-                                  JOIN room_members other ON other.room_id = mine.room_id
-                                  JOIN rooms r ON r.id = mine.room_id AND r.deleted_at IS NULL
-                                  WHERE mine.user_id = ?1)
-                         OR u.user_group = (SELECT user_group FROM users WHERE id = ?1))
-                     ORDER BY u.id",
-                )
-                .bind(user_id)
-                .fetch_all(pool)
-                .await
-            }
-        }
+        on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT u.id, u.name FROM users u
+                 WHERE u.id <> $1 AND (
+                     u.id IN (SELECT other.user_id FROM room_members mine
+                              JOIN room_members other ON other.room_id = mine.room_id
+                              JOIN rooms r ON r.id = mine.room_id AND r.deleted_at IS NULL
+                              WHERE mine.user_id = $1)
+                     OR u.user_group = (SELECT user_group FROM users WHERE id = $1))
+                 ORDER BY u.id",
+            )
+            .bind(user_id)
+            .fetch_all(pool)
+            .await
+        })
     }
 }
 

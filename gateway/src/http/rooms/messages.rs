@@ -269,7 +269,9 @@ struct Published {
     responses(
         (status = 201, description = "Accepted (or, for a repeated temp id, the original)", body = Published),
         (status = 400, description = "`bad_path`, `bad_json` (unknown fields too), `empty_message`, \
-            `message_too_long`, `temp_id_too_long`, `bad_parent`: not a message of this room, \
+            `message_too_long`, `temp_id_too_long`, `bad_message`: a control character other than tab, \
+            line feed or carriage return, `bad_temp_id`: a control character in the temp id, \
+            `bad_parent`: not a message of this room, \
             `sender_required`: a service call without `sender_id`, `bad_user_id`: a malformed \
             `sender_id`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT, and not the service secret", body = ErrorBody),
@@ -366,9 +368,11 @@ fn refusal_error(refusal: Refusal) -> ApiError {
         Refusal::BadParent
         | Refusal::EmptyMessage
         | Refusal::MessageTooLong
-        | Refusal::TempIdTooLong => StatusCode::BAD_REQUEST,
+        | Refusal::TempIdTooLong
+        | Refusal::BadMessage
+        | Refusal::BadTempId => StatusCode::BAD_REQUEST,
     };
-    ApiError::new(status, refusal.reason(), refusal.reason().replace('_', " "))
+    ApiError::new(status, refusal.reason(), refusal.explanation())
 }
 
 fn message_not_found() -> ApiError {
@@ -400,7 +404,8 @@ struct EditBody {
     responses(
         (status = 200, description = "The message as edited, `edited_at` set", body = MessageView),
         (status = 400, description = "`bad_path`, `bad_json` (unknown fields too), `empty_message`, \
-            `message_too_long`", body = ErrorBody),
+            `message_too_long`, `bad_message`: a control character other than tab, line feed or \
+            carriage return", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
         (status = 403, description = "`not_sender`: someone else's message", body = ErrorBody),
         (status = 404, description = "`room_not_found`: no such room, deleted, or the caller is not a member; \

@@ -5,6 +5,7 @@
 //! cannot be probed; owner-only actions by a member answer 403 `not_owner`.
 //! Messages and read state of a room are in the submodules.
 
+mod member_list;
 pub(super) mod messages;
 pub(super) mod read;
 
@@ -12,16 +13,18 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Json, Path, Query, User};
 use crate::room_events;
 use crate::state::AppState;
+use crate::storable;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, put};
-use chatter_shared::auth::validate_user_id;
 use chatter_shared::protocol::MessageView;
 use chatter_shared::store::{
     HistoryPage, MembersChange, NewRoom, Room, RoomCursor, RoomKind, RoomSummary,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::HashSet;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -62,16 +65,18 @@ fn page_limit(state: &AppState, limit: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
-/// Checks user ids from a request body and drops repeats, keeping the order.
-fn user_ids(ids: Vec<String>) -> Result<Vec<String>, ApiError> {
-    let mut unique: Vec<String> = Vec::with_capacity(ids.len());
-    for id in ids {
-        validate_user_id(&id).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
-        if !unique.contains(&id) {
-            unique.push(id);
-        }
-    }
-    Ok(unique)
+/// A member list of a request body, parsed only when the handler asks (see
+/// [`member_list`]): the body extractor just checks that it is JSON.
+type RawList = Box<RawValue>;
+
+fn too_many_members(state: &AppState) -> ApiError {
+    ApiError::bad_request(
+        "too_many_members",
+        format!(
+            "rooms have at most {} members",
+            state.config.max_room_members
+        ),
+    )
 }
 
 async fn refuse_unknown_users(state: &AppState, ids: &[String]) -> Result<(), ApiError> {
@@ -92,7 +97,8 @@ async fn refuse_unknown_users(state: &AppState, ids: &[String]) -> Result<(), Ap
 struct CreateRoom {
     /// The other members (the caller is added as owner); for a `direct` room,
     /// exactly one other user. Every one must be a user the server has seen.
-    members: Vec<String>,
+    #[schema(value_type = Vec<String>)]
+    members: RawList,
     /// `group` (default) or `direct`; `support` is refused (`unsupported_kind`).
     #[serde(default)]
     kind: Option<RoomKind>,
@@ -122,8 +128,8 @@ struct CreateRoom {
         (status = 201, description = "The room, created; the caller is its owner", body = RoomSummary),
         (status = 200, description = "`direct`: the pair's existing live direct room", body = RoomSummary),
         (status = 400, description = "`bad_json` (unknown fields too), `bad_user_id`, `unknown_user`, \
-            `too_many_members`, `name_too_long`, `bad_name`: a NUL character, `bad_metadata` \
-            (not an object, or a NUL character), `metadata_too_large`, \
+            `too_many_members`, `name_too_long`, `bad_name`: a control character in the name, \
+            `bad_metadata`: not an object, or U+0000 in it, `metadata_too_large`, \
             `bad_direct_members`, `unsupported_kind`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
         (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
@@ -143,30 +149,34 @@ async fn create_room(
             "support rooms are opened by the support desk",
         ));
     }
-    if let Some(name) = &body.name
-        && name.chars().count() > state.config.max_room_name_chars
-    {
-        return Err(ApiError::bad_request(
-            "name_too_long",
-            format!(
-                "room names are at most {} characters",
-                state.config.max_room_name_chars
-            ),
-        ));
-    }
-    // Postgres `text` and `jsonb` cannot hold NUL: refused here with a reason
-    // instead of failing in the database with a 500.
-    if body.name.as_deref().is_some_and(|name| name.contains('\0')) {
-        return Err(ApiError::bad_request(
-            "bad_name",
-            "room names may not contain NUL characters",
-        ));
+    if let Some(name) = &body.name {
+        if name.chars().count() > state.config.max_room_name_chars {
+            return Err(ApiError::bad_request(
+                "name_too_long",
+                format!(
+                    "room names are at most {} characters",
+                    state.config.max_room_name_chars
+                ),
+            ));
+        }
+        if !storable::is_one_line(name) {
+            return Err(ApiError::bad_request(
+                "bad_name",
+                "room names cannot contain control characters",
+            ));
+        }
     }
     let metadata = body.metadata.unwrap_or_else(|| serde_json::json!({}));
     if !metadata.is_object() {
         return Err(ApiError::bad_request(
             "bad_metadata",
             "metadata must be a JSON object",
+        ));
+    }
+    if !storable::json_is_storable(&metadata) {
+        return Err(ApiError::bad_request(
+            "bad_metadata",
+            "metadata cannot contain the character U+0000",
         ));
     }
     if metadata.to_string().len() > state.config.max_room_metadata_bytes {
@@ -178,31 +188,19 @@ async fn create_room(
             ),
         ));
     }
-    if has_nul(&metadata) {
-        return Err(ApiError::bad_request(
-            "bad_metadata",
-            "metadata may not contain NUL characters",
-        ));
-    }
-    let members = user_ids(
-        std::iter::once(caller.user_id.clone())
-            .chain(body.members)
-            .collect(),
-    )?;
+    let max = state.config.max_room_members;
+    let others = member_list::parse(&body.members, max, || too_many_members(&state))?;
+    let members: Vec<String> = std::iter::once(caller.user_id.clone())
+        .chain(others.into_iter().filter(|id| *id != caller.user_id))
+        .collect();
     if kind == RoomKind::Direct && members.len() != 2 {
         return Err(ApiError::bad_request(
             "bad_direct_members",
             "a direct room has exactly one member besides you",
         ));
     }
-    if members.len() > state.config.max_room_members {
-        return Err(ApiError::bad_request(
-            "too_many_members",
-            format!(
-                "rooms have at most {} members",
-                state.config.max_room_members
-            ),
-        ));
+    if members.len() > max {
+        return Err(too_many_members(&state));
     }
     refuse_unknown_users(&state, &members).await?;
     if kind == RoomKind::Direct
@@ -257,19 +255,6 @@ async fn create_room(
 
 /// The room as `user_id` sees it; a user who is not (or no longer) a member
 /// gets the room's shared fields with empty read state.
-/// True when a key or string anywhere in `value` holds a NUL character.
-fn has_nul(value: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match value {
-        Value::String(text) => text.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map
-            .iter()
-            .any(|(key, value)| key.contains('\0') || has_nul(value)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
-}
-
 async fn summary(state: &AppState, room: Room, user_id: &str) -> Result<RoomSummary, ApiError> {
     if let Some(summary) = state.store.room_summary(room.id, user_id).await? {
         return Ok(summary);
@@ -412,11 +397,13 @@ struct MembersBody {
     /// Users to add (owner only); adding a member is a no-op. Every one must be
     /// a user the server has seen.
     #[serde(default)]
-    add: Vec<String>,
+    #[schema(value_type = Option<Vec<String>>)]
+    add: Option<RawList>,
     /// Users to remove (owner only; a member may name only themself, to leave);
     /// removing a non-member is a no-op.
     #[serde(default)]
-    remove: Vec<String>,
+    #[schema(value_type = Option<Vec<String>>)]
+    remove: Option<RawList>,
 }
 
 /// Add and remove members, or leave.
@@ -424,6 +411,10 @@ struct MembersBody {
 /// The owner adds and removes; any member may remove themself (leave). Everyone
 /// concerned is told on every gateway (`MemberAdded`, `MemberRemoved`, then
 /// `RoomUpdated`), and a removed member stops receiving the room at once.
+///
+/// The caller is authorized before the lists are read: a non-member gets 404,
+/// and a member who is not the owner gets 403 as soon as their lists name more
+/// than themself, however long they are.
 #[utoipa::path(
     put,
     path = "/rooms/{id}/members",
@@ -451,21 +442,39 @@ async fn change_members(
     Path(room_id): Path<Uuid>,
     Json(body): Json<MembersBody>,
 ) -> Result<Json<RoomSummary>, ApiError> {
-    let add = user_ids(body.add)?;
-    let remove = user_ids(body.remove)?;
-    if add.iter().any(|user| remove.contains(user)) {
+    // Who asks comes first: an outsider learns nothing (404) and a member who is
+    // not the owner may name only themself, so their lists are cut off at one
+    // entry (403) before any id is checked or looked up.
+    let mut room = room_of_member(&state, room_id, &caller.user_id).await?;
+    let is_owner = room.owner_id == caller.user_id;
+    let not_owner = || {
+        ApiError::forbidden(
+            "not_owner",
+            "only the room's owner may change its members; members may only remove themselves",
+        )
+    };
+    let max = state.config.max_room_members;
+    let (add, remove) = if is_owner {
+        let too_many = || too_many_members(&state);
+        (
+            member_list::parse_optional(body.add.as_deref(), max, too_many)?,
+            member_list::parse_optional(body.remove.as_deref(), max, too_many)?,
+        )
+    } else {
+        (
+            member_list::parse_optional(body.add.as_deref(), 0, not_owner)?,
+            member_list::parse_optional(body.remove.as_deref(), 1, not_owner)?,
+        )
+    };
+    let leaving = add.is_empty() && remove == [caller.user_id.as_str()];
+    if !is_owner && !leaving {
+        return Err(not_owner());
+    }
+    let removing: HashSet<&str> = remove.iter().map(String::as_str).collect();
+    if add.iter().any(|user| removing.contains(user.as_str())) {
         return Err(ApiError::bad_request(
             "bad_members",
             "a user cannot be both added and removed",
-        ));
-    }
-    let mut room = room_of_member(&state, room_id, &caller.user_id).await?;
-    let is_owner = room.owner_id == caller.user_id;
-    let leaving = add.is_empty() && remove == [caller.user_id.as_str()];
-    if !is_owner && !leaving {
-        return Err(ApiError::forbidden(
-            "not_owner",
-            "only the room's owner may change its members; members may only remove themselves",
         ));
     }
     if room.kind == RoomKind::Direct {
@@ -474,15 +483,22 @@ async fn change_members(
             "a direct room's members cannot change",
         ));
     }
-    if is_owner && remove.contains(&caller.user_id) {
+    if is_owner && removing.contains(caller.user_id.as_str()) {
         return Err(ApiError::bad_request(
             "owner_cannot_leave",
             "the owner cannot leave the room; delete it instead",
         ));
     }
     refuse_unknown_users(&state, &add).await?;
-    let added: Vec<String> = add.into_iter().filter(|u| !room.has_member(u)).collect();
-    let removed: Vec<String> = remove.into_iter().filter(|u| room.has_member(u)).collect();
+    let current: HashSet<&str> = room.members.iter().map(String::as_str).collect();
+    let added: Vec<String> = add
+        .into_iter()
+        .filter(|u| !current.contains(u.as_str()))
+        .collect();
+    let removed: Vec<String> = remove
+        .into_iter()
+        .filter(|u| current.contains(u.as_str()))
+        .collect();
     if !added.is_empty() || !removed.is_empty() {
         let change = state
             .store
@@ -491,15 +507,7 @@ async fn change_members(
         room.members = match change {
             MembersChange::Changed(members) => members,
             MembersChange::NoRoom => return Err(room_not_found()),
-            MembersChange::TooMany => {
-                return Err(ApiError::bad_request(
-                    "too_many_members",
-                    format!(
-                        "rooms have at most {} members",
-                        state.config.max_room_members
-                    ),
-                ));
-            }
+            MembersChange::TooMany => return Err(too_many_members(&state)),
         };
         room_events::members_changed(&state.bus, &room, &added, &removed).await;
     }
