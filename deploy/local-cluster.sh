@@ -9,6 +9,8 @@
 # Settings (environment):
 #   PORT=8080             nginx's port on 127.0.0.1: the one URL clients use
 #   BUILD=release         or debug: which binaries (built with cargo first when cargo is there)
+#   CHATTER_BIN_DIR       use the binaries in this folder as they are, no build
+#                         (CI passes the ones its test run just built)
 #   GATEWAYS=3 WORKERS=2  how many of each
 #   CHATTER_CLUSTER_DIR   state folder (default /tmp/chatter-local-cluster): data, logs,
 #                         PID files, the generated secrets. `rm -rf` it after `down` to
@@ -167,6 +169,12 @@ install_missing() {
 }
 
 build_binaries() {
+    if [ -n "${CHATTER_BIN_DIR:-}" ]; then
+        bin_dir=$CHATTER_BIN_DIR
+        [ -x "$bin_dir/chatter-gateway" ] && [ -x "$bin_dir/chatter-worker" ] ||
+            die "no chatter-gateway and chatter-worker in CHATTER_BIN_DIR=$bin_dir"
+        return
+    fi
     local target_dir=${CARGO_TARGET_DIR:-$repo/target}
     case "$build" in
         release) bin_dir=$target_dir/release ;;

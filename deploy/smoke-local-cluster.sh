@@ -81,7 +81,7 @@ jwt_secret=$(sed -n 's/^JWT_SECRET=//p' "$dir/up.out")
     echo "smoke: no JWT_SECRET line (32+ bytes) in the output of up" >&2
     exit 1
 }
-bin_dir=${CARGO_TARGET_DIR:-$repo/target}/$BUILD
+bin_dir=${CHATTER_BIN_DIR:-${CARGO_TARGET_DIR:-$repo/target}/$BUILD}
 # Only JWT_SECRET: with no REDIS_URL/DATABASE_URL the command reads nothing else.
 mint() { (cd "$dir" && env -i PATH="$PATH" JWT_SECRET="$jwt_secret" "$bin_dir/chatter-gateway" token --user "$1"); }
 ALICE=$(mint alice) BOB=$(mint bob) CAROL=$(mint carol)

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Runs chatter's whole test suite: unit tests and the end-to-end suite, which starts
-# its own redis-server and Postgres processes on free ports.
+# Runs chatter's whole test suite:
+#   1. the Kubernetes manifests rendered and validated (scripts/check-k8s.sh),
+#   2. deploy/ linted (scripts/check-deploy.sh: hadolint, shellcheck, nginx -t),
+#   3. unit tests and the end-to-end suite (cargo test), which starts its own
+#      redis-server, Postgres and nginx processes on free ports,
+#   4. the local load-balanced cluster's smoke test, on the binaries step 3 built.
 #
-# On a machine without redis-server or PostgreSQL it installs them first (Debian
-# packages; needs root or sudo). The system services need not be running: the
-# tests never use them.
+# On a machine without redis-server, PostgreSQL, nginx or openssl it installs them
+# first (Debian packages; needs root or sudo). The system services need not be
+# running: the tests never use them. kubectl >= 1.27 must be on PATH (the machine
+# image ships it; scripts/check-k8s.sh says how to get one otherwise).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +17,8 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # tests/tests/security.rs makes its RSA keys with the openssl command.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# tests/tests/rolling_restart.rs and the local cluster put nginx in front.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
     missing+=(postgresql)
 fi
@@ -23,4 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+bash scripts/check-k8s.sh
+bash scripts/check-deploy.sh
 cargo test --workspace --locked "$@"
+CHATTER_BIN_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug" bash deploy/smoke-local-cluster.sh
