@@ -251,7 +251,10 @@ start_gateway() {
     local n=$1 port
     port=$(free_port)
     echo "$port" >"$dir/pids/gateway-$n.port"
-    start_bg "gateway-$n" env HOST=127.0.0.1 PORT="$port" "$bin_dir/chatter-gateway"
+    # Behind nginx every connection comes from 127.0.0.1: no per-address connection
+    # cap, and the per-IP rate limit reads the address nginx appends.
+    start_bg "gateway-$n" env HOST=127.0.0.1 PORT="$port" MAX_HTTP_CONNECTIONS_PER_IP=0 \
+        TRUST_FORWARDED_FOR=true "$bin_dir/chatter-gateway"
 }
 
 start_worker() {
