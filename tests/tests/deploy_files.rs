@@ -788,3 +788,46 @@ fn nginx_passes_websockets_and_retries_a_draining_gateway() {
         ["CHATTER_LISTEN", "CHATTER_UPSTREAM_SERVERS"]
     );
 }
+
+/// The series a fresh process serves on `/metrics`: names before `{` or ` `.
+async fn served_series(url: &str) -> BTreeSet<String> {
+    let text = reqwest::get(url)
+        .await
+        .and_then(|r| r.error_for_status())
+        .unwrap_or_else(|error| panic!("{url}: {error}"))
+        .text()
+        .await
+        .unwrap_or_else(|error| panic!("{url}: {error}"));
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `METRICS` (which every alert and panel is checked against) is what the real
+/// binaries serve from their first second: a rule on a name nothing serves
+/// would never fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alerts_and_dashboard_read_is_served_by_a_fresh_gateway_or_worker() {
+    let cluster = chatter_tests::Cluster::builder(chatter_tests::binaries!())
+        .gateways(1)
+        .workers(1)
+        .start()
+        .await
+        .expect("cluster");
+    let mut served = served_series(&format!("{}/metrics", cluster.gateway(0).http_url())).await;
+    let worker = cluster.worker(0).ready_fields()["http_addr"]
+        .as_str()
+        .expect("the worker's probe address")
+        .to_owned();
+    served.extend(served_series(&format!("http://{worker}/metrics")).await);
+    let missing: Vec<&&str> = METRICS
+        .iter()
+        .filter(|name| !served.contains(**name))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alerts or dashboard read series no fresh process serves: {missing:?}\nserved: {served:?}"
+    );
+}
