@@ -127,6 +127,9 @@ impl Deployment {
             // Set-up creates rooms as fast as it can, several per user.
             ("REST_RATE_PER_SEC", "100000".to_owned()),
             ("REST_RATE_BURST", "100000".to_owned()),
+            // Every load-generator socket comes from 127.0.0.1 and connects in
+            // bursts: no per-address cap on connections still upgrading.
+            ("MAX_HTTP_CONNECTIONS_PER_IP", "0".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
