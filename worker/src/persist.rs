@@ -195,19 +195,24 @@ impl Persister {
         self.batches.notify(&batch, &inserted).await;
     }
 
-    /// XACK then XDEL: the stream only holds what is not yet stored.
+    /// XDEL then XACK: the stream only holds what is not yet stored.
     async fn acknowledge(&self, ids: &[String], give_up: &CancellationToken) {
         let mut backoff = RETRY_MIN;
         loop {
-            let acked: Result<(), Error> = self
-                .redis
-                .xack(INGEST_STREAM, INGEST_GROUP, ids.to_vec())
-                .await;
-            let deleted: Result<(), Error> = match acked {
-                Ok(()) => self.redis.xdel(INGEST_STREAM, ids.to_vec()).await,
+            // XDEL first: a worker killed between the two leaves a pending id whose
+            // entry is gone, which the next XAUTOCLAIM drops from the group. The
+            // other order would leave an acknowledged entry in the stream that
+            // nothing ever deletes (and the backlog gauge counting it forever).
+            let deleted: Result<(), Error> = self.redis.xdel(INGEST_STREAM, ids.to_vec()).await;
+            let acked: Result<(), Error> = match deleted {
+                Ok(()) => {
+                    self.redis
+                        .xack(INGEST_STREAM, INGEST_GROUP, ids.to_vec())
+                        .await
+                }
                 Err(error) => Err(error),
             };
-            match deleted {
+            match acked {
                 Ok(()) => return,
                 Err(error) => {
                     metrics::counter!(metric::REDIS_ERRORS).increment(1);
