@@ -10,34 +10,45 @@
 //! In the embedded mode there is no Redis: the in-process bus calls [`Hub::deliver`]
 //! and [`Hub::route`] directly and there is nothing to subscribe to.
 //!
-//! Three parts:
+//! Three parts here, and one beside:
 //! - [`Hub`]: the registry, `channel → local connections`, shared by all tasks.
 //! - the subscription manager task: the only place that sends SUBSCRIBE and
 //!   UNSUBSCRIBE. It reconciles Redis with the registry, batching requests, so a
-//!   leave racing a join can never leave a wanted channel unsubscribed.
-//! - the dispatcher task: reads the subscriber's message stream and delivers.
-//!   Membership events on user channels go to a small sequential task that joins or
-//!   leaves room channels, because that needs a SUBSCRIBE round trip the dispatcher
-//!   must not wait for.
+//!   leave racing a join can never leave a wanted channel unsubscribed. After the
+//!   subscriber reconnects it subscribes everything again, then asks for a
+//!   membership re-check of every local user (events published while it was
+//!   away are lost).
+//! - the dispatcher task: reads the subscriber's message stream and delivers. It
+//!   never waits: membership events on user channels are handed to the membership
+//!   task with `try_send`, and one that does not fit is dropped, logged, and
+//!   replaced by a re-check of that user against the database.
+//! - `crate::membership`: applying membership events in order, and the periodic
+//!   re-check that keeps each socket's rooms true to the database.
 
+use crate::membership::{self, Rechecks};
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::keyspace::{self, ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
+use chatter_shared::protocol::MESSAGE_RECEIVED_HEAD;
+use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
 use dashmap::DashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// How often the subscription manager re-checks every channel, healing anything a
 /// failed SUBSCRIBE or a missed request left behind.
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// Membership events waiting for the membership task. Past it the dispatcher
+/// drops the event and the user is re-checked against the database instead.
+const MEMBERSHIP_QUEUE: usize = 4096;
 
 /// One WebSocket connection as the hub sees it.
 pub struct Conn {
@@ -45,12 +56,33 @@ pub struct Conn {
     pub user_id: String,
     outbox: mpsc::Sender<Utf8Bytes>,
     /// The rooms this connection may send to and receive from. A std mutex: held
-    /// only for set operations, never across an `.await`.
-    rooms: Mutex<HashSet<Uuid>>,
+    /// only for set operations and the matching registry update, never across an
+    /// `.await`.
+    rooms: Mutex<Rooms>,
     /// Cancelled when the outbox overflows: the socket task closes the connection.
     pub overflowed: CancellationToken,
     /// Whose presence changes this connection receives, once it subscribed.
     presence_scope: Mutex<Option<PresenceScope>>,
+}
+
+/// A connection's rooms, with what the membership re-check needs to know.
+#[derive(Default)]
+struct Rooms {
+    ids: HashSet<Uuid>,
+    /// Bumped by every membership event applied to the connection, so that a
+    /// re-check can tell that its database read is older than what it holds.
+    version: u64,
+    /// Set once the rooms read at connect time have been joined; before that
+    /// the re-check leaves the connection alone.
+    loaded: bool,
+}
+
+/// What a re-check changed on one connection.
+pub(crate) struct RoomsFixed {
+    pub joined: Vec<Uuid>,
+    pub left: Vec<Uuid>,
+    /// Room channels no local connection wants any more.
+    pub emptied: Vec<String>,
 }
 
 /// Whose `PresenceChanged` events a dashboard connection may receive.
@@ -73,21 +105,22 @@ impl Conn {
     }
 
     pub fn is_member(&self, room_id: Uuid) -> bool {
-        self.rooms
-            .lock()
-            .is_ok_and(|rooms| rooms.contains(&room_id))
+        self.rooms().ids.contains(&room_id)
     }
 
-    fn add_room(&self, room_id: Uuid) -> bool {
+    fn rooms(&self) -> MutexGuard<'_, Rooms> {
+        // Each update is a single set operation, so the state stays consistent
+        // even if a holder panicked: carry on with it.
         self.rooms
             .lock()
-            .is_ok_and(|mut rooms| rooms.insert(room_id))
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn remove_room(&self, room_id: Uuid) -> bool {
-        self.rooms
-            .lock()
-            .is_ok_and(|mut rooms| rooms.remove(&room_id))
+    /// The version to compare after a database read, or `None` while the
+    /// connection's own rooms are still being loaded.
+    pub(crate) fn loaded_version(&self) -> Option<u64> {
+        let rooms = self.rooms();
+        rooms.loaded.then_some(rooms.version)
     }
 
     fn may_see(&self, user_id: &str) -> bool {
@@ -103,13 +136,6 @@ impl Conn {
             .lock()
             .is_ok_and(|scope| scope.is_some())
     }
-
-    fn room_ids(&self) -> Vec<Uuid> {
-        self.rooms
-            .lock()
-            .map(|rooms| rooms.iter().copied().collect())
-            .unwrap_or_default()
-    }
 }
 
 enum Request {
@@ -124,6 +150,10 @@ pub struct Hub {
     /// The subscription manager; `None` without Redis.
     requests: Option<mpsc::Sender<Request>>,
     membership: mpsc::Sender<(Box<str>, Utf8Bytes)>,
+    /// Users whose rooms must be read again from the database.
+    rechecks: Arc<Rechecks>,
+    /// Membership events dropped because the membership task was behind.
+    dropped_events: Arc<AtomicU64>,
     next_id: Arc<AtomicU64>,
     /// Users whose first local connection opened or last one closed, for the
     /// presence task; a set (bounded by the number of users), not a queue.
@@ -135,9 +165,15 @@ impl Hub {
     /// Creates the hub and starts its tasks; they stop when `shutdown` is cancelled.
     /// With a Redis subscriber it also runs the subscription manager and the
     /// dispatcher; without one (embedded mode) frames come in through
-    /// [`Hub::deliver`] and [`Hub::route`].
-    pub fn start(subscriber: Option<SubscriberClient>, shutdown: CancellationToken) -> Hub {
-        let (membership, membership_rx) = mpsc::channel(4096);
+    /// [`Hub::deliver`] and [`Hub::route`]. Either way the membership task and
+    /// the re-check (every `recheck_every`, against `store`) run.
+    pub fn start(
+        subscriber: Option<SubscriberClient>,
+        store: Store,
+        recheck_every: Duration,
+        shutdown: CancellationToken,
+    ) -> Hub {
+        let (membership, membership_rx) = mpsc::channel(MEMBERSHIP_QUEUE);
         let (requests, request_rx) = match subscriber {
             Some(_) => {
                 let (tx, rx) = mpsc::channel(4096);
@@ -149,20 +185,35 @@ impl Hub {
             channels: Arc::new(DashMap::new()),
             requests,
             membership,
+            rechecks: Arc::new(Rechecks::default()),
+            dropped_events: Arc::new(AtomicU64::new(0)),
             next_id: Arc::new(AtomicU64::new(1)),
             presence_dirty: Arc::new(Mutex::new(HashSet::new())),
             presence_wake: Arc::new(Notify::new()),
         };
         if let (Some(subscriber), Some(request_rx)) = (subscriber, request_rx) {
+            // Taken now, after `init`: the first connection's event is not a reconnect.
+            let reconnects = subscriber.reconnect_rx();
             tokio::spawn(manage_subscriptions(
                 hub.clone(),
                 subscriber.clone(),
                 request_rx,
+                reconnects,
                 shutdown.clone(),
             ));
             tokio::spawn(dispatch(hub.clone(), subscriber, shutdown.clone()));
         }
-        tokio::spawn(apply_membership(hub.clone(), membership_rx, shutdown));
+        tokio::spawn(membership::apply_events(
+            hub.clone(),
+            membership_rx,
+            shutdown.clone(),
+        ));
+        tokio::spawn(membership::recheck(
+            hub.clone(),
+            store,
+            recheck_every,
+            shutdown,
+        ));
         hub
     }
 
@@ -181,7 +232,7 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user_id: user_id.to_owned(),
             outbox,
-            rooms: Mutex::new(HashSet::new()),
+            rooms: Mutex::new(Rooms::default()),
             overflowed: CancellationToken::new(),
             presence_scope: Mutex::new(None),
         });
@@ -198,17 +249,120 @@ impl Hub {
         Ok((registration, inbox))
     }
 
-    /// Makes `conn` a member of `rooms` and waits until Redis delivers them.
+    /// Makes `conn` a member of `rooms` (read from the database after
+    /// [`Hub::register`]) and waits until Redis delivers them. If a membership
+    /// event reached the connection meanwhile, the list may already be stale:
+    /// the user is re-checked at once.
     pub async fn join_rooms(&self, conn: &Arc<Conn>, rooms: Vec<Uuid>) -> Result<(), Error> {
         let mut wanted = Vec::with_capacity(rooms.len());
-        for room_id in rooms {
-            if conn.add_room(room_id) {
-                let channel = keyspace::room_channel(room_id);
-                self.join(conn, &channel);
-                wanted.push(channel);
+        let raced = {
+            let mut held = conn.rooms();
+            for room_id in rooms {
+                if held.ids.insert(room_id) {
+                    let channel = keyspace::room_channel(room_id);
+                    self.join(conn, &channel);
+                    wanted.push(channel);
+                }
             }
+            held.loaded = true;
+            held.version != 0
+        };
+        if raced {
+            self.recheck_user(&conn.user_id);
         }
         self.sync(wanted).await
+    }
+
+    /// A membership event put `conn` in `room_id`; true if it was not there yet
+    /// (the room's channel then needs a subscription).
+    pub(crate) fn add_room(&self, conn: &Arc<Conn>, room_id: Uuid) -> bool {
+        let mut held = conn.rooms();
+        held.version += 1;
+        let added = held.ids.insert(room_id);
+        if added {
+            self.join(conn, &keyspace::room_channel(room_id));
+        }
+        added
+    }
+
+    /// A membership event took `conn` out of `room_id`; true if that left the
+    /// room's channel without local connections.
+    pub(crate) fn remove_room(&self, conn: &Conn, room_id: Uuid) -> bool {
+        let mut held = conn.rooms();
+        held.version += 1;
+        held.ids.remove(&room_id) && self.leave(conn.id, &keyspace::room_channel(room_id))
+    }
+
+    /// Makes `conn`'s rooms equal to `wanted`, read from the database, unless a
+    /// membership event was applied since `version` was taken (the read may
+    /// then be older than what the connection holds: `None`, nothing changed).
+    pub(crate) fn fix_rooms(
+        &self,
+        conn: &Arc<Conn>,
+        wanted: &HashSet<Uuid>,
+        version: u64,
+    ) -> Option<RoomsFixed> {
+        let mut held = conn.rooms();
+        if held.version != version {
+            return None;
+        }
+        let left: Vec<Uuid> = held.ids.difference(wanted).copied().collect();
+        let joined: Vec<Uuid> = wanted.difference(&held.ids).copied().collect();
+        let mut emptied = Vec::new();
+        for room_id in &left {
+            held.ids.remove(room_id);
+            let channel = keyspace::room_channel(*room_id);
+            if self.leave(conn.id, &channel) {
+                emptied.push(channel);
+            }
+        }
+        for room_id in &joined {
+            held.ids.insert(*room_id);
+            self.join(conn, &keyspace::room_channel(*room_id));
+        }
+        if !left.is_empty() || !joined.is_empty() {
+            held.version += 1;
+        }
+        Some(RoomsFixed {
+            joined,
+            left,
+            emptied,
+        })
+    }
+
+    /// The local connections on `channel`, as they are now.
+    pub(crate) fn conns_on(&self, channel: &str) -> Vec<Arc<Conn>> {
+        self.channels
+            .get(channel)
+            .map(|members| members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every user with a connection on this gateway.
+    pub(crate) fn local_users(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter_map(|entry| {
+                entry
+                    .key()
+                    .strip_prefix(USER_CHANNEL_PREFIX)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// Asks for `user_id`'s rooms to be read again from the database soon.
+    pub(crate) fn recheck_user(&self, user_id: &str) {
+        self.rechecks.user(user_id);
+    }
+
+    /// Asks for every local user's rooms to be read again (events were lost).
+    pub(crate) fn recheck_everyone(&self) {
+        self.rechecks.everyone();
+    }
+
+    pub(crate) fn rechecks(&self) -> &Rechecks {
+        &self.rechecks
     }
 
     /// Adds `conn` to `channel`; true if it is the channel's first local connection.
@@ -310,7 +464,7 @@ impl Hub {
     }
 
     /// Asks the manager to reconcile `channels` and waits for it.
-    async fn sync(&self, channels: Vec<String>) -> Result<(), Error> {
+    pub(crate) async fn sync(&self, channels: Vec<String>) -> Result<(), Error> {
         let Some(requests) = &self.requests else {
             return Ok(());
         };
@@ -321,6 +475,16 @@ impl Hub {
             .map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?;
         done.await
             .map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?
+    }
+
+    /// Asks the manager to reconcile `channels` without waiting. If its queue is
+    /// full, the periodic reconcile does it.
+    pub(crate) fn sync_later(&self, channels: Vec<String>) {
+        if let Some(requests) = &self.requests
+            && !channels.is_empty()
+        {
+            let _ = requests.try_send(Request::Sync(channels, None));
+        }
     }
 
     /// Delivers `frame` to every local connection on `channel`.
@@ -344,23 +508,50 @@ impl Hub {
         self.deliver_where(channel, frame, |conn, typist| conn.user_id != typist);
     }
 
-    /// Hands a published frame to the sockets that should see it. Membership
-    /// events on a user's channel are applied (joining the room's channel) before
-    /// the user sees them, by the membership task, in order.
-    pub async fn route(&self, channel: &str, frame: Utf8Bytes) {
+    /// Hands a published frame to the sockets that should see it. Never waits:
+    /// this is the dispatcher's whole loop body, and every room's fan-out goes
+    /// through it.
+    ///
+    /// Membership events on a user's channel go to the membership task, which
+    /// applies them (joining the room's channel first) before the user sees
+    /// them, in order. If its queue is full the event is dropped and the user is
+    /// re-checked against the database instead, which restores their rooms and
+    /// tells them with `MemberAdded`/`MemberRemoved`.
+    pub fn route(&self, channel: &str, frame: Utf8Bytes) {
         if channel.starts_with(ROOM_CHANNEL_PREFIX) {
-            if frame.as_str().starts_with(TYPING_HEAD) {
+            let text = frame.as_str();
+            if text.starts_with(MESSAGE_RECEIVED_HEAD) {
+                self.deliver(channel, &frame);
+            } else if text.starts_with(TYPING_HEAD) {
                 self.deliver_typing(channel, &frame);
+            } else if is_membership_event(&frame) {
+                membership::deliver_room_change(self, channel, &frame);
             } else {
                 self.deliver(channel, &frame);
             }
         } else if channel == PRESENCE_CHANNEL {
             self.deliver_presence(&frame);
-        } else if channel.starts_with(USER_CHANNEL_PREFIX) {
-            if is_membership_event(&frame) {
-                let _ = self.membership.send((channel.into(), frame)).await;
-            } else {
+        } else if let Some(user_id) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
+            if !is_membership_event(&frame) {
                 self.deliver(channel, &frame);
+                return;
+            }
+            match self.membership.try_send((channel.into(), frame)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics::counter!(metric::MEMBERSHIP_EVENTS_DROPPED).increment(1);
+                    let dropped = self.dropped_events.fetch_add(1, Ordering::Relaxed);
+                    // Logged once per thousand: a flood would otherwise flood the log.
+                    if dropped.is_multiple_of(1000) {
+                        tracing::warn!(
+                            dropped = dropped + 1,
+                            "membership events arrive faster than they are applied; \
+                             dropping them and re-checking those users against the database"
+                        );
+                    }
+                    self.recheck_user(user_id);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
     }
@@ -380,30 +571,43 @@ impl Drop for Registration {
             self.hub.mark_presence(&self.conn.user_id);
         }
         let mut channels = vec![user_channel];
-        channels.extend(self.conn.room_ids().into_iter().map(keyspace::room_channel));
+        {
+            let mut held = self.conn.rooms();
+            for room_id in held.ids.drain() {
+                let channel = keyspace::room_channel(room_id);
+                self.hub.leave(self.conn.id, &channel);
+                channels.push(channel);
+            }
+        }
         if self.conn.watches_presence() {
+            self.hub.leave(self.conn.id, PRESENCE_CHANNEL);
             channels.push(PRESENCE_CHANNEL.to_owned());
         }
-        for channel in &channels[1..] {
-            self.hub.leave(self.conn.id, channel);
-        }
         // Fire and forget: if the queue is full, the periodic reconcile unsubscribes.
-        if let Some(requests) = &self.hub.requests {
-            let _ = requests.try_send(Request::Sync(channels, None));
-        }
+        self.hub.sync_later(channels);
     }
 }
 
 /// The one task that talks SUBSCRIBE/UNSUBSCRIBE to Redis.
+///
+/// We re-subscribe after a reconnect ourselves (fred's `manage_subscriptions`
+/// is not used) because only here is it known when the new connection carries
+/// every channel again: that is the moment to re-check memberships, since any
+/// change committed after that re-check's database read is sure to arrive as
+/// an event.
 async fn manage_subscriptions(
     hub: Hub,
     subscriber: SubscriberClient,
     mut requests: mpsc::Receiver<Request>,
+    mut reconnects: broadcast::Receiver<Server>,
     shutdown: CancellationToken,
 ) {
     let mut subscribed: HashSet<String> = HashSet::new();
     let mut batch = Vec::with_capacity(256);
     let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    let mut listening = true;
+    // Set by a reconnect, cleared once everything wanted is subscribed again.
+    let mut resubscribing = false;
     loop {
         let mut candidates: HashSet<String> = HashSet::new();
         let mut replies = Vec::new();
@@ -420,6 +624,21 @@ async fn manage_subscriptions(
                 candidates.extend(subscribed.iter().cloned());
                 candidates.extend(hub.channels.iter().map(|entry| entry.key().to_string()));
             }
+            reconnected = reconnects.recv(), if listening => match reconnected {
+                Ok(server) => {
+                    tracing::info!(%server, "pub/sub connection re-established; subscribing again");
+                    subscribed.clear();
+                    resubscribing = true;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    subscribed.clear();
+                    resubscribing = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => listening = false,
+            },
+        }
+        if resubscribing {
+            candidates.extend(hub.channels.iter().map(|entry| entry.key().to_string()));
         }
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for channel in candidates {
@@ -448,6 +667,10 @@ async fn manage_subscriptions(
                 Err(error) => tracing::warn!(%error, "UNSUBSCRIBE failed; will retry"),
             }
         }
+        if resubscribing && result.is_ok() {
+            resubscribing = false;
+            hub.recheck_everyone();
+        }
         for reply in replies {
             let _ = reply.send(result.clone());
         }
@@ -468,16 +691,18 @@ async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: Cancellation
                     tracing::warn!(channel = %message.channel, "dropping a non-text pub/sub payload");
                     continue;
                 };
-                hub.route(&message.channel, frame).await;
+                hub.route(&message.channel, frame);
             }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                // Clients recover with Resume; this must never happen silently.
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // Clients recover messages with Resume; membership events may be
+                // among the missed, so every local user is re-checked.
                 tracing::error!(
                     missed,
                     "gateway fell behind the pub/sub stream; frames were dropped"
                 );
+                hub.recheck_everyone();
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
@@ -493,9 +718,9 @@ fn frame_bytes(value: Value) -> Option<Utf8Bytes> {
 /// The start of every `Typing` frame (`user_id` is serialized first).
 const TYPING_HEAD: &str = r#"{"type":"Typing","#;
 
-/// Events on a user's channel that change or describe their rooms. They go
-/// through one task, in order, so a client sees `MemberAdded` before the
-/// `RoomUpdated` that follows it, and nothing of a room after `MemberRemoved`.
+/// Events that change or describe rooms' membership: on a user's channel they
+/// go through the membership task, in order; on a room's channel they are a
+/// change's one publish to the members who stayed (see `room_events`).
 fn is_membership_event(frame: &Utf8Bytes) -> bool {
     const KINDS: [&str; 4] = ["MemberAdded", "MemberRemoved", "RoomUpdated", "RoomDeleted"];
     frame
@@ -506,96 +731,4 @@ fn is_membership_event(frame: &Utf8Bytes) -> bool {
                 .iter()
                 .any(|kind| rest.starts_with(kind) && rest[kind.len()..].starts_with('"'))
         })
-}
-
-#[derive(serde::Deserialize)]
-struct MembershipEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    data: MembershipData,
-}
-
-#[derive(serde::Deserialize)]
-struct MembershipData {
-    room_id: Uuid,
-    #[serde(default)]
-    user_id: Option<String>,
-}
-
-/// Applies membership events in order. When the event is about the channel's own
-/// user, their local connections join the room's channel (waiting for the
-/// subscription) or leave it *before* the event is forwarded: once a client sees
-/// `MemberAdded` the room's messages reach it, and after `MemberRemoved` or
-/// `RoomDeleted` nothing of the room does and its sends are refused.
-async fn apply_membership(
-    hub: Hub,
-    mut events: mpsc::Receiver<(Box<str>, Utf8Bytes)>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (channel, payload) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            item = events.recv() => match item { Some(item) => item, None => return },
-        };
-        // One publish may carry several events, one per line (see `room_events`).
-        if payload.as_str().contains('\n') {
-            for line in payload.as_str().split('\n') {
-                apply_event(&hub, &channel, Utf8Bytes::from(line.to_owned())).await;
-            }
-        } else {
-            apply_event(&hub, &channel, payload).await;
-        }
-    }
-}
-
-async fn apply_event(hub: &Hub, channel: &str, frame: Utf8Bytes) {
-    let Ok(event) = serde_json::from_str::<MembershipEvent>(frame.as_str()) else {
-        tracing::warn!(%channel, "ignoring a malformed membership event");
-        return;
-    };
-    let conns: Vec<Arc<Conn>> = hub
-        .channels
-        .get(channel)
-        .map(|c| c.clone())
-        .unwrap_or_default();
-    let own_user = channel.strip_prefix(USER_CHANNEL_PREFIX);
-    let about_own_user = event.data.user_id.is_some() && event.data.user_id.as_deref() == own_user;
-    let room_id = event.data.room_id;
-    let room_channel = keyspace::room_channel(room_id);
-    match event.kind.as_str() {
-        "MemberAdded" if about_own_user && !conns.is_empty() => {
-            for conn in &conns {
-                if conn.add_room(room_id) {
-                    hub.join(conn, &room_channel);
-                }
-            }
-            if let Err(error) = hub.sync(vec![room_channel]).await {
-                tracing::warn!(%error, "could not subscribe to a room a local user joined");
-            }
-        }
-        "MemberRemoved" if about_own_user => hub.leave_room(&conns, room_id),
-        "RoomDeleted" => hub.leave_room(&conns, room_id),
-        _ => {}
-    }
-    for conn in &conns {
-        conn.push(frame.clone());
-    }
-}
-
-impl Hub {
-    /// Takes `conns` out of a room; the room's channel is unsubscribed once no
-    /// local connection wants it.
-    fn leave_room(&self, conns: &[Arc<Conn>], room_id: Uuid) {
-        let channel = keyspace::room_channel(room_id);
-        let mut emptied = false;
-        for conn in conns {
-            if conn.remove_room(room_id) {
-                emptied |= self.leave(conn.id, &channel);
-            }
-        }
-        if emptied && let Some(requests) = &self.requests {
-            // Fire and forget: the periodic reconcile catches a full queue.
-            let _ = requests.try_send(Request::Sync(vec![channel], None));
-        }
-    }
 }

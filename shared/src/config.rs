@@ -115,6 +115,14 @@ pub struct Config {
     pub notification_timeout_ms: u64,
     pub notification_concurrency: usize,
     pub notification_queue: usize,
+
+    // --- membership and resume bounds ---
+    /// Every local user's rooms are re-read from the database once per this many
+    /// seconds (spread over the interval), so a removal whose event was lost
+    /// still takes effect.
+    pub membership_recheck_secs: u64,
+    /// Rooms one `Resume` frame may list; more are refused with `too_many_rooms`.
+    pub resume_max_rooms: usize,
 }
 
 impl Default for Config {
@@ -175,6 +183,8 @@ impl Default for Config {
             notification_timeout_ms: 5_000,
             notification_concurrency: 32,
             notification_queue: 10_000,
+            membership_recheck_secs: 30,
+            resume_max_rooms: 100,
         }
     }
 }
@@ -318,6 +328,8 @@ impl Config {
                 "DATABASE_MAX_CONNECTIONS",
                 u64::from(self.database_max_connections),
             ),
+            ("MEMBERSHIP_RECHECK_SECS", self.membership_recheck_secs),
+            ("RESUME_MAX_ROOMS", self.resume_max_rooms as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -402,6 +414,8 @@ const KNOWN_KEYS: &[&str] = &[
     "notification_timeout_ms",
     "notification_concurrency",
     "notification_queue",
+    "membership_recheck_secs",
+    "resume_max_rooms",
 ];
 
 #[cfg(test)]

@@ -57,6 +57,12 @@ pub mod metric {
     pub const WORKER_STORED: &str = "chatter_worker_stored_total";
     /// Notification calls by outcome (`sent`, `dead_lettered`).
     pub const NOTIFICATIONS: &str = "chatter_notifications_total";
+    /// Membership events the gateway dropped because its membership task was
+    /// behind; each is made good by re-checking the user against the database.
+    pub const MEMBERSHIP_EVENTS_DROPPED: &str = "chatter_membership_events_dropped_total";
+    /// Rooms a membership re-check joined or left on a socket: each is an event
+    /// that was lost or dropped (label `change`: `joined`, `left`).
+    pub const MEMBERSHIP_RECHECK_FIXES: &str = "chatter_membership_recheck_fixes_total";
 }
 
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
