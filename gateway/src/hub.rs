@@ -36,7 +36,7 @@ use dashmap::DashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot};
@@ -63,6 +63,10 @@ pub struct Conn {
     pub overflowed: CancellationToken,
     /// Whose presence changes this connection receives, once it subscribed.
     presence_scope: Mutex<Option<PresenceScope>>,
+    /// Membership events about this connection's user that the dispatcher has
+    /// queued and the membership task not yet applied. The re-check leaves the
+    /// connection alone meanwhile: its database read would only race them.
+    pending_events: AtomicU32,
 }
 
 /// A connection's rooms, with what the membership re-check needs to know.
@@ -117,10 +121,21 @@ impl Conn {
     }
 
     /// The version to compare after a database read, or `None` while the
-    /// connection's own rooms are still being loaded.
-    pub(crate) fn loaded_version(&self) -> Option<u64> {
+    /// connection's own rooms are still being loaded or events about them wait
+    /// to be applied.
+    pub(crate) fn settled_version(&self) -> Option<u64> {
+        if self.pending_events.load(Ordering::Acquire) > 0 {
+            return None;
+        }
         let rooms = self.rooms();
         rooms.loaded.then_some(rooms.version)
+    }
+
+    /// One queued membership event about this connection's user was applied.
+    pub(crate) fn event_applied(&self) {
+        let _ = self
+            .pending_events
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     fn may_see(&self, user_id: &str) -> bool {
@@ -181,16 +196,7 @@ impl Hub {
             }
             None => (None, None),
         };
-        let hub = Hub {
-            channels: Arc::new(DashMap::new()),
-            requests,
-            membership,
-            rechecks: Arc::new(Rechecks::default()),
-            dropped_events: Arc::new(AtomicU64::new(0)),
-            next_id: Arc::new(AtomicU64::new(1)),
-            presence_dirty: Arc::new(Mutex::new(HashSet::new())),
-            presence_wake: Arc::new(Notify::new()),
-        };
+        let hub = Hub::registry(requests, membership);
         if let (Some(subscriber), Some(request_rx)) = (subscriber, request_rx) {
             // Taken now, after `init`: the first connection's event is not a reconnect.
             let reconnects = subscriber.reconnect_rx();
@@ -217,6 +223,31 @@ impl Hub {
         hub
     }
 
+    /// The registry alone, its tasks not started.
+    fn registry(
+        requests: Option<mpsc::Sender<Request>>,
+        membership: mpsc::Sender<(Box<str>, Utf8Bytes)>,
+    ) -> Hub {
+        Hub {
+            channels: Arc::new(DashMap::new()),
+            requests,
+            membership,
+            rechecks: Arc::new(Rechecks::default()),
+            dropped_events: Arc::new(AtomicU64::new(0)),
+            next_id: Arc::new(AtomicU64::new(1)),
+            presence_dirty: Arc::new(Mutex::new(HashSet::new())),
+            presence_wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A registry whose membership queue holds `queue` events and is never
+    /// drained: for tests of what the dispatcher does without any task.
+    #[cfg(test)]
+    pub(crate) fn for_tests(queue: usize) -> (Hub, mpsc::Receiver<(Box<str>, Utf8Bytes)>) {
+        let (membership, events) = mpsc::channel(queue);
+        (Hub::registry(None, membership), events)
+    }
+
     /// Registers a new connection for `user_id` on the user's own channel and
     /// waits until Redis delivers it. Rooms come next ([`Hub::join_rooms`]): the
     /// user channel is live *before* the caller reads the user's rooms, so a room
@@ -235,6 +266,7 @@ impl Hub {
             rooms: Mutex::new(Rooms::default()),
             overflowed: CancellationToken::new(),
             presence_scope: Mutex::new(None),
+            pending_events: AtomicU32::new(0),
         });
         let channel = keyspace::user_channel(user_id);
         if self.join(&conn, &channel) {
@@ -536,9 +568,16 @@ impl Hub {
                 self.deliver(channel, &frame);
                 return;
             }
+            // Counted before it is queued, so the membership task never
+            // applies an event that was not counted yet.
+            let conns = self.conns_on(channel);
+            for conn in &conns {
+                conn.pending_events.fetch_add(1, Ordering::AcqRel);
+            }
             match self.membership.try_send((channel.into(), frame)) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
+                    conns.iter().for_each(|conn| conn.event_applied());
                     metrics::counter!(metric::MEMBERSHIP_EVENTS_DROPPED).increment(1);
                     let dropped = self.dropped_events.fetch_add(1, Ordering::Relaxed);
                     // Logged once per thousand: a flood would otherwise flood the log.
@@ -731,4 +770,46 @@ fn is_membership_event(frame: &Utf8Bytes) -> bool {
                 .iter()
                 .any(|kind| rest.starts_with(kind) && rest[kind.len()..].starts_with('"'))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Hub;
+    use axum::extract::ws::Utf8Bytes;
+    use chatter_shared::keyspace;
+    use chatter_shared::protocol::ServerFrame;
+    use uuid::Uuid;
+
+    fn added(room_id: Uuid, user_id: &str) -> Utf8Bytes {
+        Utf8Bytes::from(ServerFrame::MemberAdded { room_id, user_id }.to_json())
+    }
+
+    /// The dispatcher's routing never waits: with the membership queue full, an
+    /// event is dropped, counted, and its user put down for a re-check.
+    #[tokio::test]
+    async fn a_full_membership_queue_drops_the_event_and_asks_for_a_recheck() {
+        let (hub, _events) = Hub::for_tests(1);
+        let (registration, _inbox) = hub.register("carol", 8).await.expect("registered");
+        let channel = keyspace::user_channel("carol");
+        hub.route(&channel, added(Uuid::now_v7(), "carol"));
+        assert!(
+            hub.rechecks().take_users().is_empty(),
+            "the first event fits"
+        );
+        hub.route(&channel, added(Uuid::now_v7(), "carol"));
+        assert_eq!(hub.rechecks().take_users(), vec!["carol".to_owned()]);
+        assert_eq!(
+            hub.dropped_events
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // Only the queued event counts as pending: the re-check waits for it alone.
+        assert_eq!(
+            registration
+                .conn
+                .pending_events
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
 }

@@ -24,10 +24,12 @@
 //!   tick, and every user within [`URGENT_SPREAD`] after the subscriber
 //!   reconnects or falls behind.
 //!
-//! The re-check must not undo a newer event: each connection's rooms carry a
-//! version bumped by every event applied to them; the re-check notes it before
-//! its query and changes nothing on a connection whose version moved meanwhile
-//! (the next round looks again).
+//! The re-check must not undo a newer event, nor report one that is merely on
+//! its way: each connection counts the events queued for it, and its rooms
+//! carry a version bumped by every event applied to them. The re-check skips a
+//! connection with queued events, notes the version before its query, and
+//! changes nothing on a connection whose version moved meanwhile; either way
+//! the user is looked at again at the next tick.
 //!
 //! A change's one publish to the members who stayed, on the room's channel, is
 //! delivered from here too ([`deliver_room_change`]).
@@ -82,7 +84,7 @@ impl Rechecks {
         self.wake.notify_one();
     }
 
-    fn take_users(&self) -> Vec<String> {
+    pub(crate) fn take_users(&self) -> Vec<String> {
         self.users
             .lock()
             .map(|mut users| users.drain().collect())
@@ -132,6 +134,11 @@ pub(crate) async fn apply_events(
                 }
             } else {
                 forward.extend(apply_event(&hub, &channel, payload, &mut subscribe));
+            }
+            // Applied to the registry (forwarding follows): the re-check may
+            // look at these connections again.
+            for conn in hub.conns_on(&channel) {
+                conn.event_applied();
             }
         }
         if !subscribe.is_empty()
@@ -319,11 +326,16 @@ pub(crate) async fn recheck(hub: Hub, store: Store, every: Duration, shutdown: C
 /// match it (unless an event overtook the query).
 async fn recheck_users(hub: &Hub, store: &Store, users: &[String]) {
     // Versions first: an event applied after this point is newer than the read.
-    let targets: Vec<(Arc<Conn>, u64)> = users
-        .iter()
-        .flat_map(|user| hub.conns_on(&keyspace::user_channel(user)))
-        .filter_map(|conn| conn.loaded_version().map(|version| (conn, version)))
-        .collect();
+    // A connection with events still queued is looked at again next tick.
+    let mut targets: Vec<(Arc<Conn>, u64)> = Vec::new();
+    for user in users {
+        for conn in hub.conns_on(&keyspace::user_channel(user)) {
+            match conn.settled_version() {
+                Some(version) => targets.push((conn, version)),
+                None => hub.recheck_user(user),
+            }
+        }
+    }
     if targets.is_empty() {
         return;
     }
@@ -345,6 +357,8 @@ async fn recheck_users(hub: &Hub, store: &Store, users: &[String]) {
     for (conn, version) in targets {
         let wanted = rooms_of.get(&conn.user_id).unwrap_or(&none);
         let Some(fixed) = hub.fix_rooms(&conn, wanted, version) else {
+            // An event overtook the read: look again once it is applied.
+            hub.recheck_user(&conn.user_id);
             continue;
         };
         if fixed.joined.is_empty() && fixed.left.is_empty() {
@@ -400,8 +414,65 @@ async fn recheck_users(hub: &Hub, store: &Store, users: &[String]) {
 
 #[cfg(test)]
 mod tests {
-    use super::Round;
+    use super::{Round, deliver_room_change};
+    use crate::hub::Hub;
+    use axum::extract::ws::Utf8Bytes;
+    use chatter_shared::keyspace;
+    use chatter_shared::protocol::{RoomUpdate, ServerFrame};
+    use chatter_shared::store::{Room, RoomKind};
     use std::time::Duration;
+
+    /// A change's one publish on the room's channel reaches the members who
+    /// stayed, frame by frame, and not the user it is about.
+    #[tokio::test]
+    async fn a_room_change_skips_the_users_it_is_about() {
+        let (hub, _events) = Hub::for_tests(8);
+        let room = Room {
+            id: uuid::Uuid::now_v7(),
+            kind: RoomKind::Group,
+            name: None,
+            owner_id: "alice".into(),
+            members: vec!["alice".into(), "bob".into()],
+            metadata: serde_json::json!({}),
+            created_at: time::OffsetDateTime::now_utc(),
+        };
+        let mut inboxes = Vec::new();
+        for user in ["alice", "bob", "carol"] {
+            let (registration, inbox) = hub.register(user, 8).await.expect("registered");
+            hub.join_rooms(&registration.conn, vec![room.id])
+                .await
+                .expect("joined");
+            inboxes.push((user, registration, inbox));
+        }
+        let removed = ["carol".to_owned()];
+        let change = [
+            ServerFrame::MemberRemoved {
+                room_id: room.id,
+                user_id: "carol",
+            }
+            .to_json(),
+            ServerFrame::RoomUpdated(RoomUpdate::new(&room, &[], &removed)).to_json(),
+        ]
+        .join("\n");
+        deliver_room_change(
+            &hub,
+            &keyspace::room_channel(room.id),
+            &Utf8Bytes::from(change),
+        );
+        for (user, _registration, inbox) in &mut inboxes {
+            let mut frames = Vec::new();
+            while let Ok(frame) = inbox.try_recv() {
+                frames.push(frame.as_str().to_owned());
+            }
+            if *user == "carol" {
+                assert!(frames.is_empty(), "carol is told on her own channel");
+            } else {
+                assert_eq!(frames.len(), 2, "{user}: {frames:?}");
+                assert!(frames[0].starts_with(r#"{"type":"MemberRemoved""#));
+                assert!(frames[1].contains(r#""member_count":2"#), "{}", frames[1]);
+            }
+        }
+    }
 
     #[test]
     fn a_round_spreads_its_users_over_the_interval() {

@@ -26,6 +26,10 @@ use uuid::Uuid;
 
 /// `MEMBERSHIP_RECHECK_SECS` in these tests.
 const RECHECK: Duration = Duration::from_secs(2);
+/// The two tests that load the machine most (megabytes of messages, thousands
+/// of events) run one at a time, so that neither measures the other.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// What a re-check may take beyond its interval on a busy test machine: one
 /// tick, one query, the frame's way to the client.
 const RECHECK_SLACK: Duration = Duration::from_millis(1500);
@@ -367,6 +371,7 @@ async fn a_resume_listing_more_rooms_than_allowed_is_refused_as_a_whole() {
 /// three. His `Resume` makes Redis send three frames, not three megabytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_resume_reads_only_the_missed_frames_from_the_recent_log() {
+    let _alone = HEAVY.lock().await;
     let cluster = Cluster::builder(binaries!())
         .env("MAX_MESSAGE_CHARS", "16000")
         .env("MAX_FRAME_BYTES", "65536")
@@ -426,14 +431,18 @@ async fn a_resume_reads_only_the_missed_frames_from_the_recent_log() {
 }
 
 /// 200 rooms of 40 members, all connected to one gateway, are created at once
-/// (8,000 membership events for that gateway). Meanwhile a message every 20 ms
-/// in another room must still reach its reader within `MAX_DELAY`; and every
-/// socket ends up in all 200 rooms, by event or by re-check.
+/// (8,000 membership events for that gateway). Meanwhile messages in another
+/// room, one after the other, must each reach their reader within `MAX_DELAY`;
+/// and every socket ends up in all 200 rooms, by event or by re-check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_room_creations_does_not_delay_another_rooms_messages() {
     const MEMBERS: usize = 40;
     const ROOMS: usize = 200;
-    const MAX_DELAY: Duration = Duration::from_millis(200);
+    // Measured on a 2-core machine shared with other builds (load 8-12):
+    // 80-140 ms with the fix, 1.1-1.4 s without (the dispatcher waited for the
+    // membership queue).
+    const MAX_DELAY: Duration = Duration::from_millis(300);
+    let _alone = HEAVY.lock().await;
     let cluster = Cluster::builder(binaries!())
         .env("MEMBERSHIP_RECHECK_SECS", "2")
         .env("FRAMES_PER_SEC", "1000")
@@ -482,13 +491,15 @@ async fn a_burst_of_room_creations_does_not_delay_another_rooms_messages() {
             Ok::<_, anyhow::Error>((worst, sent))
         };
         let ((created, burst), pinged) = tokio::join!(creations, pings);
+        let burst_end = Instant::now();
         let rooms: HashSet<String> = created.into_iter().collect::<Result<_>>()?;
         let (worst, pings) = pinged?;
         let dropped =
             gateway_metric(&cluster, 0, "chatter_membership_events_dropped_total").await?;
         eprintln!(
             "{ROOMS} rooms × {MEMBERS} members created in {burst:?}; {pings} messages in another \
-             room meanwhile, slowest {worst:?}; membership events dropped (then re-checked): {dropped}"
+             room meanwhile, slowest {worst:?}; membership events dropped (then re-checked): {}",
+            dropped as u64
         );
         ensure!(
             worst <= MAX_DELAY,
@@ -512,6 +523,10 @@ async fn a_burst_of_room_creations_does_not_delay_another_rooms_messages() {
                 }
             }
         }
+        eprintln!(
+            "every socket was told of every room {:?} after the burst",
+            burst_end.elapsed()
+        );
         let last = users.last().context("members")?;
         let any_room = rooms.iter().next().context("rooms")?;
         let ws = members.last_mut().context("sockets")?;
