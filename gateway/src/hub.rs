@@ -10,42 +10,38 @@
 //! In the embedded mode there is no Redis: the in-process bus calls [`Hub::deliver`]
 //! and [`Hub::route`] directly and there is nothing to subscribe to.
 //!
-//! Three parts here, and one beside:
-//! - [`Hub`]: the registry, `channel → local connections`, shared by all tasks.
-//! - the subscription manager task: the only place that sends SUBSCRIBE and
-//!   UNSUBSCRIBE. It reconciles Redis with the registry, batching requests, so a
-//!   leave racing a join can never leave a wanted channel unsubscribed. After the
-//!   subscriber reconnects it subscribes everything again, then asks for a
-//!   membership re-check of every local user (events published while it was
-//!   away are lost).
-//! - the dispatcher task: reads the subscriber's message stream and delivers. It
-//!   never waits: membership events on user channels are handed to the membership
-//!   task with `try_send`, and one that does not fit is dropped, logged, and
-//!   replaced by a re-check of that user against the database.
-//! - `crate::membership`: applying membership events in order, and the periodic
-//!   re-check that keeps each socket's rooms true to the database.
+//! This file is the registry ([`Hub`], `channel → local connections`, and each
+//! connection's rooms), shared by all tasks. The tasks around it:
+//! - `subscriptions`: the only place that sends SUBSCRIBE and UNSUBSCRIBE,
+//!   reconciling Redis with the registry (and everything again after a
+//!   reconnect);
+//! - `dispatch`: reads the subscriber's stream and routes each frame, never
+//!   waiting;
+//! - `membership`: applies membership events in order, and re-checks local
+//!   users' rooms against the database for the events that never came.
 
-use crate::membership::{self, Rechecks};
+mod dispatch;
+pub(crate) mod membership;
+mod subscriptions;
+
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::keyspace::{self, ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
+use chatter_shared::keyspace::{self, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
-use chatter_shared::protocol::MESSAGE_RECEIVED_HEAD;
 use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
 use dashmap::DashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use membership::Rechecks;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use subscriptions::Request;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// How often the subscription manager re-checks every channel, healing anything a
-/// failed SUBSCRIBE or a missed request left behind.
-const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// Membership events waiting for the membership task. Past it the dispatcher
 /// drops the event and the user is re-checked against the database instead.
 const MEMBERSHIP_QUEUE: usize = 4096;
@@ -153,11 +149,6 @@ impl Conn {
     }
 }
 
-enum Request {
-    /// Make Redis match the registry for these channels; reply when done.
-    Sync(Vec<String>, Option<oneshot::Sender<Result<(), Error>>>),
-}
-
 /// The registry of local connections by channel. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
@@ -200,14 +191,18 @@ impl Hub {
         if let (Some(subscriber), Some(request_rx)) = (subscriber, request_rx) {
             // Taken now, after `init`: the first connection's event is not a reconnect.
             let reconnects = subscriber.reconnect_rx();
-            tokio::spawn(manage_subscriptions(
+            tokio::spawn(subscriptions::manage_subscriptions(
                 hub.clone(),
                 subscriber.clone(),
                 request_rx,
                 reconnects,
                 shutdown.clone(),
             ));
-            tokio::spawn(dispatch(hub.clone(), subscriber, shutdown.clone()));
+            tokio::spawn(dispatch::dispatch(
+                hub.clone(),
+                subscriber,
+                shutdown.clone(),
+            ));
         }
         tokio::spawn(membership::apply_events(
             hub.clone(),
@@ -539,61 +534,6 @@ impl Hub {
     fn deliver_typing(&self, channel: &str, frame: &Utf8Bytes) {
         self.deliver_where(channel, frame, |conn, typist| conn.user_id != typist);
     }
-
-    /// Hands a published frame to the sockets that should see it. Never waits:
-    /// this is the dispatcher's whole loop body, and every room's fan-out goes
-    /// through it.
-    ///
-    /// Membership events on a user's channel go to the membership task, which
-    /// applies them (joining the room's channel first) before the user sees
-    /// them, in order. If its queue is full the event is dropped and the user is
-    /// re-checked against the database instead, which restores their rooms and
-    /// tells them with `MemberAdded`/`MemberRemoved`.
-    pub fn route(&self, channel: &str, frame: Utf8Bytes) {
-        if channel.starts_with(ROOM_CHANNEL_PREFIX) {
-            let text = frame.as_str();
-            if text.starts_with(MESSAGE_RECEIVED_HEAD) {
-                self.deliver(channel, &frame);
-            } else if text.starts_with(TYPING_HEAD) {
-                self.deliver_typing(channel, &frame);
-            } else if is_membership_event(&frame) {
-                membership::deliver_room_change(self, channel, &frame);
-            } else {
-                self.deliver(channel, &frame);
-            }
-        } else if channel == PRESENCE_CHANNEL {
-            self.deliver_presence(&frame);
-        } else if let Some(user_id) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
-            if !is_membership_event(&frame) {
-                self.deliver(channel, &frame);
-                return;
-            }
-            // Counted before it is queued, so the membership task never
-            // applies an event that was not counted yet.
-            let conns = self.conns_on(channel);
-            for conn in &conns {
-                conn.pending_events.fetch_add(1, Ordering::AcqRel);
-            }
-            match self.membership.try_send((channel.into(), frame)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    conns.iter().for_each(|conn| conn.event_applied());
-                    metrics::counter!(metric::MEMBERSHIP_EVENTS_DROPPED).increment(1);
-                    let dropped = self.dropped_events.fetch_add(1, Ordering::Relaxed);
-                    // Logged once per thousand: a flood would otherwise flood the log.
-                    if dropped.is_multiple_of(1000) {
-                        tracing::warn!(
-                            dropped = dropped + 1,
-                            "membership events arrive faster than they are applied; \
-                             dropping them and re-checking those users against the database"
-                        );
-                    }
-                    self.recheck_user(user_id);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-    }
 }
 
 /// A registered connection; dropping it removes the connection from every channel.
@@ -624,192 +564,5 @@ impl Drop for Registration {
         }
         // Fire and forget: if the queue is full, the periodic reconcile unsubscribes.
         self.hub.sync_later(channels);
-    }
-}
-
-/// The one task that talks SUBSCRIBE/UNSUBSCRIBE to Redis.
-///
-/// We re-subscribe after a reconnect ourselves (fred's `manage_subscriptions`
-/// is not used) because only here is it known when the new connection carries
-/// every channel again: that is the moment to re-check memberships, since any
-/// change committed after that re-check's database read is sure to arrive as
-/// an event.
-async fn manage_subscriptions(
-    hub: Hub,
-    subscriber: SubscriberClient,
-    mut requests: mpsc::Receiver<Request>,
-    mut reconnects: broadcast::Receiver<Server>,
-    shutdown: CancellationToken,
-) {
-    let mut subscribed: HashSet<String> = HashSet::new();
-    let mut batch = Vec::with_capacity(256);
-    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
-    let mut listening = true;
-    // Set by a reconnect, cleared once everything wanted is subscribed again.
-    let mut resubscribing = false;
-    loop {
-        let mut candidates: HashSet<String> = HashSet::new();
-        let mut replies = Vec::new();
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            received = requests.recv_many(&mut batch, 256) => {
-                if received == 0 { return; }
-                for Request::Sync(channels, reply) in batch.drain(..) {
-                    candidates.extend(channels);
-                    replies.extend(reply);
-                }
-            }
-            _ = reconcile.tick() => {
-                candidates.extend(subscribed.iter().cloned());
-                candidates.extend(hub.channels.iter().map(|entry| entry.key().to_string()));
-            }
-            reconnected = reconnects.recv(), if listening => match reconnected {
-                Ok(server) => {
-                    tracing::info!(%server, "pub/sub connection re-established; subscribing again");
-                    subscribed.clear();
-                    resubscribing = true;
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    subscribed.clear();
-                    resubscribing = true;
-                }
-                Err(broadcast::error::RecvError::Closed) => listening = false,
-            },
-        }
-        if resubscribing {
-            candidates.extend(hub.channels.iter().map(|entry| entry.key().to_string()));
-        }
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
-        for channel in candidates {
-            let wanted = hub.channels.contains_key(channel.as_str());
-            match (wanted, subscribed.contains(&channel)) {
-                (true, false) => add.push(channel),
-                (false, true) => remove.push(channel),
-                _ => {}
-            }
-        }
-        let mut result = Ok(());
-        if !add.is_empty() {
-            match subscriber.subscribe(add.clone()).await {
-                Ok(()) => subscribed.extend(add),
-                Err(error) => {
-                    tracing::warn!(%error, "SUBSCRIBE failed; will retry");
-                    result = Err(error);
-                }
-            }
-        }
-        if !remove.is_empty() {
-            match subscriber.unsubscribe(remove.clone()).await {
-                Ok(()) => remove.iter().for_each(|channel| {
-                    subscribed.remove(channel);
-                }),
-                Err(error) => tracing::warn!(%error, "UNSUBSCRIBE failed; will retry"),
-            }
-        }
-        if resubscribing && result.is_ok() {
-            resubscribing = false;
-            hub.recheck_everyone();
-        }
-        for reply in replies {
-            let _ = reply.send(result.clone());
-        }
-    }
-}
-
-/// Reads published frames and hands them to local sockets.
-async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: CancellationToken) {
-    let mut messages = subscriber.message_rx();
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => return,
-            message = messages.recv() => message,
-        };
-        match message {
-            Ok(message) => {
-                let Some(frame) = frame_bytes(message.value) else {
-                    tracing::warn!(channel = %message.channel, "dropping a non-text pub/sub payload");
-                    continue;
-                };
-                hub.route(&message.channel, frame);
-            }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                // Clients recover messages with Resume; membership events may be
-                // among the missed, so every local user is re-checked.
-                tracing::error!(
-                    missed,
-                    "gateway fell behind the pub/sub stream; frames were dropped"
-                );
-                hub.recheck_everyone();
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-fn frame_bytes(value: Value) -> Option<Utf8Bytes> {
-    match value {
-        Value::String(text) => Utf8Bytes::try_from(text.into_inner()).ok(),
-        Value::Bytes(bytes) => Utf8Bytes::try_from(bytes).ok(),
-        _ => None,
-    }
-}
-
-/// The start of every `Typing` frame (`user_id` is serialized first).
-const TYPING_HEAD: &str = r#"{"type":"Typing","#;
-
-/// Events that change or describe rooms' membership: on a user's channel they
-/// go through the membership task, in order; on a room's channel they are a
-/// change's one publish to the members who stayed (see `room_events`).
-fn is_membership_event(frame: &Utf8Bytes) -> bool {
-    const KINDS: [&str; 4] = ["MemberAdded", "MemberRemoved", "RoomUpdated", "RoomDeleted"];
-    frame
-        .as_str()
-        .strip_prefix(r#"{"type":""#)
-        .is_some_and(|rest| {
-            KINDS
-                .iter()
-                .any(|kind| rest.starts_with(kind) && rest[kind.len()..].starts_with('"'))
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Hub;
-    use axum::extract::ws::Utf8Bytes;
-    use chatter_shared::keyspace;
-    use chatter_shared::protocol::ServerFrame;
-    use uuid::Uuid;
-
-    fn added(room_id: Uuid, user_id: &str) -> Utf8Bytes {
-        Utf8Bytes::from(ServerFrame::MemberAdded { room_id, user_id }.to_json())
-    }
-
-    /// The dispatcher's routing never waits: with the membership queue full, an
-    /// event is dropped, counted, and its user put down for a re-check.
-    #[tokio::test]
-    async fn a_full_membership_queue_drops_the_event_and_asks_for_a_recheck() {
-        let (hub, _events) = Hub::for_tests(1);
-        let (registration, _inbox) = hub.register("carol", 8).await.expect("registered");
-        let channel = keyspace::user_channel("carol");
-        hub.route(&channel, added(Uuid::now_v7(), "carol"));
-        assert!(
-            hub.rechecks().take_users().is_empty(),
-            "the first event fits"
-        );
-        hub.route(&channel, added(Uuid::now_v7(), "carol"));
-        assert_eq!(hub.rechecks().take_users(), vec!["carol".to_owned()]);
-        assert_eq!(
-            hub.dropped_events
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
-        // Only the queued event counts as pending: the re-check waits for it alone.
-        assert_eq!(
-            registration
-                .conn
-                .pending_events
-                .load(std::sync::atomic::Ordering::Relaxed),
-            1
-        );
     }
 }

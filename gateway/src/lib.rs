@@ -13,7 +13,6 @@ pub mod cli;
 pub mod embedded;
 pub mod http;
 pub mod hub;
-pub mod membership;
 pub mod messages;
 pub mod presence;
 pub mod read_state;

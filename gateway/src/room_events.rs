@@ -4,7 +4,7 @@
 //! room's: a member who is being added is not subscribed to the room yet, and
 //! one being removed must not see anything sent to the room after their
 //! `MemberRemoved`. The hub applies them in order (joining or leaving the room's
-//! channel first, see `crate::membership`). What the other members learn of a
+//! channel first, see `hub/membership.rs`). What the other members learn of a
 //! change goes once on the room's channel, one frame per line (JSON text never
 //! contains a raw newline), and the hub leaves out the sockets of the users the
 //! change is about.

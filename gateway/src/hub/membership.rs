@@ -34,7 +34,7 @@
 //! A change's one publish to the members who stayed, on the room's channel, is
 //! delivered from here too ([`deliver_room_change`]).
 
-use crate::hub::{Conn, Hub};
+use super::{Conn, Hub};
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::keyspace::{self, USER_CHANNEL_PREFIX};
 use chatter_shared::protocol::ServerFrame;
