@@ -152,11 +152,11 @@ mod tests {
         let channel = keyspace::user_channel("carol");
         hub.route(&channel, added(Uuid::now_v7(), "carol"));
         assert!(
-            hub.rechecks().take_users().is_empty(),
+            hub.rechecks().take_users(10).is_empty(),
             "the first event fits"
         );
         hub.route(&channel, added(Uuid::now_v7(), "carol"));
-        assert_eq!(hub.rechecks().take_users(), vec!["carol".to_owned()]);
+        assert_eq!(hub.rechecks().take_users(10), vec!["carol".to_owned()]);
         assert_eq!(
             hub.dropped_events
                 .load(std::sync::atomic::Ordering::Relaxed),

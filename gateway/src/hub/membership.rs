@@ -21,8 +21,9 @@
 //!   longer lists is left and the socket is told `MemberRemoved`; a room it
 //!   lists that the socket lacks is joined and the socket is told
 //!   `MemberAdded`. Users whose events were dropped are re-checked at the next
-//!   tick, and every user within [`URGENT_SPREAD`] after the subscriber
-//!   reconnects or falls behind.
+//!   tick (at most [`RECHECK_BATCH`] a tick, so thousands of drops still cost
+//!   one query a tick), and every user within [`URGENT_SPREAD`] after the
+//!   subscriber reconnects or falls behind.
 //!
 //! The re-check must not undo a newer event, nor report one that is merely on
 //! its way: each connection counts the events queued for it, and its rooms
@@ -72,11 +73,19 @@ pub struct Rechecks {
 }
 
 impl Rechecks {
+    /// Re-check `user_id` now (its event was dropped, or its connect-time
+    /// rooms were overtaken).
     pub(crate) fn user(&self, user_id: &str) {
+        self.user_later(user_id);
+        self.wake.notify_one();
+    }
+
+    /// Re-check `user_id` at the next tick (it had events still queued): not at
+    /// once, or the task would spin until they are applied.
+    fn user_later(&self, user_id: &str) {
         if let Ok(mut users) = self.users.lock() {
             users.insert(user_id.to_owned());
         }
-        self.wake.notify_one();
     }
 
     pub(crate) fn everyone(&self) {
@@ -84,11 +93,17 @@ impl Rechecks {
         self.wake.notify_one();
     }
 
-    pub(crate) fn take_users(&self) -> Vec<String> {
-        self.users
-            .lock()
-            .map(|mut users| users.drain().collect())
-            .unwrap_or_default()
+    /// At most `max` of the users asked for; the rest wait for the next tick,
+    /// so even thousands of dropped events cost one query per tick.
+    pub(crate) fn take_users(&self, max: usize) -> Vec<String> {
+        let Ok(mut users) = self.users.lock() else {
+            return Vec::new();
+        };
+        let taken: Vec<String> = users.iter().take(max).cloned().collect();
+        for user in &taken {
+            users.remove(user);
+        }
+        taken
     }
 }
 
@@ -311,7 +326,7 @@ pub(crate) async fn recheck(hub: Hub, store: Store, every: Duration, shutdown: C
             round = Round::new(hub.local_users(), every, &order);
             next_round = now + every;
         }
-        let mut due = hub.rechecks().take_users();
+        let mut due = hub.rechecks().take_users(RECHECK_BATCH);
         due.extend(round.due(now));
         for users in due.chunks(RECHECK_BATCH) {
             if shutdown.is_cancelled() {
@@ -332,7 +347,7 @@ async fn recheck_users(hub: &Hub, store: &Store, users: &[String]) {
         for conn in hub.conns_on(&keyspace::user_channel(user)) {
             match conn.settled_version() {
                 Some(version) => targets.push((conn, version)),
-                None => hub.recheck_user(user),
+                None => hub.rechecks().user_later(user),
             }
         }
     }
@@ -358,7 +373,7 @@ async fn recheck_users(hub: &Hub, store: &Store, users: &[String]) {
         let wanted = rooms_of.get(&conn.user_id).unwrap_or(&none);
         let Some(fixed) = hub.fix_rooms(&conn, wanted, version) else {
             // An event overtook the read: look again once it is applied.
-            hub.recheck_user(&conn.user_id);
+            hub.rechecks().user_later(&conn.user_id);
             continue;
         };
         if fixed.joined.is_empty() && fixed.left.is_empty() {
