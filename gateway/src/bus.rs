@@ -100,7 +100,7 @@ impl Bus {
         match self {
             Bus::Redis { client, .. } => Ok(client.publish(channel, frame).await?),
             Bus::Local(local) => {
-                local.hub.route(channel, Utf8Bytes::from(frame)).await;
+                local.hub.route(channel, Utf8Bytes::from(frame));
                 Ok(())
             }
         }
@@ -148,14 +148,25 @@ impl Bus {
         }
     }
 
-    /// The room's last seq and its newest frames, for `Resume`.
-    pub async fn recent(&self, room_id: Uuid) -> Result<RecentLog, BusError> {
+    /// The room's last seq and at most `limit` of its logged frames after
+    /// `after_seq`, for `Resume`.
+    pub async fn recent(
+        &self,
+        room_id: Uuid,
+        after_seq: i64,
+        limit: u64,
+    ) -> Result<RecentLog, BusError> {
         match self {
-            Bus::Redis { client, recent, .. } => Ok(recent.read(client, room_id).await?),
+            Bus::Redis { client, recent, .. } => {
+                Ok(recent.read(client, room_id, after_seq, limit).await?)
+            }
             Bus::Local(local) => {
                 let state = local.lock();
+                let take = usize::try_from(limit.max(1)).unwrap_or(usize::MAX);
                 let frames = state.recent.get(&room_id).map(|(log, _)| {
                     log.iter()
+                        .filter(|(seq, _)| *seq > after_seq)
+                        .take(take)
                         .map(|(seq, frame)| (*seq, frame.as_str().to_owned()))
                         .collect()
                 });
@@ -215,13 +226,10 @@ impl Bus {
             }
             Bus::Local(local) => {
                 local.lock().online.insert(user_id.to_owned());
-                local
-                    .hub
-                    .route(
-                        PRESENCE_CHANNEL,
-                        Utf8Bytes::from(changed_frame(user_id, true, None)),
-                    )
-                    .await;
+                local.hub.route(
+                    PRESENCE_CHANNEL,
+                    Utf8Bytes::from(changed_frame(user_id, true, None)),
+                );
                 Ok(())
             }
         }
@@ -249,10 +257,7 @@ impl Bus {
                     state.last_seen.insert(user_id.to_owned(), now.clone());
                 }
                 let frame = changed_frame(user_id, false, Some(&now));
-                local
-                    .hub
-                    .route(PRESENCE_CHANNEL, Utf8Bytes::from(frame))
-                    .await;
+                local.hub.route(PRESENCE_CHANNEL, Utf8Bytes::from(frame));
                 Ok(())
             }
         }

@@ -10,34 +10,41 @@
 //! In the embedded mode there is no Redis: the in-process bus calls [`Hub::deliver`]
 //! and [`Hub::route`] directly and there is nothing to subscribe to.
 //!
-//! Three parts:
-//! - [`Hub`]: the registry, `channel → local connections`, shared by all tasks.
-//! - the subscription manager task: the only place that sends SUBSCRIBE and
-//!   UNSUBSCRIBE. It reconciles Redis with the registry, batching requests, so a
-//!   leave racing a join can never leave a wanted channel unsubscribed.
-//! - the dispatcher task: reads the subscriber's message stream and delivers.
-//!   Membership events on user channels go to a small sequential task that joins or
-//!   leaves room channels, because that needs a SUBSCRIBE round trip the dispatcher
-//!   must not wait for.
+//! This file is the registry ([`Hub`], `channel → local connections`, and each
+//! connection's rooms), shared by all tasks. The tasks around it:
+//! - `subscriptions`: the only place that sends SUBSCRIBE and UNSUBSCRIBE,
+//!   reconciling Redis with the registry (and everything again after a
+//!   reconnect);
+//! - `dispatch`: reads the subscriber's stream and routes each frame, never
+//!   waiting;
+//! - `membership`: applies membership events in order, and re-checks local
+//!   users' rooms against the database for the events that never came.
+
+mod dispatch;
+pub(crate) mod membership;
+mod subscriptions;
 
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::keyspace::{self, ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
+use chatter_shared::keyspace::{self, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
+use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
 use dashmap::DashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use membership::Rechecks;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use subscriptions::Request;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// How often the subscription manager re-checks every channel, healing anything a
-/// failed SUBSCRIBE or a missed request left behind.
-const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+/// Membership events waiting for the membership task. Past it the dispatcher
+/// drops the event and the user is re-checked against the database instead.
+const MEMBERSHIP_QUEUE: usize = 4096;
 
 /// One WebSocket connection as the hub sees it.
 pub struct Conn {
@@ -45,8 +52,9 @@ pub struct Conn {
     pub user_id: String,
     outbox: mpsc::Sender<Utf8Bytes>,
     /// The rooms this connection may send to and receive from. A std mutex: held
-    /// only for set operations, never across an `.await`.
-    rooms: Mutex<HashSet<Uuid>>,
+    /// only for set operations and the matching registry update, never across an
+    /// `.await`.
+    rooms: Mutex<Rooms>,
     /// Cancelled when the socket must close: its outbox overflowed, or (with
     /// `replaced` set) a newer connection of its user took its place.
     pub overflowed: CancellationToken,
@@ -54,6 +62,30 @@ pub struct Conn {
     replaced: AtomicBool,
     /// Whose presence changes this connection receives, once it subscribed.
     presence_scope: Mutex<Option<PresenceScope>>,
+    /// Membership events about this connection's user that the dispatcher has
+    /// queued and the membership task not yet applied. The re-check leaves the
+    /// connection alone meanwhile: its database read would only race them.
+    pending_events: AtomicU32,
+}
+
+/// A connection's rooms, with what the membership re-check needs to know.
+#[derive(Default)]
+struct Rooms {
+    ids: HashSet<Uuid>,
+    /// Bumped by every membership event applied to the connection, so that a
+    /// re-check can tell that its database read is older than what it holds.
+    version: u64,
+    /// Set once the rooms read at connect time have been joined; before that
+    /// the re-check leaves the connection alone.
+    loaded: bool,
+}
+
+/// What a re-check changed on one connection.
+pub(crate) struct RoomsFixed {
+    pub joined: Vec<Uuid>,
+    pub left: Vec<Uuid>,
+    /// Room channels no local connection wants any more.
+    pub emptied: Vec<String>,
 }
 
 /// Whose `PresenceChanged` events a dashboard connection may receive.
@@ -81,21 +113,33 @@ impl Conn {
     }
 
     pub fn is_member(&self, room_id: Uuid) -> bool {
-        self.rooms
-            .lock()
-            .is_ok_and(|rooms| rooms.contains(&room_id))
+        self.rooms().ids.contains(&room_id)
     }
 
-    fn add_room(&self, room_id: Uuid) -> bool {
+    fn rooms(&self) -> MutexGuard<'_, Rooms> {
+        // Each update is a single set operation, so the state stays consistent
+        // even if a holder panicked: carry on with it.
         self.rooms
             .lock()
-            .is_ok_and(|mut rooms| rooms.insert(room_id))
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn remove_room(&self, room_id: Uuid) -> bool {
-        self.rooms
-            .lock()
-            .is_ok_and(|mut rooms| rooms.remove(&room_id))
+    /// The version to compare after a database read, or `None` while the
+    /// connection's own rooms are still being loaded or events about them wait
+    /// to be applied.
+    pub(crate) fn settled_version(&self) -> Option<u64> {
+        if self.pending_events.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let rooms = self.rooms();
+        rooms.loaded.then_some(rooms.version)
+    }
+
+    /// One queued membership event about this connection's user was applied.
+    pub(crate) fn event_applied(&self) {
+        let _ = self
+            .pending_events
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     fn may_see(&self, user_id: &str) -> bool {
@@ -111,18 +155,6 @@ impl Conn {
             .lock()
             .is_ok_and(|scope| scope.is_some())
     }
-
-    fn room_ids(&self) -> Vec<Uuid> {
-        self.rooms
-            .lock()
-            .map(|rooms| rooms.iter().copied().collect())
-            .unwrap_or_default()
-    }
-}
-
-enum Request {
-    /// Make Redis match the registry for these channels; reply when done.
-    Sync(Vec<String>, Option<oneshot::Sender<Result<(), Error>>>),
 }
 
 /// The registry of local connections by channel. Cheap to clone.
@@ -132,6 +164,10 @@ pub struct Hub {
     /// The subscription manager; `None` without Redis.
     requests: Option<mpsc::Sender<Request>>,
     membership: mpsc::Sender<(Box<str>, Utf8Bytes)>,
+    /// Users whose rooms must be read again from the database.
+    rechecks: Arc<Rechecks>,
+    /// Membership events dropped because the membership task was behind.
+    dropped_events: Arc<AtomicU64>,
     next_id: Arc<AtomicU64>,
     /// Users whose first local connection opened or last one closed, for the
     /// presence task; a set (bounded by the number of users), not a queue.
@@ -143,9 +179,15 @@ impl Hub {
     /// Creates the hub and starts its tasks; they stop when `shutdown` is cancelled.
     /// With a Redis subscriber it also runs the subscription manager and the
     /// dispatcher; without one (embedded mode) frames come in through
-    /// [`Hub::deliver`] and [`Hub::route`].
-    pub fn start(subscriber: Option<SubscriberClient>, shutdown: CancellationToken) -> Hub {
-        let (membership, membership_rx) = mpsc::channel(4096);
+    /// [`Hub::deliver`] and [`Hub::route`]. Either way the membership task and
+    /// the re-check (every `recheck_every`, against `store`) run.
+    pub fn start(
+        subscriber: Option<SubscriberClient>,
+        store: Store,
+        recheck_every: Duration,
+        shutdown: CancellationToken,
+    ) -> Hub {
+        let (membership, membership_rx) = mpsc::channel(MEMBERSHIP_QUEUE);
         let (requests, request_rx) = match subscriber {
             Some(_) => {
                 let (tx, rx) = mpsc::channel(4096);
@@ -153,25 +195,66 @@ impl Hub {
             }
             None => (None, None),
         };
-        let hub = Hub {
-            channels: Arc::new(DashMap::new()),
-            requests,
-            membership,
-            next_id: Arc::new(AtomicU64::new(1)),
-            presence_dirty: Arc::new(Mutex::new(HashSet::new())),
-            presence_wake: Arc::new(Notify::new()),
-        };
+        let hub = Hub::registry(requests, membership);
         if let (Some(subscriber), Some(request_rx)) = (subscriber, request_rx) {
-            tokio::spawn(manage_subscriptions(
+            // Taken now, after `init`: the first connection's event is not a reconnect.
+            let reconnects = subscriber.reconnect_rx();
+            tokio::spawn(subscriptions::manage_subscriptions(
                 hub.clone(),
                 subscriber.clone(),
                 request_rx,
+                reconnects,
                 shutdown.clone(),
             ));
-            tokio::spawn(dispatch(hub.clone(), subscriber, shutdown.clone()));
+            // Unconstrained: the dispatcher is every room's fan-out. Under
+            // tokio's cooperative budget it yields every 128 frames and queues
+            // behind every socket task; during a burst of 15,000 membership
+            // events that let its backlog grow to ~400 ms for every room. It
+            // waits on nothing but its stream, so running it unconstrained costs
+            // other tasks at most the time to drain what has arrived.
+            tokio::spawn(tokio::task::unconstrained(dispatch::dispatch(
+                hub.clone(),
+                subscriber,
+                shutdown.clone(),
+            )));
         }
-        tokio::spawn(apply_membership(hub.clone(), membership_rx, shutdown));
+        tokio::spawn(membership::apply_events(
+            hub.clone(),
+            membership_rx,
+            shutdown.clone(),
+        ));
+        tokio::spawn(membership::recheck(
+            hub.clone(),
+            store,
+            recheck_every,
+            shutdown,
+        ));
         hub
+    }
+
+    /// The registry alone, its tasks not started.
+    fn registry(
+        requests: Option<mpsc::Sender<Request>>,
+        membership: mpsc::Sender<(Box<str>, Utf8Bytes)>,
+    ) -> Hub {
+        Hub {
+            channels: Arc::new(DashMap::new()),
+            requests,
+            membership,
+            rechecks: Arc::new(Rechecks::default()),
+            dropped_events: Arc::new(AtomicU64::new(0)),
+            next_id: Arc::new(AtomicU64::new(1)),
+            presence_dirty: Arc::new(Mutex::new(HashSet::new())),
+            presence_wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// A registry whose membership queue holds `queue` events and is never
+    /// drained: for tests of what the dispatcher does without any task.
+    #[cfg(test)]
+    pub(crate) fn for_tests(queue: usize) -> (Hub, mpsc::Receiver<(Box<str>, Utf8Bytes)>) {
+        let (membership, events) = mpsc::channel(queue);
+        (Hub::registry(None, membership), events)
     }
 
     /// Registers a new connection for `user_id` on the user's own channel and
@@ -189,10 +272,11 @@ impl Hub {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user_id: user_id.to_owned(),
             outbox,
-            rooms: Mutex::new(HashSet::new()),
+            rooms: Mutex::new(Rooms::default()),
             overflowed: CancellationToken::new(),
             replaced: AtomicBool::new(false),
             presence_scope: Mutex::new(None),
+            pending_events: AtomicU32::new(0),
         });
         let channel = keyspace::user_channel(user_id);
         if self.join(&conn, &channel) {
@@ -227,17 +311,120 @@ impl Hub {
         }
     }
 
-    /// Makes `conn` a member of `rooms` and waits until Redis delivers them.
+    /// Makes `conn` a member of `rooms` (read from the database after
+    /// [`Hub::register`]) and waits until Redis delivers them. If a membership
+    /// event reached the connection meanwhile, the list may already be stale:
+    /// the user is re-checked at once.
     pub async fn join_rooms(&self, conn: &Arc<Conn>, rooms: Vec<Uuid>) -> Result<(), Error> {
         let mut wanted = Vec::with_capacity(rooms.len());
-        for room_id in rooms {
-            if conn.add_room(room_id) {
-                let channel = keyspace::room_channel(room_id);
-                self.join(conn, &channel);
-                wanted.push(channel);
+        let raced = {
+            let mut held = conn.rooms();
+            for room_id in rooms {
+                if held.ids.insert(room_id) {
+                    let channel = keyspace::room_channel(room_id);
+                    self.join(conn, &channel);
+                    wanted.push(channel);
+                }
             }
+            held.loaded = true;
+            held.version != 0
+        };
+        if raced {
+            self.recheck_user(&conn.user_id);
         }
         self.sync(wanted).await
+    }
+
+    /// A membership event put `conn` in `room_id`; true if it was not there yet
+    /// (the room's channel then needs a subscription).
+    pub(crate) fn add_room(&self, conn: &Arc<Conn>, room_id: Uuid) -> bool {
+        let mut held = conn.rooms();
+        held.version += 1;
+        let added = held.ids.insert(room_id);
+        if added {
+            self.join(conn, &keyspace::room_channel(room_id));
+        }
+        added
+    }
+
+    /// A membership event took `conn` out of `room_id`; true if that left the
+    /// room's channel without local connections.
+    pub(crate) fn remove_room(&self, conn: &Conn, room_id: Uuid) -> bool {
+        let mut held = conn.rooms();
+        held.version += 1;
+        held.ids.remove(&room_id) && self.leave(conn.id, &keyspace::room_channel(room_id))
+    }
+
+    /// Makes `conn`'s rooms equal to `wanted`, read from the database, unless a
+    /// membership event was applied since `version` was taken (the read may
+    /// then be older than what the connection holds: `None`, nothing changed).
+    pub(crate) fn fix_rooms(
+        &self,
+        conn: &Arc<Conn>,
+        wanted: &HashSet<Uuid>,
+        version: u64,
+    ) -> Option<RoomsFixed> {
+        let mut held = conn.rooms();
+        if held.version != version {
+            return None;
+        }
+        let left: Vec<Uuid> = held.ids.difference(wanted).copied().collect();
+        let joined: Vec<Uuid> = wanted.difference(&held.ids).copied().collect();
+        let mut emptied = Vec::new();
+        for room_id in &left {
+            held.ids.remove(room_id);
+            let channel = keyspace::room_channel(*room_id);
+            if self.leave(conn.id, &channel) {
+                emptied.push(channel);
+            }
+        }
+        for room_id in &joined {
+            held.ids.insert(*room_id);
+            self.join(conn, &keyspace::room_channel(*room_id));
+        }
+        if !left.is_empty() || !joined.is_empty() {
+            held.version += 1;
+        }
+        Some(RoomsFixed {
+            joined,
+            left,
+            emptied,
+        })
+    }
+
+    /// The local connections on `channel`, as they are now.
+    pub(crate) fn conns_on(&self, channel: &str) -> Vec<Arc<Conn>> {
+        self.channels
+            .get(channel)
+            .map(|members| members.clone())
+            .unwrap_or_default()
+    }
+
+    /// Every user with a connection on this gateway.
+    pub(crate) fn local_users(&self) -> Vec<String> {
+        self.channels
+            .iter()
+            .filter_map(|entry| {
+                entry
+                    .key()
+                    .strip_prefix(USER_CHANNEL_PREFIX)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// Asks for `user_id`'s rooms to be read again from the database soon.
+    pub(crate) fn recheck_user(&self, user_id: &str) {
+        self.rechecks.user(user_id);
+    }
+
+    /// Asks for every local user's rooms to be read again (events were lost).
+    pub(crate) fn recheck_everyone(&self) {
+        self.rechecks.everyone();
+    }
+
+    pub(crate) fn rechecks(&self) -> &Rechecks {
+        &self.rechecks
     }
 
     /// Adds `conn` to `channel`; true if it is the channel's first local connection.
@@ -357,7 +544,7 @@ impl Hub {
     }
 
     /// Asks the manager to reconcile `channels` and waits for it.
-    async fn sync(&self, channels: Vec<String>) -> Result<(), Error> {
+    pub(crate) async fn sync(&self, channels: Vec<String>) -> Result<(), Error> {
         let Some(requests) = &self.requests else {
             return Ok(());
         };
@@ -368,6 +555,16 @@ impl Hub {
             .map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?;
         done.await
             .map_err(|_| Error::new(ErrorKind::Canceled, "gateway is shutting down"))?
+    }
+
+    /// Asks the manager to reconcile `channels` without waiting. If its queue is
+    /// full, the periodic reconcile does it.
+    pub(crate) fn sync_later(&self, channels: Vec<String>) {
+        if let Some(requests) = &self.requests
+            && !channels.is_empty()
+        {
+            let _ = requests.try_send(Request::Sync(channels, None));
+        }
     }
 
     /// Delivers `frame` to every local connection on `channel`.
@@ -390,27 +587,6 @@ impl Hub {
     fn deliver_typing(&self, channel: &str, frame: &Utf8Bytes) {
         self.deliver_where(channel, frame, |conn, typist| conn.user_id != typist);
     }
-
-    /// Hands a published frame to the sockets that should see it. Membership
-    /// events on a user's channel are applied (joining the room's channel) before
-    /// the user sees them, by the membership task, in order.
-    pub async fn route(&self, channel: &str, frame: Utf8Bytes) {
-        if channel.starts_with(ROOM_CHANNEL_PREFIX) {
-            if frame.as_str().starts_with(TYPING_HEAD) {
-                self.deliver_typing(channel, &frame);
-            } else {
-                self.deliver(channel, &frame);
-            }
-        } else if channel == PRESENCE_CHANNEL {
-            self.deliver_presence(&frame);
-        } else if channel.starts_with(USER_CHANNEL_PREFIX) {
-            if is_membership_event(&frame) {
-                let _ = self.membership.send((channel.into(), frame)).await;
-            } else {
-                self.deliver(channel, &frame);
-            }
-        }
-    }
 }
 
 /// A registered connection; dropping it removes the connection from every channel.
@@ -427,222 +603,19 @@ impl Drop for Registration {
             self.hub.mark_presence(&self.conn.user_id);
         }
         let mut channels = vec![user_channel];
-        channels.extend(self.conn.room_ids().into_iter().map(keyspace::room_channel));
+        {
+            let mut held = self.conn.rooms();
+            for room_id in held.ids.drain() {
+                let channel = keyspace::room_channel(room_id);
+                self.hub.leave(self.conn.id, &channel);
+                channels.push(channel);
+            }
+        }
         if self.conn.watches_presence() {
+            self.hub.leave(self.conn.id, PRESENCE_CHANNEL);
             channels.push(PRESENCE_CHANNEL.to_owned());
         }
-        for channel in &channels[1..] {
-            self.hub.leave(self.conn.id, channel);
-        }
         // Fire and forget: if the queue is full, the periodic reconcile unsubscribes.
-        if let Some(requests) = &self.hub.requests {
-            let _ = requests.try_send(Request::Sync(channels, None));
-        }
-    }
-}
-
-/// The one task that talks SUBSCRIBE/UNSUBSCRIBE to Redis.
-async fn manage_subscriptions(
-    hub: Hub,
-    subscriber: SubscriberClient,
-    mut requests: mpsc::Receiver<Request>,
-    shutdown: CancellationToken,
-) {
-    let mut subscribed: HashSet<String> = HashSet::new();
-    let mut batch = Vec::with_capacity(256);
-    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
-    loop {
-        let mut candidates: HashSet<String> = HashSet::new();
-        let mut replies = Vec::new();
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            received = requests.recv_many(&mut batch, 256) => {
-                if received == 0 { return; }
-                for Request::Sync(channels, reply) in batch.drain(..) {
-                    candidates.extend(channels);
-                    replies.extend(reply);
-                }
-            }
-            _ = reconcile.tick() => {
-                candidates.extend(subscribed.iter().cloned());
-                candidates.extend(hub.channels.iter().map(|entry| entry.key().to_string()));
-            }
-        }
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
-        for channel in candidates {
-            let wanted = hub.channels.contains_key(channel.as_str());
-            match (wanted, subscribed.contains(&channel)) {
-                (true, false) => add.push(channel),
-                (false, true) => remove.push(channel),
-                _ => {}
-            }
-        }
-        let mut result = Ok(());
-        if !add.is_empty() {
-            match subscriber.subscribe(add.clone()).await {
-                Ok(()) => subscribed.extend(add),
-                Err(error) => {
-                    tracing::warn!(%error, "SUBSCRIBE failed; will retry");
-                    result = Err(error);
-                }
-            }
-        }
-        if !remove.is_empty() {
-            match subscriber.unsubscribe(remove.clone()).await {
-                Ok(()) => remove.iter().for_each(|channel| {
-                    subscribed.remove(channel);
-                }),
-                Err(error) => tracing::warn!(%error, "UNSUBSCRIBE failed; will retry"),
-            }
-        }
-        for reply in replies {
-            let _ = reply.send(result.clone());
-        }
-    }
-}
-
-/// Reads published frames and hands them to local sockets.
-async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: CancellationToken) {
-    let mut messages = subscriber.message_rx();
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => return,
-            message = messages.recv() => message,
-        };
-        match message {
-            Ok(message) => {
-                let Some(frame) = frame_bytes(message.value) else {
-                    tracing::warn!(channel = %message.channel, "dropping a non-text pub/sub payload");
-                    continue;
-                };
-                hub.route(&message.channel, frame).await;
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                // Clients recover with Resume; this must never happen silently.
-                tracing::error!(
-                    missed,
-                    "gateway fell behind the pub/sub stream; frames were dropped"
-                );
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-fn frame_bytes(value: Value) -> Option<Utf8Bytes> {
-    match value {
-        Value::String(text) => Utf8Bytes::try_from(text.into_inner()).ok(),
-        Value::Bytes(bytes) => Utf8Bytes::try_from(bytes).ok(),
-        _ => None,
-    }
-}
-
-/// The start of every `Typing` frame (`user_id` is serialized first).
-const TYPING_HEAD: &str = r#"{"type":"Typing","#;
-
-/// Events on a user's channel that change or describe their rooms. They go
-/// through one task, in order, so a client sees `MemberAdded` before the
-/// `RoomUpdated` that follows it, and nothing of a room after `MemberRemoved`.
-fn is_membership_event(frame: &Utf8Bytes) -> bool {
-    const KINDS: [&str; 4] = ["MemberAdded", "MemberRemoved", "RoomUpdated", "RoomDeleted"];
-    frame
-        .as_str()
-        .strip_prefix(r#"{"type":""#)
-        .is_some_and(|rest| {
-            KINDS
-                .iter()
-                .any(|kind| rest.starts_with(kind) && rest[kind.len()..].starts_with('"'))
-        })
-}
-
-#[derive(serde::Deserialize)]
-struct MembershipEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    data: MembershipData,
-}
-
-#[derive(serde::Deserialize)]
-struct MembershipData {
-    room_id: Uuid,
-    #[serde(default)]
-    user_id: Option<String>,
-}
-
-/// Applies membership events in order. When the event is about the channel's own
-/// user, their local connections join the room's channel (waiting for the
-/// subscription) or leave it *before* the event is forwarded: once a client sees
-/// `MemberAdded` the room's messages reach it, and after `MemberRemoved` or
-/// `RoomDeleted` nothing of the room does and its sends are refused.
-async fn apply_membership(
-    hub: Hub,
-    mut events: mpsc::Receiver<(Box<str>, Utf8Bytes)>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let (channel, payload) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            item = events.recv() => match item { Some(item) => item, None => return },
-        };
-        // One publish may carry several events, one per line (see `room_events`).
-        if payload.as_str().contains('\n') {
-            for line in payload.as_str().split('\n') {
-                apply_event(&hub, &channel, Utf8Bytes::from(line.to_owned())).await;
-            }
-        } else {
-            apply_event(&hub, &channel, payload).await;
-        }
-    }
-}
-
-async fn apply_event(hub: &Hub, channel: &str, frame: Utf8Bytes) {
-    let Ok(event) = serde_json::from_str::<MembershipEvent>(frame.as_str()) else {
-        tracing::warn!(%channel, "ignoring a malformed membership event");
-        return;
-    };
-    let conns: Vec<Arc<Conn>> = hub
-        .channels
-        .get(channel)
-        .map(|c| c.clone())
-        .unwrap_or_default();
-    let own_user = channel.strip_prefix(USER_CHANNEL_PREFIX);
-    let about_own_user = event.data.user_id.is_some() && event.data.user_id.as_deref() == own_user;
-    let room_id = event.data.room_id;
-    let room_channel = keyspace::room_channel(room_id);
-    match event.kind.as_str() {
-        "MemberAdded" if about_own_user && !conns.is_empty() => {
-            for conn in &conns {
-                if conn.add_room(room_id) {
-                    hub.join(conn, &room_channel);
-                }
-            }
-            if let Err(error) = hub.sync(vec![room_channel]).await {
-                tracing::warn!(%error, "could not subscribe to a room a local user joined");
-            }
-        }
-        "MemberRemoved" if about_own_user => hub.leave_room(&conns, room_id),
-        "RoomDeleted" => hub.leave_room(&conns, room_id),
-        _ => {}
-    }
-    for conn in &conns {
-        conn.push(frame.clone());
-    }
-}
-
-impl Hub {
-    /// Takes `conns` out of a room; the room's channel is unsubscribed once no
-    /// local connection wants it.
-    fn leave_room(&self, conns: &[Arc<Conn>], room_id: Uuid) {
-        let channel = keyspace::room_channel(room_id);
-        let mut emptied = false;
-        for conn in conns {
-            if conn.remove_room(room_id) {
-                emptied |= self.leave(conn.id, &channel);
-            }
-        }
-        if emptied && let Some(requests) = &self.requests {
-            // Fire and forget: the periodic reconcile catches a full queue.
-            let _ = requests.try_send(Request::Sync(vec![channel], None));
-        }
+        self.hub.sync_later(channels);
     }
 }

@@ -77,7 +77,12 @@ pub async fn serve(
             let subscriber = chatter_shared::redis::connect_subscriber(&redis_url)
                 .await
                 .context("cannot connect to Redis (REDIS_URL)")?;
-            let hub = hub::Hub::start(Some(subscriber), hub_stop.clone());
+            let hub = hub::Hub::start(
+                Some(subscriber),
+                store.clone(),
+                Duration::from_secs(config.membership_recheck_secs),
+                hub_stop.clone(),
+            );
             (store, bus::Bus::redis(redis), hub, None, redis_risks)
         }
         Mode::Embedded { data_dir } => {
@@ -87,7 +92,12 @@ pub async fn serve(
                 .await
                 .with_context(|| format!("cannot open {}", path.display()))?;
             tracing::info!(database = %path.display(), "embedded mode: in-process bus, SQLite, worker inside");
-            let hub = hub::Hub::start(None, hub_stop.clone());
+            let hub = hub::Hub::start(
+                None,
+                store.clone(),
+                Duration::from_secs(config.membership_recheck_secs),
+                hub_stop.clone(),
+            );
             let backlog = usize::try_from(config.ingest_max_backlog)
                 .unwrap_or(usize::MAX)
                 .max(1);

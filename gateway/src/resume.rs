@@ -6,7 +6,10 @@
 //!
 //! Sources, newest first: the room's recent log on the bus (the newest
 //! `RECENT_LOG_SIZE` frames, written by the same call that accepts a message),
-//! then Postgres for anything older. Postgres may trail the log by the worker's
+//! then Postgres for anything older. Only the missed part of the log is read
+//! (by seq, after `last_seq`, at most `RESUME_MAX + 1` frames), and one frame
+//! may list at most `RESUME_MAX_ROOMS` rooms, so the work one `Resume` causes
+//! is bounded by what the client really missed. Postgres may trail the log by the worker's
 //! lag, so a gap between the two is retried briefly before giving up with
 //! `ResyncRequired` (also the answer when more than `RESUME_MAX` were missed).
 //!
@@ -19,7 +22,7 @@
 //! replay stops just below the first live seq sent, so nothing is sent twice.
 
 use crate::state::App;
-use chatter_shared::protocol::{ServerFrame, peek_message_received};
+use chatter_shared::protocol::{Resume, ServerFrame, peek_message_received};
 use chatter_shared::store::HistoryPage;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -98,10 +101,27 @@ impl Watch {
     }
 }
 
+/// Why a `Resume` is refused as a whole: it lists more than `RESUME_MAX_ROOMS`
+/// rooms. Each room costs a bus read and perhaps database reads, so one frame's
+/// work stays bounded; a client with more rooms sends several frames.
+pub fn too_many_rooms(app: &App, request: &Resume) -> Option<String> {
+    let max = app.config.resume_max_rooms;
+    (request.rooms.len() > max).then(|| {
+        format!(
+            "a Resume lists at most {max} rooms ({} given); send several",
+            request.rooms.len()
+        )
+    })
+}
+
 /// The frames answering `Resume` for one room the caller belongs to.
 pub async fn replay(app: &App, room_id: Uuid, last_seq: i64, watch: &mut Watch) -> Vec<String> {
     let resync = || vec![ServerFrame::ResyncRequired { room_id }.to_json()];
-    let log = match app.bus.recent(room_id).await {
+    let last_seq = last_seq.max(0);
+    // Only what was missed, and one more than a replay may hold: past that
+    // the answer is `ResyncRequired` whatever the rest says.
+    let limit = app.config.resume_max.saturating_add(1);
+    let log = match app.bus.recent(room_id, last_seq, limit).await {
         Ok(log) => log,
         Err(error) => {
             tracing::warn!(%error, "cannot read a room's recent log");
@@ -111,7 +131,6 @@ pub async fn replay(app: &App, room_id: Uuid, last_seq: i64, watch: &mut Watch) 
     let newest = log
         .last_seq
         .max(log.frames.last().map_or(0, |(seq, _)| *seq));
-    let last_seq = last_seq.max(0);
     // The connect race: live delivery started at `first` before this Resume was
     // handled, so the replay stops just below it. A client already past `first`
     // (a later Resume on the same socket, asking for a hole it found) gets all

@@ -1,13 +1,13 @@
 //! Telling members, on every gateway, what happened to their rooms.
 //!
-//! Membership events travel on each member's own channel, not the room's: a
-//! member who is being added is not subscribed to the room yet, and one being
-//! removed must not see anything sent to the room after their `MemberRemoved`.
-//! The hub applies them in order (joining or leaving the room's channel first,
-//! see `hub::apply_membership`). All the events of one change go to a member in
-//! a single publish, as frames separated by newlines (JSON text never contains
-//! a raw newline), so a big room costs one publish per member, not one per
-//! member per event.
+//! Events about a user's own membership travel on that user's channel, not the
+//! room's: a member who is being added is not subscribed to the room yet, and
+//! one being removed must not see anything sent to the room after their
+//! `MemberRemoved`. The hub applies them in order (joining or leaving the room's
+//! channel first, see `hub/membership.rs`). What the other members learn of a
+//! change goes once on the room's channel, one frame per line (JSON text never
+//! contains a raw newline), and the hub leaves out the sockets of the users the
+//! change is about.
 //!
 //! Events about a room's messages and readers (`MessageEdited`, `MessageDeleted`,
 //! `ReadReceipt`, `Typing`) go on the room's channel, like messages.
@@ -31,45 +31,37 @@ pub async fn room_created(bus: &Bus, room: &Room) {
     publish_all(bus, publishes.collect()).await;
 }
 
-/// Members were added to and/or removed from `room` (as it is now). Each removed
-/// user gets their own `MemberRemoved`; every member now in the room gets one
-/// `MemberAdded`/`MemberRemoved` per change, then `RoomUpdated`.
+/// Members were added to and/or removed from `room` (as it is now). Each
+/// removed user gets `MemberRemoved` and each added user `MemberAdded` about
+/// themself, on their own channel (for an added user, like a new room: the
+/// details are `GET /rooms/{id}`). The members who stayed get one publish on
+/// the room's channel: a `MemberAdded`/`MemberRemoved` per changed user, then
+/// `RoomUpdated` with the change and the member count. So a change of `k` users
+/// costs `k + 1` publishes and O(`k`) bytes whatever the room's size, where a
+/// batch with the member list on every member's channel cost O(members²).
 pub async fn members_changed(bus: &Bus, room: &Room, added: &[String], removed: &[String]) {
-    let mut frames: Vec<String> = Vec::with_capacity(added.len() + removed.len() + 1);
+    let mut lines: Vec<String> = Vec::with_capacity(added.len() + removed.len() + 1);
+    let mut publishes: Vec<(String, String)> = Vec::with_capacity(added.len() + removed.len() + 1);
     for user_id in added {
-        frames.push(
-            ServerFrame::MemberAdded {
-                room_id: room.id,
-                user_id,
-            }
-            .to_json(),
-        );
+        let frame = ServerFrame::MemberAdded {
+            room_id: room.id,
+            user_id,
+        }
+        .to_json();
+        publishes.push((keyspace::user_channel(user_id), frame.clone()));
+        lines.push(frame);
     }
     for user_id in removed {
-        frames.push(removed_frame(room.id, user_id));
-    }
-    frames.push(
-        ServerFrame::RoomUpdated(RoomUpdate {
+        let frame = ServerFrame::MemberRemoved {
             room_id: room.id,
-            room,
-        })
-        .to_json(),
-    );
-    let batch = frames.join("\n");
-    let mut publishes: Vec<(String, String)> = removed
-        .iter()
-        .map(|user_id| {
-            (
-                keyspace::user_channel(user_id),
-                removed_frame(room.id, user_id),
-            )
-        })
-        .collect();
-    publishes.extend(
-        room.members
-            .iter()
-            .map(|member| (keyspace::user_channel(member), batch.clone())),
-    );
+            user_id,
+        }
+        .to_json();
+        publishes.push((keyspace::user_channel(user_id), frame.clone()));
+        lines.push(frame);
+    }
+    lines.push(ServerFrame::RoomUpdated(RoomUpdate::new(room, added, removed)).to_json());
+    publishes.push((keyspace::room_channel(room.id), lines.join("\n")));
     publish_all(bus, publishes).await;
 }
 
@@ -86,10 +78,6 @@ pub async fn room_deleted(bus: &Bus, room_id: Uuid, members: &[String]) {
 /// of `Typing`).
 pub async fn to_room(bus: &Bus, room_id: Uuid, frame: String) {
     publish_all(bus, vec![(keyspace::room_channel(room_id), frame)]).await;
-}
-
-fn removed_frame(room_id: Uuid, user_id: &str) -> String {
-    ServerFrame::MemberRemoved { room_id, user_id }.to_json()
 }
 
 /// Publishes concurrently (the Redis client pipelines them). A failed publish is

@@ -158,6 +158,13 @@ pub struct Config {
     /// proxy in front appended) instead of the peer address. Only behind a proxy
     /// that always sets it: otherwise clients could pick their own IP.
     pub trust_forwarded_for: bool,
+    // --- membership and resume bounds ---
+    /// Every local user's rooms are re-read from the database once per this many
+    /// seconds (spread over the interval), so a removal whose event was lost
+    /// still takes effect.
+    pub membership_recheck_secs: u64,
+    /// Rooms one `Resume` frame may list; more are refused with `too_many_rooms`.
+    pub resume_max_rooms: usize,
 }
 
 impl Default for Config {
@@ -229,6 +236,8 @@ impl Default for Config {
             rest_ip_rate_per_sec: 10,
             rest_ip_rate_burst: 50,
             trust_forwarded_for: false,
+            membership_recheck_secs: 30,
+            resume_max_rooms: 100,
         }
     }
 }
@@ -400,6 +409,8 @@ impl Config {
             ),
             ("HTTP_HEADER_TIMEOUT_SECS", self.http_header_timeout_secs),
             ("MAX_HTTP_CONNECTIONS", self.max_http_connections as u64),
+            ("MEMBERSHIP_RECHECK_SECS", self.membership_recheck_secs),
+            ("RESUME_MAX_ROOMS", self.resume_max_rooms as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -513,6 +524,8 @@ impl std::fmt::Debug for Config {
             rest_ip_rate_per_sec,
             rest_ip_rate_burst,
             trust_forwarded_for,
+            membership_recheck_secs,
+            resume_max_rooms,
         } = self;
         let secret = |value: &Option<String>| value.as_ref().map(|_| Redacted);
         let url = |value: &Option<String>| value.as_deref().map(redact_url);
@@ -583,6 +596,8 @@ impl std::fmt::Debug for Config {
             .field("rest_ip_rate_per_sec", rest_ip_rate_per_sec)
             .field("rest_ip_rate_burst", rest_ip_rate_burst)
             .field("trust_forwarded_for", trust_forwarded_for)
+            .field("membership_recheck_secs", membership_recheck_secs)
+            .field("resume_max_rooms", resume_max_rooms)
             .finish()
     }
 }
@@ -699,6 +714,8 @@ const KNOWN_KEYS: &[&str] = &[
     "rest_ip_rate_per_sec",
     "rest_ip_rate_burst",
     "trust_forwarded_for",
+    "membership_recheck_secs",
+    "resume_max_rooms",
 ];
 
 /// Whether `name` is an environment variable chatter reads: a configuration key

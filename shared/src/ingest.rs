@@ -148,18 +148,22 @@ impl AppendScript {
     }
 }
 
-/// A room's recent frames, for `Resume`.
+/// What a room's recent log holds after some seq, for `Resume`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecentLog {
     /// The room's last assigned seq (0 when the counter is gone).
     pub last_seq: i64,
-    /// `(seq, frame)`, ascending; the newest `RECENT_LOG_SIZE` at most.
+    /// `(seq, frame)`, ascending: the logged frames after the seq asked for,
+    /// at most as many as asked for.
     pub frames: Vec<(i64, String)>,
 }
 
 const RECENT_LUA: &str = r#"
--- KEYS: 1 seq counter, 2 recent log. One call, so the two agree.
-return {redis.call('GET', KEYS[1]) or '0', redis.call('ZRANGE', KEYS[2], 0, -1)}
+-- KEYS: 1 seq counter, 2 recent log. ARGV: 1 after seq, 2 at most this many.
+-- One call, so the two agree. Only the frames after ARGV[1] are read: a client
+-- that missed three messages costs three frames, not the whole log.
+return {redis.call('GET', KEYS[1]) or '0',
+  redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])}
 "#;
 
 const REWRITE_LUA: &str = r#"
@@ -172,8 +176,8 @@ end
 return 0
 "#;
 
-/// Reads a room's counter and recent log in one atomic call, and rewrites
-/// entries of the log after an edit or a deletion.
+/// Reads a room's counter and the missed part of its recent log in one atomic
+/// call, and rewrites entries of the log after an edit or a deletion.
 #[derive(Clone)]
 pub struct RecentScript {
     read: Script,
@@ -190,12 +194,19 @@ impl Default for RecentScript {
 }
 
 impl RecentScript {
-    pub async fn read(&self, client: &Client, room_id: Uuid) -> Result<RecentLog, Error> {
+    /// The room's counter and at most `limit` logged frames with a seq above
+    /// `after_seq`, ascending.
+    pub async fn read(
+        &self,
+        client: &Client,
+        room_id: Uuid,
+        after_seq: i64,
+        limit: u64,
+    ) -> Result<RecentLog, Error> {
         let keys = vec![keyspace::room_seq(room_id), keyspace::recent_log(room_id)];
-        let (last_seq, frames): (String, Vec<String>) = self
-            .read
-            .evalsha_with_reload(client, keys, Vec::<Value>::new())
-            .await?;
+        let args: Vec<Value> = vec![after_seq.into(), limit.max(1).to_string().into()];
+        let (last_seq, frames): (String, Vec<String>) =
+            self.read.evalsha_with_reload(client, keys, args).await?;
         let last_seq = last_seq
             .parse()
             .map_err(|_| Error::new(ErrorKind::Parse, "room counter is not a number"))?;

@@ -177,7 +177,7 @@ pub enum ServerFrame<'a> {
         room_id: Uuid,
         user_id: &'a str,
     },
-    /// The room as it is after a membership change.
+    /// What a membership change did to the room (not its member list).
     RoomUpdated(RoomUpdate<'a>),
     RoomDeleted {
         room_id: Uuid,
@@ -218,12 +218,43 @@ pub enum ServerFrame<'a> {
     },
 }
 
-/// `RoomUpdated`'s data: the room's fields, plus `room_id` like every room event.
+/// `RoomUpdated`'s data: the room's own fields, its member count and the change
+/// (`added`, `removed`). Not the member list: every member gets this event, so a
+/// list in it would cost O(members²) bytes per change; clients that show the
+/// list read it with `GET /rooms/{id}`.
 #[derive(Debug, Clone, Serialize)]
 pub struct RoomUpdate<'a> {
     pub room_id: Uuid,
-    #[serde(flatten)]
-    pub room: &'a crate::store::Room,
+    pub kind: crate::store::RoomKind,
+    pub name: Option<&'a str>,
+    pub owner_id: &'a str,
+    pub metadata: &'a serde_json::Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub member_count: usize,
+    pub added: &'a [String],
+    pub removed: &'a [String],
+}
+
+impl<'a> RoomUpdate<'a> {
+    /// The update for `room` (as it is after the change).
+    pub fn new(
+        room: &'a crate::store::Room,
+        added: &'a [String],
+        removed: &'a [String],
+    ) -> RoomUpdate<'a> {
+        RoomUpdate {
+            room_id: room.id,
+            kind: room.kind,
+            name: room.name.as_deref(),
+            owner_id: &room.owner_id,
+            metadata: &room.metadata,
+            created_at: room.created_at,
+            member_count: room.members.len(),
+            added,
+            removed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

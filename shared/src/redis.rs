@@ -38,11 +38,14 @@ pub async fn connect(url: &str) -> Result<Client, Error> {
     Ok(client)
 }
 
-/// A pub/sub client that re-subscribes to its channels after every reconnect.
+/// A pub/sub client. It reconnects by itself but does **not** re-subscribe: the
+/// caller listens to `reconnect_rx()` and subscribes again, because only it can
+/// tell when every channel is back (the gateway's hub then re-checks what a
+/// reconnect may have made it miss). fred's `manage_subscriptions` would
+/// re-subscribe in a task of its own, with no way to know when it is done.
 pub async fn connect_subscriber(url: &str) -> Result<SubscriberClient, Error> {
     let client = builder(url)?.build_subscriber_client()?;
     client.init().await?;
-    client.manage_subscriptions();
     Ok(client)
 }
 

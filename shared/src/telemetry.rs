@@ -79,6 +79,12 @@ pub mod metric {
     /// Sockets closed (4008) because their user opened more than
     /// `MAX_CONNECTIONS_PER_USER` on this gateway.
     pub const REPLACED_CONNECTIONS: &str = "chatter_replaced_connections_total";
+    /// Membership events the gateway dropped because its membership task was
+    /// behind; each is made good by re-checking the user against the database.
+    pub const MEMBERSHIP_EVENTS_DROPPED: &str = "chatter_membership_events_dropped_total";
+    /// Rooms a membership re-check joined or left on a socket: each is an event
+    /// that was lost or dropped (label `change`: `joined`, `left`).
+    pub const MEMBERSHIP_RECHECK_FIXES: &str = "chatter_membership_recheck_fixes_total";
 }
 
 /// Describes every metric a process serves and records it once at its zero
@@ -105,6 +111,10 @@ pub fn register(process: Process) {
             (
                 REPLACED_CONNECTIONS,
                 "Sockets closed (4008) because their user opened more than MAX_CONNECTIONS_PER_USER here.",
+            ),
+            (
+                MEMBERSHIP_EVENTS_DROPPED,
+                "Membership events dropped because the membership task was behind (each user re-checked).",
             ),
         ],
         Process::Worker => &[
@@ -202,6 +212,12 @@ pub fn register(process: Process) {
                 "limit",
                 "Requests and frames refused by a rate limit.",
                 &["socket", "user", "ip", "sender"],
+            ),
+            (
+                MEMBERSHIP_RECHECK_FIXES,
+                "change",
+                "Rooms a membership re-check joined or left on a socket (a lost or dropped event).",
+                &["joined", "left"],
             ),
         ],
         Process::Worker => &[(

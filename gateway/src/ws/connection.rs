@@ -274,6 +274,14 @@ impl Connection {
     }
 
     async fn resume(&mut self, request: Resume, conn: &Conn) -> Next {
+        if let Some(message) = resume::too_many_rooms(&self.state, &request) {
+            let frame = ServerFrame::Error {
+                code: "too_many_rooms",
+                message: &message,
+                reference: None,
+            };
+            return reply(&mut self.socket, &frame).await;
+        }
         let mut rooms: Vec<(uuid::Uuid, i64)> = request.rooms.into_iter().collect();
         rooms.sort_unstable();
         for (room_id, last_seq) in rooms {

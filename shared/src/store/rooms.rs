@@ -668,4 +668,36 @@ impl Store {
             .await
         })
     }
+
+    /// `(user, room)` for every live room of each of `users`: one query for a
+    /// whole batch, so the gateway's membership re-check costs one round trip
+    /// per batch of users rather than one per user or per room.
+    pub async fn room_ids_of_users(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        match self {
+            Store::Postgres(pool) => sqlx::query_as(
+                "SELECT m.user_id, m.room_id FROM room_members m JOIN rooms r ON r.id = m.room_id
+                     WHERE m.user_id = ANY($1) AND r.deleted_at IS NULL",
+            )
+            .bind(users)
+            .fetch_all(pool)
+            .await,
+            Store::Sqlite(pool) => {
+                // SQLite has no array binds; the ids travel as one JSON array.
+                let users = serde_json::to_string(users).unwrap_or_else(|_| "[]".into());
+                sqlx::query_as(
+                    "SELECT m.user_id, m.room_id FROM room_members m JOIN rooms r ON r.id = m.room_id
+                     WHERE m.user_id IN (SELECT value FROM json_each(?1)) AND r.deleted_at IS NULL",
+                )
+                .bind(users)
+                .fetch_all(pool)
+                .await
+            }
+        }
+    }
 }

@@ -408,9 +408,11 @@ struct MembersBody {
 
 /// Add and remove members, or leave.
 ///
-/// The owner adds and removes; any member may remove themself (leave). Everyone
-/// concerned is told on every gateway (`MemberAdded`, `MemberRemoved`, then
-/// `RoomUpdated`), and a removed member stops receiving the room at once.
+/// The owner adds and removes; any member may remove themself (leave). On every
+/// gateway, each added or removed user is told (`MemberAdded`/`MemberRemoved`
+/// about themself) and the members who stayed get those events then one
+/// `RoomUpdated` with the change and the member count (not the member list). A
+/// removed member stops receiving the room at once.
 ///
 /// The caller is authorized before the lists are read: a non-member gets 404,
 /// and a member who is not the owner gets 403 as soon as their lists name more

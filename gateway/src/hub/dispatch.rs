@@ -1,0 +1,174 @@
+//! The dispatcher: reads the subscriber's message stream and hands each frame
+//! to the local sockets that should see it.
+//!
+//! It never waits. Room frames are delivered straight into the sockets' queues;
+//! membership events on users' channels are handed to the membership task with
+//! `try_send`, and one that does not fit is dropped, counted, and replaced by a
+//! re-check of that user against the database.
+
+use super::{Hub, membership};
+use axum::extract::ws::Utf8Bytes;
+use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
+use chatter_shared::presence::PRESENCE_CHANNEL;
+use chatter_shared::protocol::MESSAGE_RECEIVED_HEAD;
+use chatter_shared::telemetry::metric;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use std::sync::atomic::Ordering;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+impl Hub {
+    /// Hands a published frame to the sockets that should see it. Never waits:
+    /// this is the dispatcher's whole loop body, and every room's fan-out goes
+    /// through it.
+    ///
+    /// Membership events on a user's channel go to the membership task, which
+    /// applies them (joining the room's channel first) before the user sees
+    /// them, in order. If its queue is full the event is dropped and the user is
+    /// re-checked against the database instead, which restores their rooms and
+    /// tells them with `MemberAdded`/`MemberRemoved`.
+    pub fn route(&self, channel: &str, frame: Utf8Bytes) {
+        if channel.starts_with(ROOM_CHANNEL_PREFIX) {
+            let text = frame.as_str();
+            if text.starts_with(MESSAGE_RECEIVED_HEAD) {
+                self.deliver(channel, &frame);
+            } else if text.starts_with(TYPING_HEAD) {
+                self.deliver_typing(channel, &frame);
+            } else if is_membership_event(&frame) {
+                membership::deliver_room_change(self, channel, &frame);
+            } else {
+                self.deliver(channel, &frame);
+            }
+        } else if channel == PRESENCE_CHANNEL {
+            self.deliver_presence(&frame);
+        } else if let Some(user_id) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
+            if !is_membership_event(&frame) {
+                self.deliver(channel, &frame);
+                return;
+            }
+            // Counted before it is queued, so the membership task never
+            // applies an event that was not counted yet.
+            let conns = self.conns_on(channel);
+            for conn in &conns {
+                conn.pending_events.fetch_add(1, Ordering::AcqRel);
+            }
+            match self.membership.try_send((channel.into(), frame)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    conns.iter().for_each(|conn| conn.event_applied());
+                    metrics::counter!(metric::MEMBERSHIP_EVENTS_DROPPED).increment(1);
+                    let dropped = self.dropped_events.fetch_add(1, Ordering::Relaxed);
+                    // Logged once per thousand: a flood would otherwise flood the log.
+                    if dropped.is_multiple_of(1000) {
+                        tracing::warn!(
+                            dropped = dropped + 1,
+                            "membership events arrive faster than they are applied; \
+                             dropping them and re-checking those users against the database"
+                        );
+                    }
+                    self.recheck_user(user_id);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}
+
+/// Reads published frames and hands them to local sockets.
+pub(super) async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: CancellationToken) {
+    let mut messages = subscriber.message_rx();
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return,
+            message = messages.recv() => message,
+        };
+        match message {
+            Ok(message) => {
+                let Some(frame) = frame_bytes(message.value) else {
+                    tracing::warn!(channel = %message.channel, "dropping a non-text pub/sub payload");
+                    continue;
+                };
+                hub.route(&message.channel, frame);
+            }
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                // Clients recover messages with Resume; membership events may be
+                // among the missed, so every local user is re-checked.
+                tracing::error!(
+                    missed,
+                    "gateway fell behind the pub/sub stream; frames were dropped"
+                );
+                hub.recheck_everyone();
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+fn frame_bytes(value: Value) -> Option<Utf8Bytes> {
+    match value {
+        Value::String(text) => Utf8Bytes::try_from(text.into_inner()).ok(),
+        Value::Bytes(bytes) => Utf8Bytes::try_from(bytes).ok(),
+        _ => None,
+    }
+}
+
+/// The start of every `Typing` frame (`user_id` is serialized first).
+const TYPING_HEAD: &str = r#"{"type":"Typing","#;
+
+/// Events that change or describe rooms' membership: on a user's channel they
+/// go through the membership task, in order; on a room's channel they are a
+/// change's one publish to the members who stayed (see `room_events`).
+fn is_membership_event(frame: &Utf8Bytes) -> bool {
+    const KINDS: [&str; 4] = ["MemberAdded", "MemberRemoved", "RoomUpdated", "RoomDeleted"];
+    frame
+        .as_str()
+        .strip_prefix(r#"{"type":""#)
+        .is_some_and(|rest| {
+            KINDS
+                .iter()
+                .any(|kind| rest.starts_with(kind) && rest[kind.len()..].starts_with('"'))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::hub::Hub;
+    use axum::extract::ws::Utf8Bytes;
+    use chatter_shared::keyspace;
+    use chatter_shared::protocol::ServerFrame;
+    use uuid::Uuid;
+
+    fn added(room_id: Uuid, user_id: &str) -> Utf8Bytes {
+        Utf8Bytes::from(ServerFrame::MemberAdded { room_id, user_id }.to_json())
+    }
+
+    /// The dispatcher's routing never waits: with the membership queue full, an
+    /// event is dropped, counted, and its user put down for a re-check.
+    #[tokio::test]
+    async fn a_full_membership_queue_drops_the_event_and_asks_for_a_recheck() {
+        let (hub, _events) = Hub::for_tests(1);
+        let (registration, _inbox) = hub.register("carol", 8).await.expect("registered");
+        let channel = keyspace::user_channel("carol");
+        hub.route(&channel, added(Uuid::now_v7(), "carol"));
+        assert!(
+            hub.rechecks().take_users(10).is_empty(),
+            "the first event fits"
+        );
+        hub.route(&channel, added(Uuid::now_v7(), "carol"));
+        assert_eq!(hub.rechecks().take_users(10), vec!["carol".to_owned()]);
+        assert_eq!(
+            hub.dropped_events
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // Only the queued event counts as pending: the re-check waits for it alone.
+        assert_eq!(
+            registration
+                .conn
+                .pending_events
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! The subscription manager: the one task that sends SUBSCRIBE and UNSUBSCRIBE.
+//!
+//! Connections join and leave channels in the registry ([`Hub`]), then ask for
+//! a reconcile; the manager batches those requests and compares the registry
+//! with what Redis has, so a leave racing a join can never leave a wanted
+//! channel unsubscribed. It also reconciles everything every few seconds, and
+//! after the subscriber reconnects it subscribes everything again and asks for
+//! a membership re-check of every local user.
+
+use super::Hub;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use std::collections::HashSet;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// How often the subscription manager re-checks every channel, healing anything a
+/// failed SUBSCRIBE or a missed request left behind.
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+pub(super) enum Request {
+    /// Make Redis match the registry for these channels; reply when done.
+    Sync(Vec<String>, Option<oneshot::Sender<Result<(), Error>>>),
+}
+
+/// The one task that talks SUBSCRIBE/UNSUBSCRIBE to Redis.
+///
+/// We re-subscribe after a reconnect ourselves (fred's `manage_subscriptions`
+/// is not used) because only here is it known when the new connection carries
+/// every channel again: that is the moment to re-check memberships, since any
+/// change committed after that re-check's database read is sure to arrive as
+/// an event.
+pub(super) async fn manage_subscriptions(
+    hub: Hub,
+    subscriber: SubscriberClient,
+    mut requests: mpsc::Receiver<Request>,
+    mut reconnects: broadcast::Receiver<Server>,
+    shutdown: CancellationToken,
+) {
+    let mut subscribed: HashSet<String> = HashSet::new();
+    let mut batch = Vec::with_capacity(256);
+    let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+    let mut listening = true;
+    // Set by a reconnect, cleared once everything wanted is subscribed again.
+    let mut resubscribing = false;
+    loop {
+        let mut candidates: HashSet<String> = HashSet::new();
+        let mut replies = Vec::new();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = requests.recv_many(&mut batch, 256) => {
+                if received == 0 { return; }
+                for Request::Sync(channels, reply) in batch.drain(..) {
+                    candidates.extend(channels);
+                    replies.extend(reply);
+                }
+            }
+            _ = reconcile.tick() => {
+                candidates.extend(subscribed.iter().cloned());
+                candidates.extend(hub.channels.iter().map(|entry| entry.key().to_string()));
+            }
+            reconnected = reconnects.recv(), if listening => match reconnected {
+                Ok(server) => {
+                    tracing::info!(%server, "pub/sub connection re-established; subscribing again");
+                    subscribed.clear();
+                    resubscribing = true;
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    subscribed.clear();
+                    resubscribing = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => listening = false,
+            },
+        }
+        if resubscribing {
+            candidates.extend(hub.channels.iter().map(|entry| entry.key().to_string()));
+        }
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for channel in candidates {
+            let wanted = hub.channels.contains_key(channel.as_str());
+            match (wanted, subscribed.contains(&channel)) {
+                (true, false) => add.push(channel),
+                (false, true) => remove.push(channel),
+                _ => {}
+            }
+        }
+        let mut result = Ok(());
+        if !add.is_empty() {
+            match subscriber.subscribe(add.clone()).await {
+                Ok(()) => subscribed.extend(add),
+                Err(error) => {
+                    tracing::warn!(%error, "SUBSCRIBE failed; will retry");
+                    result = Err(error);
+                }
+            }
+        }
+        if !remove.is_empty() {
+            match subscriber.unsubscribe(remove.clone()).await {
+                Ok(()) => remove.iter().for_each(|channel| {
+                    subscribed.remove(channel);
+                }),
+                Err(error) => tracing::warn!(%error, "UNSUBSCRIBE failed; will retry"),
+            }
+        }
+        if resubscribing && result.is_ok() {
+            resubscribing = false;
+            hub.recheck_everyone();
+        }
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
