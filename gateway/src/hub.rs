@@ -418,6 +418,12 @@ impl Hub {
         self.rechecks.user(user_id);
     }
 
+    /// The same at the next re-check tick: for a flood of dropped events, so the
+    /// re-check stays one query a tick instead of one after another.
+    pub(crate) fn recheck_user_later(&self, user_id: &str) {
+        self.rechecks.user_later(user_id);
+    }
+
     /// Asks for every local user's rooms to be read again (events were lost).
     pub(crate) fn recheck_everyone(&self) {
         self.rechecks.everyone();

@@ -36,6 +36,8 @@ const HOLD: Duration = Duration::from_secs(1);
 /// How long a replay waits for the worker to close a gap between Postgres and the log.
 const GAP_RETRIES: u32 = 10;
 const GAP_RETRY_EVERY: Duration = Duration::from_millis(200);
+/// How long one `Resume` frame may wait for gaps in all, whatever its rooms.
+pub const FRAME_GAP_BUDGET: Duration = Duration::from_secs(3);
 
 /// Per-connection bookkeeping that keeps replay and live delivery disjoint.
 pub struct Watch {
@@ -115,7 +117,15 @@ pub fn too_many_rooms(app: &App, request: &Resume) -> Option<String> {
 }
 
 /// The frames answering `Resume` for one room the caller belongs to.
-pub async fn replay(app: &App, room_id: Uuid, last_seq: i64, watch: &mut Watch) -> Vec<String> {
+/// Waiting for the worker to close a gap stops at `deadline`, shared by every
+/// room of one `Resume` frame, so one frame cannot stall its socket for long.
+pub async fn replay(
+    app: &App,
+    room_id: Uuid,
+    last_seq: i64,
+    watch: &mut Watch,
+    deadline: Instant,
+) -> Vec<String> {
     let resync = || vec![ServerFrame::ResyncRequired { room_id }.to_json()];
     let last_seq = last_seq.max(0);
     // Only what was missed, and one more than a replay may hold: past that
@@ -187,7 +197,7 @@ pub async fn replay(app: &App, room_id: Uuid, last_seq: i64, watch: &mut Watch) 
             Err(error) => tracing::warn!(%error, "cannot read history for a replay"),
         }
         tries += 1;
-        if (frames.len() as i64) >= missed || tries >= GAP_RETRIES {
+        if (frames.len() as i64) >= missed || tries >= GAP_RETRIES || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(GAP_RETRY_EVERY).await;

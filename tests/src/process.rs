@@ -422,6 +422,16 @@ impl Worker {
             process: ChildProcess::spawn(ProcessKind::Worker, path, env, log_path).await?,
         })
     }
+
+    /// `http://127.0.0.1:PORT` of the worker's probes and metrics, from its
+    /// ready line (`http_addr`).
+    pub fn http_url(&self) -> String {
+        let addr = self.ready_fields()["http_addr"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_default();
+        format!("http://{addr}")
+    }
 }
 
 impl Deref for Worker {

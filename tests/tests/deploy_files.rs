@@ -817,11 +817,7 @@ async fn every_metric_the_alerts_and_dashboard_read_is_served_by_a_fresh_gateway
         .await
         .expect("cluster");
     let mut served = served_series(&format!("{}/metrics", cluster.gateway(0).http_url())).await;
-    let worker = cluster.worker(0).ready_fields()["http_addr"]
-        .as_str()
-        .expect("the worker's probe address")
-        .to_owned();
-    served.extend(served_series(&format!("http://{worker}/metrics")).await);
+    served.extend(served_series(&format!("{}/metrics", cluster.worker(0).http_url())).await);
     let missing: Vec<&&str> = METRICS
         .iter()
         .filter(|name| !served.contains(**name))

@@ -501,12 +501,7 @@ async fn probes_and_ports_match_what_the_binaries_serve() {
         .await
         .expect("cluster");
     let gateway = cluster.gateway(0).http_url();
-    let worker = format!(
-        "http://{}",
-        cluster.worker(0).ready_fields()["http_addr"]
-            .as_str()
-            .expect("the worker's ready line names its http_addr")
-    );
+    let worker = cluster.worker(0).http_url();
     let mut failures = Vec::new();
     for (deployment, kind, path) in &paths {
         let base = if *deployment == Component::Gateway.deployment() {

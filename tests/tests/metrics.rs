@@ -52,11 +52,7 @@ async fn gateway_and_worker_expose_prometheus_metrics() {
         );
     }
 
-    let addr = cluster.worker(0).ready_fields()["http_addr"]
-        .as_str()
-        .expect("worker http addr")
-        .to_owned();
-    let url = format!("http://{addr}/metrics");
+    let url = format!("{}/metrics", cluster.worker(0).http_url());
     let text = eventually(Duration::from_secs(10), || async {
         let text = cluster.http().get(&url).send().await?.text().await?;
         anyhow::ensure!(text.contains("chatter_worker_stored_total 1"), "{text}");

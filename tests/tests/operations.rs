@@ -231,12 +231,7 @@ async fn a_draining_worker_stores_and_acknowledges_what_it_read_answers_probes_a
     let room = create_room(&cluster, 0, "alice", &["bob"])
         .await
         .expect("room");
-    let probes = format!(
-        "http://{}",
-        cluster.worker(0).ready_fields()["http_addr"]
-            .as_str()
-            .expect("the worker logs its probe address")
-    );
+    let probes = cluster.worker(0).http_url();
     let http = fresh_connections();
     assert_eq!(
         http.get(format!("{probes}/readyz"))
@@ -454,12 +449,8 @@ async fn a_fresh_gateway_and_worker_serve_every_metric_at_zero_with_help() {
         .await
         .expect("text");
     assert_series_at_zero(&gateway, GATEWAY_SERIES);
-    let probes = cluster.worker(0).ready_fields()["http_addr"]
-        .as_str()
-        .expect("probe address")
-        .to_owned();
     let worker = http
-        .get(format!("http://{probes}/metrics"))
+        .get(format!("{}/metrics", cluster.worker(0).http_url()))
         .send()
         .await
         .expect("metrics")

@@ -1018,6 +1018,19 @@ async fn notification_auth_opens_only_the_legacy_user_upsert() {
                     "POST /user with NOTIFICATION_AUTH: {status} {body}"
                 );
             }
+            // A burst of sign-ups from the identity service is a service's
+            // traffic, not an anonymous client's: more than the per-IP burst
+            // (REST_IP_RATE_BURST, 50), none refused 429.
+            for n in 0..80 {
+                let user = json!({"username": format!("signup{n}")});
+                let (status, body) = api
+                    .post_json("/user", Auth::Raw(notif.clone()), &user)
+                    .await?;
+                ensure!(
+                    status == 200,
+                    "sign-up {n} from the identity service: {status} {body}"
+                );
+            }
             let (status, room) = api
                 .post_json("/rooms", cluster.token("dora"), &json!({"members": []}))
                 .await?;

@@ -1,7 +1,7 @@
 //! The worker loop of the embedded mode: the gateway's in-process bus hands
 //! accepted messages over a bounded queue instead of a Redis stream.
 
-use crate::batch::Batches;
+use crate::batch::{Batches, RETRY_MIN};
 use chatter_shared::ingest::IngestEntry;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -14,14 +14,20 @@ pub async fn run(mut entries: mpsc::Receiver<IngestEntry>, batches: Batches, bat
     // Storing never gives up on its own: retries end only when the process does.
     let never = CancellationToken::new();
     while entries.recv_many(&mut batch, batch_size).await > 0 {
-        if let Some(inserted) = batches.store(&batch, &never).await {
-            tracing::debug!(
-                read = batch.len(),
-                stored = inserted.len(),
-                "batch persisted"
-            );
-            batches.notify(&batch, &inserted).await;
-        }
+        // `store` gives up (None) on a transient error while storing entry by
+        // entry: try the batch again rather than drop accepted messages.
+        let inserted = loop {
+            if let Some(inserted) = batches.store(&batch, &never).await {
+                break inserted;
+            }
+            tokio::time::sleep(RETRY_MIN).await;
+        };
+        tracing::debug!(
+            read = batch.len(),
+            stored = inserted.len(),
+            "batch persisted"
+        );
+        batches.notify(&batch, &inserted).await;
         batch.clear();
     }
     batches.notifier.finish().await;

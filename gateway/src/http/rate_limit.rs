@@ -48,7 +48,16 @@ pub async fn limit(State(state): State<AppState>, mut request: Request, next: Ne
         .config
         .service_secret()
         .is_some_and(|secret| header.is_some_and(|h| is_service_secret(h, secret)));
-    if service {
+    // The older identity service calls `POST /user` with `NOTIFICATION_AUTH`
+    // (the one route that accepts it): a service, not an anonymous client.
+    let legacy_identity_service = path == "/user"
+        && state
+            .config
+            .notification_auth
+            .as_deref()
+            .filter(|auth| !auth.is_empty())
+            .is_some_and(|auth| header.is_some_and(|h| is_service_secret(h, auth)));
+    if service || legacy_identity_service {
         return next.run(request).await;
     }
     let user = header

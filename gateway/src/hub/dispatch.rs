@@ -67,7 +67,7 @@ impl Hub {
                              dropping them and re-checking those users against the database"
                         );
                     }
-                    self.recheck_user(user_id);
+                    self.recheck_user_later(user_id);
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }

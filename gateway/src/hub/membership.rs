@@ -82,7 +82,7 @@ impl Rechecks {
 
     /// Re-check `user_id` at the next tick (it had events still queued): not at
     /// once, or the task would spin until they are applied.
-    fn user_later(&self, user_id: &str) {
+    pub(crate) fn user_later(&self, user_id: &str) {
         if let Ok(mut users) = self.users.lock() {
             users.insert(user_id.to_owned());
         }

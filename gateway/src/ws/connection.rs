@@ -284,9 +284,10 @@ impl Connection {
         }
         let mut rooms: Vec<(uuid::Uuid, i64)> = request.rooms.into_iter().collect();
         rooms.sort_unstable();
+        let deadline = std::time::Instant::now() + resume::FRAME_GAP_BUDGET;
         for (room_id, last_seq) in rooms {
             let frames = if conn.is_member(room_id) {
-                resume::replay(&self.state, room_id, last_seq, &mut self.watch).await
+                resume::replay(&self.state, room_id, last_seq, &mut self.watch, deadline).await
             } else {
                 let message = format!("not a member of room {room_id}");
                 vec![

@@ -19,9 +19,10 @@ impl Store {
     /// Inserts or refreshes a user. Fields the caller does not know (`None`, no
     /// roles) keep their stored values.
     ///
-    /// Names, groups and roles come from the identity provider (token claims,
-    /// `POST /user`); a U+0000 in them, which Postgres cannot store, is replaced
-    /// with U+FFFD rather than locking the user out of every request.
+    /// Names, groups and roles come from the identity provider. Its callers keep
+    /// U+0000 out already (token claims holding it are dropped, `POST /user`
+    /// refuses it); should one slip through, it is replaced with U+FFFD here
+    /// rather than making every request of that user fail in Postgres.
     pub async fn upsert_user(&self, identity: &Identity) -> Result<(), sqlx::Error> {
         let name = identity.name.as_deref().map(storable);
         let group = identity.group.as_deref().map(storable);
