@@ -32,5 +32,5 @@ fi
 
 bash scripts/check-k8s.sh
 bash scripts/check-deploy.sh
-cargo test --workspace --locked "$@"
+cargo test --workspace --locked --no-fail-fast "$@"
 CHATTER_BIN_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug" bash deploy/smoke-local-cluster.sh

@@ -492,6 +492,9 @@ async fn a_burst_of_room_creations_does_not_delay_another_rooms_messages() {
     let cluster = Cluster::builder(binaries!())
         .env("MEMBERSHIP_RECHECK_SECS", "2")
         .env("FRAMES_PER_SEC", "1000")
+        // The burst is one owner creating 300 rooms as fast as it can.
+        .env("REST_RATE_PER_SEC", "100000")
+        .env("REST_RATE_BURST", "100000")
         .start()
         .await
         .expect("cluster");
