@@ -4,7 +4,7 @@
 #   2. deploy/ linted (scripts/check-deploy.sh: hadolint, shellcheck, nginx -t),
 #   3. unit tests and the end-to-end suite (cargo test), which starts its own
 #      redis-server, Postgres and nginx processes on free ports,
-#   4. the local load-balanced cluster's smoke test, on the binaries step 3 built.
+#   4. the local load-balanced cluster's smoke test, on debug binaries of the same build.
 #
 # On a machine without redis-server, PostgreSQL, nginx or openssl it installs them
 # first (Debian packages; needs root or sudo). The system services need not be
@@ -41,4 +41,7 @@ fi
 bash scripts/check-k8s.sh
 bash scripts/check-deploy.sh
 cargo test --workspace --locked --no-fail-fast "$@"
+# The binaries themselves (cargo test builds only the test harness's thin ones); with
+# the test build's features this only links them.
+cargo build --workspace --bins --locked
 CHATTER_BIN_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug" bash deploy/smoke-local-cluster.sh
