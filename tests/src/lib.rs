@@ -25,6 +25,7 @@
 //! has room (see `CHATTER_E2E_TMPDIR`); a failing test keeps its cluster's logs
 //! and prints where.
 
+pub mod backend;
 pub mod chat;
 pub mod cluster;
 pub mod nginx;

@@ -1,6 +1,7 @@
 //! The core chat path, end to end: real gateways and workers over real Redis and
 //! Postgres, driven by real WebSocket and HTTP clients.
 
+use chatter_tests::backend::Backend;
 use chatter_tests::chat::{
     FRAME_WAIT, await_membership, create_room, ensure_users, next_message, send_and_confirm,
     send_message,
@@ -11,53 +12,16 @@ use std::time::Duration;
 
 const SILENCE: Duration = Duration::from_millis(700);
 
-/// Which deployment a test runs against. The protocol is the same on both, and
-/// so are the assertions; tests that only make sense for one say why.
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Cluster,
-    Embedded,
-}
-
-fn builder(backend: Backend) -> chatter_tests::ClusterBuilder {
-    let builder = Cluster::builder(binaries!());
-    match backend {
-        Backend::Cluster => builder,
-        Backend::Embedded => builder.embedded(),
-    }
-}
-
 async fn cluster(backend: Backend, gateways: usize) -> Cluster {
-    builder(backend)
+    backend
+        .builder(binaries!())
         .gateways(gateways)
         .start()
         .await
         .expect("cluster starts")
 }
 
-/// Runs each named test once per backend: `cluster::name` and `embedded::name`.
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::Backend::Cluster).await
-                }
-            )*
-        }
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::Backend::Embedded).await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+chatter_tests::for_each_backend!(
     message_reaches_every_member_device_on_every_gateway,
     seqs_are_gap_free_and_ordered_with_senders_on_both_gateways,
     resending_a_temp_id_returns_the_original_message,
@@ -128,7 +92,8 @@ async fn message_reaches_every_member_device_on_every_gateway(backend: Backend) 
 
 async fn seqs_are_gap_free_and_ordered_with_senders_on_both_gateways(backend: Backend) {
     const PER_SENDER: usize = 60;
-    let cluster = builder(backend)
+    let cluster = backend
+        .builder(binaries!())
         .gateways(2)
         .env("FRAMES_PER_SEC", "10000")
         .start()
@@ -399,7 +364,8 @@ async fn a_ticket_opens_one_socket_on_any_gateway(backend: Backend) {
 }
 
 async fn an_expired_ticket_is_refused(backend: Backend) {
-    let cluster = builder(backend)
+    let cluster = backend
+        .builder(binaries!())
         .env("TICKET_TTL_SECS", "1")
         .start()
         .await
@@ -497,7 +463,8 @@ async fn browser_origins_are_checked_on_upgrade(backend: Backend) {
 }
 
 async fn bad_frames_get_their_documented_answers_while_others_are_served(backend: Backend) {
-    let cluster = builder(backend)
+    let cluster = backend
+        .builder(binaries!())
         .gateways(2)
         .env("MAX_FRAME_BYTES", "4096")
         .env("MAX_MESSAGE_CHARS", "100")
@@ -639,7 +606,8 @@ async fn bad_frames_get_their_documented_answers_while_others_are_served(backend
 async fn flooding_closes_with_4013(backend: Backend) {
     // Bursts of 10, then refusals; the 11th refusal outstanding is a flood.
     // (Being slowed down rather than closed is `tests/tests/limits.rs`.)
-    let cluster = builder(backend)
+    let cluster = backend
+        .builder(binaries!())
         .env("FRAMES_PER_SEC", "5")
         .env("RATE_FLOOD_FRAMES", "10")
         .start()
@@ -663,7 +631,8 @@ async fn flooding_closes_with_4013(backend: Backend) {
 }
 
 async fn a_silent_client_is_closed_with_4003_and_a_listening_one_is_not(backend: Backend) {
-    let cluster = builder(backend)
+    let cluster = backend
+        .builder(binaries!())
         .env("PING_INTERVAL_SECS", "1")
         .env("IDLE_TIMEOUT_SECS", "2")
         .start()
@@ -903,7 +872,8 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 async fn resume_replays_what_a_client_missed_from_the_log_and_the_database(backend: Backend) {
     // A two-frame recent log: seqs 1-3 must come from the database, 4-5 from the log.
-    let cluster = builder(backend)
+    let cluster = backend
+        .builder(binaries!())
         .env("RECENT_LOG_SIZE", "2")
         .start()
         .await

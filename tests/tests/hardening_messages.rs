@@ -3,6 +3,7 @@
 //! dead-lettered whole, "confirmed" always means "will be stored", and member
 //! lists cost linear time and are authorized before any per-id work.
 
+use chatter_tests::backend::Backend;
 use chatter_tests::chat::{create_room, ensure_users, next_message, send_and_confirm};
 use chatter_tests::{Cluster, Resp, WsClient, binaries, eventually};
 use serde_json::{Value, json};
@@ -11,43 +12,7 @@ use std::time::{Duration, Instant};
 const SILENCE: Duration = Duration::from_millis(700);
 const STORE_WAIT: Duration = Duration::from_secs(15);
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Cluster,
-    Embedded,
-}
-
-fn builder(backend: Backend) -> chatter_tests::ClusterBuilder {
-    let builder = Cluster::builder(binaries!());
-    match backend {
-        Backend::Cluster => builder,
-        Backend::Embedded => builder.embedded(),
-    }
-}
-
-/// Runs each named test once per backend: `cluster::name` and `embedded::name`.
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::Backend::Cluster).await
-                }
-            )*
-        }
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $test() {
-                    super::$test(super::Backend::Embedded).await
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
+chatter_tests::for_each_backend!(
     a_nul_character_is_refused_at_the_edge_and_consumes_no_seq,
     unstorable_characters_are_refused_in_every_stored_field,
     a_temp_id_reused_after_the_dedupe_window_is_a_new_stored_message,
@@ -120,7 +85,7 @@ async fn resume_from_zero(cluster: &Cluster, user: &str, room: &str) -> Vec<i64>
 }
 
 async fn a_nul_character_is_refused_at_the_edge_and_consumes_no_seq(backend: Backend) {
-    let cluster = builder(backend).start().await.expect("cluster");
+    let cluster = backend.builder(binaries!()).start().await.expect("cluster");
     ensure_users(&cluster, &["alice", "bob"])
         .await
         .expect("users");
@@ -175,7 +140,7 @@ async fn a_nul_character_is_refused_at_the_edge_and_consumes_no_seq(backend: Bac
 /// Every text the database stores is checked at the edge: message text (send
 /// and edit), temp ids, room names, metadata keys and values.
 async fn unstorable_characters_are_refused_in_every_stored_field(backend: Backend) {
-    let cluster = builder(backend).start().await.expect("cluster");
+    let cluster = backend.builder(binaries!()).start().await.expect("cluster");
     ensure_users(&cluster, &["alice", "bob"])
         .await
         .expect("users");
@@ -287,7 +252,8 @@ async fn unstorable_characters_are_refused_in_every_stored_field(backend: Backen
 }
 
 async fn a_temp_id_reused_after_the_dedupe_window_is_a_new_stored_message(backend: Backend) {
-    let cluster = builder(backend)
+    let cluster = backend
+        .builder(binaries!())
         .env("DEDUPE_TTL_SECS", "1")
         .start()
         .await
@@ -359,7 +325,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 async fn oversized_member_lists_are_refused_quickly_and_after_authorization(backend: Backend) {
-    let cluster = builder(backend).start().await.expect("cluster");
+    let cluster = backend.builder(binaries!()).start().await.expect("cluster");
     ensure_users(&cluster, &["alice", "bob", "carol", "dave"])
         .await
         .expect("users");

@@ -440,24 +440,18 @@ async fn a_fresh_gateway_and_worker_serve_every_metric_at_zero_with_help() {
         .await
         .expect("cluster");
     let http = fresh_connections();
-    let gateway = http
-        .get(format!("{}/metrics", cluster.gateway(0).http_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert_series_at_zero(&gateway, GATEWAY_SERIES);
-    let worker = http
-        .get(format!("{}/metrics", cluster.worker(0).http_url()))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert_series_at_zero(&worker, WORKER_SERIES);
+    for (base, series) in [
+        (cluster.gateway(0).http_url(), GATEWAY_SERIES),
+        (cluster.worker(0).http_url(), WORKER_SERIES),
+    ] {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .expect("metrics");
+        assert_series_at_zero(&text.text().await.expect("text"), series);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
