@@ -58,6 +58,10 @@ pub struct Conn {
     /// Cancelled when the socket must close: its outbox overflowed, or (with
     /// `replaced` set) a newer connection of its user took its place.
     pub overflowed: CancellationToken,
+    /// Signalled when a push leaves the queue half full or more: a new socket
+    /// holding its live frames (waiting for `Resume`) lets them flow then,
+    /// before the queue overflows. Polling for it raced fast bursts.
+    pub half_full: Notify,
     /// Set by [`Hub::replace_oldest`]: close with 4008, not as a slow consumer.
     replaced: AtomicBool,
     /// Whose presence changes this connection receives, once it subscribed.
@@ -101,6 +105,10 @@ impl Conn {
     /// consumer instead of letting memory grow.
     pub fn push(&self, frame: Utf8Bytes) {
         match self.outbox.try_send(frame) {
+            // One atomic load per push; a notification only past half full.
+            Ok(()) if self.outbox.capacity() * 2 <= self.outbox.max_capacity() => {
+                self.half_full.notify_one()
+            }
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.overflowed.cancel(),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -274,6 +282,7 @@ impl Hub {
             outbox,
             rooms: Mutex::new(Rooms::default()),
             overflowed: CancellationToken::new(),
+            half_full: Notify::new(),
             replaced: AtomicBool::new(false),
             presence_scope: Mutex::new(None),
             pending_events: AtomicU32::new(0),

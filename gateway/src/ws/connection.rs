@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
-/// How often a held connection checks its queue and the hold's deadline.
-const HOLD_CHECK: Duration = Duration::from_millis(25);
 /// Rooms a socket remembers its last `Typing` for; past it the memory is reset
 /// (at worst one extra `Typing` is passed on).
 const TYPING_ROOMS: usize = 64;
@@ -114,14 +112,14 @@ impl Connection {
                     metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
                     return Some((CloseCode::ConnectionClosed, "too slow: the send queue is full"));
                 }
-                () = tokio::time::sleep(HOLD_CHECK), if self.watch.holding() => {
-                    // The hold ends at its deadline, or early when held frames
-                    // fill half the queue: a busy room must not make a new
-                    // socket look like a slow consumer before it has spoken.
-                    let crowded = inbox.len() * 2 >= inbox.max_capacity();
-                    if crowded || tokio::time::Instant::now() >= self.watch.hold_ends() {
-                        self.watch.release();
-                    }
+                // The hold ends at its deadline, or early when held frames fill
+                // half the queue: a busy room must not make a new socket look
+                // like a slow consumer before it has spoken.
+                () = tokio::time::sleep_until(self.watch.hold_ends()), if self.watch.holding() => {
+                    self.watch.release();
+                }
+                () = conn.half_full.notified(), if self.watch.holding() => {
+                    self.watch.release();
                 }
                 frame = inbox.recv(), if !self.watch.holding() => {
                     let frame = frame?;
