@@ -27,6 +27,7 @@ mod subscriptions;
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::keyspace::{self, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
+use chatter_shared::protocol::CloseCode;
 use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
 use dashmap::DashMap;
@@ -35,7 +36,7 @@ use fred::prelude::*;
 use membership::Rechecks;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use subscriptions::Request;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -64,6 +65,12 @@ pub struct Conn {
     pub half_full: Notify,
     /// Set by [`Hub::replace_oldest`]: close with 4008, not as a slow consumer.
     replaced: AtomicBool,
+    /// Told by a close order (kick, ban, single session, strikes; see
+    /// `crate::moderation::orders`): the close code and reason to send.
+    ordered_close: OnceLock<(CloseCode, Box<str>)>,
+    /// Unique, and ordered by opening time (UUIDv7): a single-session order
+    /// closes the user's connections older than the one it names.
+    pub session: Uuid,
     /// Whose presence changes this connection receives, once it subscribed.
     presence_scope: Mutex<Option<PresenceScope>>,
     /// Membership events about this connection's user that the dispatcher has
@@ -118,6 +125,13 @@ impl Conn {
     /// Whether a newer connection of the same user replaced this one (4008).
     pub fn is_replaced(&self) -> bool {
         self.replaced.load(Ordering::Relaxed)
+    }
+
+    /// The close a close order asked for, if one did.
+    pub fn ordered_close(&self) -> Option<(CloseCode, &str)> {
+        self.ordered_close
+            .get()
+            .map(|(code, reason)| (*code, reason.as_ref()))
     }
 
     pub fn is_member(&self, room_id: Uuid) -> bool {
@@ -284,6 +298,8 @@ impl Hub {
             overflowed: CancellationToken::new(),
             half_full: Notify::new(),
             replaced: AtomicBool::new(false),
+            ordered_close: OnceLock::new(),
+            session: Uuid::now_v7(),
             presence_scope: Mutex::new(None),
             pending_events: AtomicU32::new(0),
         });
@@ -317,6 +333,18 @@ impl Hub {
             conn.replaced.store(true, Ordering::Relaxed);
             conn.overflowed.cancel();
             metrics::counter!(metric::REPLACED_CONNECTIONS).increment(1);
+        }
+    }
+
+    /// Closes `user_id`'s connections on this gateway with `code`, except, when
+    /// `keep` names a connection (single session), that one and any newer.
+    pub fn close_user(&self, user_id: &str, code: CloseCode, reason: &str, keep: Option<Uuid>) {
+        for conn in self.conns_on(&keyspace::user_channel(user_id)) {
+            if keep.is_some_and(|keep| conn.session >= keep) {
+                continue;
+            }
+            let _ = conn.ordered_close.set((code, reason.into()));
+            conn.overflowed.cancel();
         }
     }
 

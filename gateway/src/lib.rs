@@ -15,6 +15,7 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod messages;
+pub mod moderation;
 pub mod presence;
 pub mod read_state;
 pub mod resume;
@@ -60,7 +61,7 @@ pub async fn serve(
     http::extract::log_service_secret_use(&config);
     // The hub keeps delivering while sockets drain; it stops after they are gone.
     let hub_stop = CancellationToken::new();
-    let (store, bus, hub, embedded_worker, redis_risks) = match mode {
+    let (store, bus, hub, embedded_worker, redis_risks, notices) = match mode {
         Mode::Cluster {
             redis_url,
             database_url,
@@ -77,13 +78,23 @@ pub async fn serve(
             let subscriber = chatter_shared::redis::connect_subscriber(&redis_url)
                 .await
                 .context("cannot connect to Redis (REDIS_URL)")?;
+            let notices = chatter_shared::redis::connect_subscriber(&redis_url)
+                .await
+                .context("cannot connect to Redis (REDIS_URL)")?;
             let hub = hub::Hub::start(
                 Some(subscriber),
                 store.clone(),
                 Duration::from_secs(config.membership_recheck_secs),
                 hub_stop.clone(),
             );
-            (store, bus::Bus::redis(redis), hub, None, redis_risks)
+            (
+                store,
+                bus::Bus::redis(redis),
+                hub,
+                None,
+                redis_risks,
+                Some(notices),
+            )
         }
         Mode::Embedded { data_dir } => {
             let path = embedded::prepare_database(&data_dir)
@@ -119,7 +130,14 @@ pub async fn serve(
                 batches,
                 config.worker_batch_size,
             ));
-            (store, bus::Bus::Local(bus), hub, Some(worker), Vec::new())
+            (
+                store,
+                bus::Bus::Local(bus),
+                hub,
+                Some(worker),
+                Vec::new(),
+                None,
+            )
         }
     };
     let presence = tokio::spawn(presence::run(
@@ -135,7 +153,20 @@ pub async fn serve(
     tokio::spawn(sample_send_queues(hub.clone(), hub_stop.clone()));
     let mut app = state::App::new(config, tokens, store, bus, hub, shutdown.clone());
     app.redis_risks = redis_risks;
+    // Bans are known before the first request: a restart lets no banned user in.
+    app.moderation
+        .reload(&app.store)
+        .await
+        .context("cannot read bans and restrictions from the database")?;
     let state = Arc::new(app);
+    if let Some(content) = &state.moderation.content {
+        content.start(hub_stop.clone());
+    }
+    tokio::spawn(moderation::notices::listen(
+        state.clone(),
+        notices,
+        hub_stop.clone(),
+    ));
     // Like the hub, the limiter sweep runs until the sockets are gone.
     let sweep = tokio::spawn(limits::sweep(state.limits.clone(), hub_stop.clone()));
     tracing::info!(addr = %listener.local_addr()?, "listening");

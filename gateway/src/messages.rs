@@ -7,6 +7,7 @@
 //! Whatever refers to an earlier message (a reply's `parent_id`, an edit, a
 //! deletion) looks it up with [`stored_message`], which waits that long.
 
+use crate::moderation::SendVerdict;
 use crate::state::App;
 use crate::storable;
 use chatter_shared::ingest::{AppendOutcome, NewMessage};
@@ -35,6 +36,15 @@ pub enum Refusal {
     BadTempId,
     Backlogged,
     Unavailable,
+    /// The sender is muted in this room (`POST /rooms/{id}/mutes`).
+    Muted,
+    /// A direct room whose other member blocked the sender.
+    Blocked,
+    /// The content policy rejected the text (or could not judge it and
+    /// `MODERATION_FAIL=closed`).
+    ContentRejected,
+    /// The sender is banned (a service publishing for them).
+    Banned,
 }
 
 impl Refusal {
@@ -49,6 +59,10 @@ impl Refusal {
             Refusal::BadTempId => "bad_temp_id",
             Refusal::Backlogged => "server_busy",
             Refusal::Unavailable => "unavailable",
+            Refusal::Muted => "muted",
+            Refusal::Blocked => "blocked",
+            Refusal::ContentRejected => "content_rejected",
+            Refusal::Banned => "banned",
         }
     }
 
@@ -66,6 +80,10 @@ impl Refusal {
             Refusal::BadTempId => "the temp id contains a control character",
             Refusal::Backlogged => "the server is busy; retry later",
             Refusal::Unavailable => "the service is unavailable; retry later",
+            Refusal::Muted => "you are muted in this room",
+            Refusal::Blocked => "the other member of this direct room blocked you",
+            Refusal::ContentRejected => "the message was rejected by the content policy",
+            Refusal::Banned => "the sender is banned",
         }
     }
 }
@@ -154,7 +172,11 @@ pub async fn stored_message(
 }
 
 /// Appends the message to Redis: sequence, stream, dedupe and publish in one call.
+///
+/// Moderation (mutes, blocks, the content policy) is asked first, once per
+/// message: every way of sending comes through here.
 pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
+    let verdict = crate::moderation::check_send(app, draft).await?;
     let message = NewMessage {
         id: Uuid::now_v7(),
         room_id: draft.room_id,
@@ -179,6 +201,14 @@ pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
         metrics::histogram!(metric::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
         match outcome {
             AppendOutcome::Accepted { seq } => {
+                if verdict == SendVerdict::Flagged
+                    && let Err(error) = app
+                        .store
+                        .flag(message.id, draft.room_id, draft.sender_id, draft.body)
+                        .await
+                {
+                    tracing::warn!(%error, message_id = %message.id, "cannot list a flagged message");
+                }
                 return Ok(Accepted {
                     id: message.id,
                     seq,

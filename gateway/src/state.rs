@@ -3,6 +3,7 @@
 use crate::bus::Bus;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::moderation::Moderation;
 use chatter_shared::auth::{Identity, Tokens};
 use chatter_shared::config::Config;
 use chatter_shared::ingest::AppendLimits;
@@ -42,6 +43,8 @@ pub struct App {
     recently_seen: DashMap<String, Instant>,
     /// Per-user and per-IP rate limits (REST, upgrades, HTTP publish).
     pub limits: Arc<Limits>,
+    /// Bans, mutes, blocks and the content policy (`crate::moderation`).
+    pub moderation: Arc<Moderation>,
 }
 
 impl App {
@@ -56,6 +59,7 @@ impl App {
         App {
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             limits: Arc::new(Limits::new(&config)),
+            moderation: Arc::new(Moderation::new(&config)),
             append_limits: AppendLimits {
                 dedupe_ttl_secs: config.dedupe_ttl_secs,
                 max_backlog: config.ingest_max_backlog,

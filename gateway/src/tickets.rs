@@ -52,6 +52,7 @@ struct Stored {
     responses(
         (status = 200, description = "The ticket and when it expires", body = Ticket),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 403, description = "`banned`: the user is banned", body = ErrorBody),
         (status = 503, description = "`unavailable`: Redis or the database is unavailable", body = ErrorBody),
     ),
 )]

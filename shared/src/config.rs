@@ -165,6 +165,23 @@ pub struct Config {
     pub membership_recheck_secs: u64,
     /// Rooms one `Resume` frame may list; more are refused with `too_many_rooms`.
     pub resume_max_rooms: usize,
+    // --- moderation (README "Moderation") ---
+    /// A file of blocked words and `/regular expressions/`, one a line; re-read
+    /// when it changes. Unset: no block list.
+    pub content_blocklist_file: Option<String>,
+    /// An external moderation service chatter asks about every message; unset: none.
+    pub moderation_url: Option<String>,
+    /// How long a message waits for the moderation service's answer.
+    pub moderation_timeout_ms: u64,
+    /// What a message gets when the moderation service is down or slow.
+    pub moderation_fail: ModerationFail,
+    /// Rejected messages within `CONTENT_STRIKE_WINDOW_SECS` that close the
+    /// sender's sockets with 4011; 0 never closes.
+    pub content_strikes: u32,
+    pub content_strike_window_secs: u64,
+    /// `multi` (any number of connections per user) or `single` (a new
+    /// connection closes the user's older ones, on every gateway, with 4008).
+    pub session_policy: SessionPolicy,
 }
 
 impl Default for Config {
@@ -238,6 +255,13 @@ impl Default for Config {
             trust_forwarded_for: false,
             membership_recheck_secs: 30,
             resume_max_rooms: 100,
+            content_blocklist_file: None,
+            moderation_url: None,
+            moderation_timeout_ms: 500,
+            moderation_fail: ModerationFail::Open,
+            content_strikes: 3,
+            content_strike_window_secs: 600,
+            session_policy: SessionPolicy::Multi,
         }
     }
 }
@@ -259,6 +283,23 @@ pub enum Mode {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `MODERATION_FAIL`: whether a message passes (`open`) or is rejected
+/// (`closed`) when the moderation service cannot answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModerationFail {
+    Open,
+    Closed,
+}
+
+/// `SESSION_POLICY`: how many connections a user may hold at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionPolicy {
+    Multi,
+    Single,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -411,6 +452,11 @@ impl Config {
             ("MAX_HTTP_CONNECTIONS", self.max_http_connections as u64),
             ("MEMBERSHIP_RECHECK_SECS", self.membership_recheck_secs),
             ("RESUME_MAX_ROOMS", self.resume_max_rooms as u64),
+            ("MODERATION_TIMEOUT_MS", self.moderation_timeout_ms),
+            (
+                "CONTENT_STRIKE_WINDOW_SECS",
+                self.content_strike_window_secs,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -526,6 +572,13 @@ impl std::fmt::Debug for Config {
             trust_forwarded_for,
             membership_recheck_secs,
             resume_max_rooms,
+            content_blocklist_file,
+            moderation_url,
+            moderation_timeout_ms,
+            moderation_fail,
+            content_strikes,
+            content_strike_window_secs,
+            session_policy,
         } = self;
         let secret = |value: &Option<String>| value.as_ref().map(|_| Redacted);
         let url = |value: &Option<String>| value.as_deref().map(redact_url);
@@ -598,6 +651,14 @@ impl std::fmt::Debug for Config {
             .field("trust_forwarded_for", trust_forwarded_for)
             .field("membership_recheck_secs", membership_recheck_secs)
             .field("resume_max_rooms", resume_max_rooms)
+            .field("content_blocklist_file", content_blocklist_file)
+            // The URL may carry credentials (user:password@ or a token in the query).
+            .field("moderation_url", &moderation_url.as_deref().map(redact_url))
+            .field("moderation_timeout_ms", moderation_timeout_ms)
+            .field("moderation_fail", moderation_fail)
+            .field("content_strikes", content_strikes)
+            .field("content_strike_window_secs", content_strike_window_secs)
+            .field("session_policy", session_policy)
             .finish()
     }
 }
@@ -716,6 +777,13 @@ const KNOWN_KEYS: &[&str] = &[
     "trust_forwarded_for",
     "membership_recheck_secs",
     "resume_max_rooms",
+    "content_blocklist_file",
+    "moderation_url",
+    "moderation_timeout_ms",
+    "moderation_fail",
+    "content_strikes",
+    "content_strike_window_secs",
+    "session_policy",
 ];
 
 /// Whether `name` is an environment variable chatter reads: a configuration key

@@ -10,7 +10,8 @@
 //! | `chatter:recent:<room>` | sorted set, score = seq | the newest `RECENT_LOG_SIZE` frames of the room, for `Resume`; expires after `RECENT_LOG_TTL_SECS` of quiet |
 //! | `chatter:ticket:<token>` | string (JSON identity) | single-use WebSocket ticket, `TICKET_TTL_SECS` |
 //! | channel `chatter:room:<room>` | pub/sub | ready-to-send frames for a room's members |
-//! | channel `chatter:user:<user>` | pub/sub | frames and membership events for one user |
+//! | channel `chatter:user:<user>` | pub/sub | frames, membership events and close orders (kick, ban, single session) for one user |
+//! | channel `chatter:moderation` | pub/sub | `ban:<user>` / `room:<room>`: re-read that ban or room's mutes and blocks (every gateway subscribes) |
 //!
 //! The sender id in dedupe keys is length-prefixed so that two different
 //! `(sender, temp_id)` pairs can never spell the same key (`a:b`+`c` vs `a`+`b:c`).
@@ -27,6 +28,8 @@ pub const NOTIFY_DEAD_LETTER: &str = "chatter:notify:dead";
 /// Prefix of room channels; the dispatcher tells rooms from users by it.
 pub const ROOM_CHANNEL_PREFIX: &str = "chatter:room:";
 pub const USER_CHANNEL_PREFIX: &str = "chatter:user:";
+/// Moderation notices every gateway hears (see the gateway's `moderation::notices`).
+pub const MODERATION_CHANNEL: &str = "chatter:moderation";
 
 pub fn room_channel(room_id: Uuid) -> String {
     format!("{ROOM_CHANNEL_PREFIX}{room_id}")

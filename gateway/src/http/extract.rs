@@ -40,6 +40,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<User, ApiError> {
         let state = AppState::from_ref(state);
         if let Some(Verified(identity)) = parts.extensions.remove::<Verified>() {
+            refuse_banned(&state, &identity)?;
             state.ensure_user(&identity).await?;
             return Ok(User(identity));
         }
@@ -51,9 +52,50 @@ where
             }
             AuthError::NoUserId => ApiError::unauthorized("the token carries no usable user id"),
         })?;
+        refuse_banned(&state, &identity)?;
         state.ensure_user(&identity).await?;
         Ok(User(identity))
     }
+}
+
+/// 403 `banned` for a banned user (an in-memory check; see `crate::moderation`).
+fn refuse_banned(state: &AppState, identity: &Identity) -> Result<(), ApiError> {
+    if state.moderation.is_banned(&identity.user_id) {
+        return Err(ApiError::forbidden("banned", "this user is banned"));
+    }
+    Ok(())
+}
+
+/// A user with the role `admin`, in their token or in their stored user record
+/// (`POST /users`); anyone else gets 403 `not_admin`.
+pub struct Admin(pub Identity);
+
+impl<S> FromRequestParts<S> for Admin
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Admin, ApiError> {
+        let User(identity) = User::from_request_parts(parts, state).await?;
+        if is_admin(&AppState::from_ref(state), &identity).await? {
+            return Ok(Admin(identity));
+        }
+        Err(ApiError::forbidden(
+            "not_admin",
+            "this needs the role admin",
+        ))
+    }
+}
+
+/// Whether `identity` has the role `admin`, in their token or stored record.
+pub async fn is_admin(state: &AppState, identity: &Identity) -> Result<bool, sqlx::Error> {
+    let admin = |roles: &[String]| roles.iter().any(|role| role == "admin");
+    if admin(&identity.roles) {
+        return Ok(true);
+    }
+    Ok(admin(&state.store.roles_of(&identity.user_id).await?))
 }
 
 /// The caller's identity, verified already by the rate-limit layer

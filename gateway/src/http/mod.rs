@@ -1,6 +1,8 @@
 //! The REST API: one module per resource, merged here with the cross-cutting layers
 //! (request ids, tracing, CORS, body limits, rate limits).
 
+pub(crate) mod admin;
+mod blocks;
 mod connections;
 pub mod error;
 pub mod extract;
@@ -34,6 +36,8 @@ pub fn app(state: AppState) -> Router {
         .merge(connections::router())
         .merge(users::router())
         .merge(rooms::router())
+        .merge(admin::router())
+        .merge(blocks::router())
         .merge(tokens::router())
         .merge(crate::tickets::router())
         .route("/ws", get(crate::ws::upgrade))

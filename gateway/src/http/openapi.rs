@@ -69,6 +69,19 @@ pub fn router() -> Router<AppState> {
         super::rooms::messages::direct_history,
         super::rooms::read::mark_read,
         super::rooms::read::receipts,
+        // Moderation (README "Moderation")
+        super::admin::audit,
+        super::admin::flags,
+        super::admin::reports,
+        super::admin::kick,
+        super::admin::ban,
+        super::admin::unban,
+        super::rooms::moderation::mute,
+        super::rooms::moderation::unmute,
+        super::rooms::moderation::report,
+        super::blocks::block,
+        super::blocks::unblock,
+        super::blocks::list,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -78,6 +91,7 @@ pub fn router() -> Router<AppState> {
         (name = "websocket", description = "The real-time connection"),
         (name = "presence", description = "Who is online"),
         (name = "rooms", description = "Rooms, messages and read state"),
+        (name = "moderation", description = "Admins, bans, kicks, mutes, reports, blocks"),
     ),
 )]
 pub struct ApiDoc;

@@ -52,6 +52,7 @@ struct Minted {
         (status = 200, description = "The token and when it expires", body = Minted),
         (status = 400, description = "`bad_user_id`, `bad_ttl`, `bad_json` (unknown fields too)", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no or wrong service secret", body = ErrorBody),
+        (status = 403, description = "`banned`: the user is banned", body = ErrorBody),
         (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
         (status = 503, description = "`unavailable`: this gateway has no signing key", body = ErrorBody),
@@ -64,6 +65,9 @@ async fn mint(
 ) -> Result<Json<Minted>, ApiError> {
     validate_user_id(&body.user_id)
         .map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
+    if state.moderation.is_banned(&body.user_id) {
+        return Err(ApiError::forbidden("banned", "this user is banned"));
+    }
     let ttl = body.ttl_seconds.unwrap_or(DEFAULT_TTL_SECS);
     if !(1..=MAX_TTL_SECS).contains(&ttl) {
         return Err(ApiError::bad_request(

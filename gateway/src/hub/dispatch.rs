@@ -7,6 +7,7 @@
 //! re-check of that user against the database.
 
 use super::{Hub, membership};
+use crate::moderation::orders;
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
@@ -43,6 +44,12 @@ impl Hub {
         } else if channel == PRESENCE_CHANNEL {
             self.deliver_presence(&frame);
         } else if let Some(user_id) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
+            if frame.as_str().starts_with(orders::CLOSE_ORDER_HEAD) {
+                if let Some(order) = orders::CloseOrder::parse(frame.as_str()) {
+                    self.close_user(user_id, order.code(), &order.reason, order.keep);
+                }
+                return;
+            }
             if !is_membership_event(&frame) {
                 self.deliver(channel, &frame);
                 return;

@@ -14,6 +14,7 @@ use chatter_shared::protocol::{
     ClientFrame, CloseCode, Confirmation, MarkRead, Resume, SendMessage, ServerFrame, Typing,
 };
 use chatter_shared::telemetry::metric;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,8 +56,8 @@ pub async fn run(
         };
         let end = connection.serve(&registration, inbox).await;
         if let Some((code, reason)) = end {
-            tracing::debug!(code = code.code(), reason, "closing");
-            close(&mut connection.socket, code, reason).await;
+            tracing::debug!(code = code.code(), %reason, "closing");
+            close(&mut connection.socket, code, &reason).await;
         }
         // Leave the hub before the permit frees the slot.
         drop(registration);
@@ -84,7 +85,7 @@ impl Connection {
         &mut self,
         registration: &Registration,
         mut inbox: mpsc::Receiver<Utf8Bytes>,
-    ) -> Option<(CloseCode, &'static str)> {
+    ) -> Option<(CloseCode, Cow<'static, str>)> {
         let conn = registration.conn.clone();
         let shutdown = self.state.shutdown.clone();
         let drain_window = Duration::from_secs(self.state.config.drain_window_secs);
@@ -103,14 +104,17 @@ impl Connection {
                     close_at = Some(tokio::time::Instant::now() + random_delay(drain_window));
                 }
                 () = tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)), if close_at.is_some() => {
-                    return Some((CloseCode::ServerShutdown, "server shutting down; reconnect"));
+                    return Some((CloseCode::ServerShutdown, "server shutting down; reconnect".into()));
                 }
                 () = conn.overflowed.cancelled() => {
+                    if let Some((code, reason)) = conn.ordered_close() {
+                        return Some((code, reason.to_owned().into()));
+                    }
                     if conn.is_replaced() {
-                        return Some((CloseCode::NewDevice, "replaced by a newer connection of the same user"));
+                        return Some((CloseCode::NewDevice, "replaced by a newer connection of the same user".into()));
                     }
                     metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
-                    return Some((CloseCode::ConnectionClosed, "too slow: the send queue is full"));
+                    return Some((CloseCode::ConnectionClosed, "too slow: the send queue is full".into()));
                 }
                 // The hold ends at its deadline, or early when held frames fill
                 // half the queue: a busy room must not make a new socket look
@@ -132,7 +136,7 @@ impl Connection {
                         Ok(message) => message,
                         Err(error) => {
                             let too_big = error.to_string().to_ascii_lowercase().contains("too long");
-                            return too_big.then_some((CloseCode::MessageTooLarge, "frame too large"));
+                            return too_big.then_some((CloseCode::MessageTooLarge, "frame too large".into()));
                         }
                     };
                     last_heard = Instant::now();
@@ -146,13 +150,13 @@ impl Connection {
                     self.watch.release();
                     match next {
                         Next::Continue => {}
-                        Next::Close(code, reason) => return Some((code, reason)),
+                        Next::Close(code, reason) => return Some((code, reason.into())),
                         Next::Gone => return None,
                     }
                 }
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() >= idle_timeout {
-                        return Some((CloseCode::Idle, "idle timeout"));
+                        return Some((CloseCode::Idle, "idle timeout".into()));
                     }
                     self.socket.send(Message::Ping(Default::default())).await.ok()?;
                 }

@@ -12,6 +12,7 @@ mod throttle;
 
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::bearer;
+use crate::moderation::orders::{self, Closing};
 use crate::state::AppState;
 use crate::tickets;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -21,6 +22,7 @@ use axum::http::header::ORIGIN;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chatter_shared::auth::{AuthError, Identity, looks_like_jwt};
+use chatter_shared::config::SessionPolicy;
 use chatter_shared::protocol::{CloseCode, ServerFrame};
 use chatter_shared::telemetry::metric;
 use serde::Deserialize;
@@ -44,8 +46,10 @@ pub struct WsParams {
 ///
 /// Authenticate with `?token=` (a `GET /ws_token` ticket or a JWT) or with
 /// `Authorization: Bearer <JWT>`. A missing or bad token still upgrades, then
-/// closes with 4001 (no token), 4002 (invalid, expired or used) or 4006 (server
-/// error), after a `Disconnection {code, reason}` frame.
+/// closes with 4001 (no token), 4002 (invalid, expired or used), 4005 (banned) or
+/// 4006 (server error), after a `Disconnection {code, reason}` frame. Open
+/// sockets may later close with 4004 (kicked), 4005 (banned), 4008 (a newer
+/// connection under `SESSION_POLICY=single`) or 4011 (content strikes).
 #[utoipa::path(
     get,
     path = "/ws",
@@ -117,6 +121,10 @@ pub async fn upgrade(
         Ok(identity) => identity,
         Err(Refusal(code, reason)) => return refuse(ws, code, reason),
     };
+    if state.moderation.is_banned(&identity.user_id) {
+        metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "banned").increment(1);
+        return refuse(ws, CloseCode::Banned, BANNED);
+    }
     // Connection churn costs a database read and subscriptions: upgrades spend
     // the user's REST budget.
     if let Err(limited) = state.limits.user(&identity.user_id) {
@@ -148,7 +156,24 @@ pub async fn upgrade(
         Ok::<_, String>((registration, inbox))
     };
     match prepared.await {
+        // Banned while this connection was being prepared: the ban's close
+        // order may have gone out before it registered.
+        Ok(_) if state.moderation.is_banned(&identity.user_id) => {
+            refuse(ws, CloseCode::Banned, BANNED)
+        }
         Ok((registration, inbox)) => {
+            if state.config.session_policy == SessionPolicy::Single
+                && let Err(error) = orders::close_user(
+                    &state.bus,
+                    &identity.user_id,
+                    Closing::NewSession,
+                    "replaced by a newer connection of the same user",
+                    Some(registration.conn.session),
+                )
+                .await
+            {
+                tracing::warn!(%error, "cannot close the user's older connections (SESSION_POLICY=single)");
+            }
             let sockets = state.sockets.clone();
             ws.on_upgrade(move |socket| {
                 sockets.track_future(connection::run(
@@ -169,6 +194,9 @@ pub async fn upgrade(
 }
 
 struct Refusal(CloseCode, &'static str);
+
+/// The reason of a banned user's 4005.
+const BANNED: &str = "banned";
 
 /// A `?token=` is a JWT (three dot-separated parts) or else a ticket.
 async fn authenticate(state: &AppState, token: &str) -> Result<Identity, Refusal> {

@@ -30,10 +30,12 @@ macro_rules! on_pool {
 }
 
 mod messages;
+mod moderation;
 mod rooms;
 mod users;
 
 pub use messages::{HistoryPage, MemberOfRoom};
+pub use moderation::{AuditEntry, Ban, Block, Flag, Report, Restriction};
 pub use rooms::{MembersChange, NewRoom, Receipt, Room, RoomCursor, RoomKind, RoomSummary};
 pub use users::Contact;
 

@@ -99,7 +99,8 @@ impl Store {
     }
 
     /// The users `user_id` shares a live room or a `user_group` with (not
-    /// themself): who they may see on `/connections` and in presence events.
+    /// themself, nor anyone who blocked them): who they may see on
+    /// `/connections` and in presence events.
     pub async fn contacts_of(&self, user_id: &str) -> Result<Vec<Contact>, sqlx::Error> {
         on_pool!(self, pool => {
             sqlx::query_as(
@@ -110,6 +111,7 @@ impl Store {
                               JOIN rooms r ON r.id = mine.room_id AND r.deleted_at IS NULL
                               WHERE mine.user_id = $1)
                      OR u.user_group = (SELECT user_group FROM users WHERE id = $1))
+                 AND NOT EXISTS (SELECT 1 FROM blocks WHERE blocker_id = u.id AND blocked_id = $1)
                  ORDER BY u.id",
             )
             .bind(user_id)

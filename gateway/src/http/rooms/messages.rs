@@ -273,10 +273,12 @@ struct Published {
             line feed or carriage return, `bad_temp_id`: a control character in the temp id, \
             `bad_parent`: not a message of this room, \
             `sender_required`: a service call without `sender_id`, `bad_user_id`: a malformed \
-            `sender_id`", body = ErrorBody),
+            `sender_id`, `content_rejected`: the content policy refused the text", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT, and not the service secret", body = ErrorBody),
         (status = 403, description = "`not_allowed`: a user naming someone else in `sender_id`, \
-            `sender_not_member`: (service) the sender is not a member", body = ErrorBody),
+            `sender_not_member`: (service) the sender is not a member, `muted`: the sender is muted \
+            in the room, `blocked`: the other member of this direct room blocked the sender, \
+            `banned`: the caller (or, for a service, the sender) is banned", body = ErrorBody),
         (status = 404, description = "`room_not_found`: no such room, deleted, or the sender is not a member (user calls)", body = ErrorBody),
         (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
@@ -365,6 +367,8 @@ fn refusal_error(refusal: Refusal) -> ApiError {
     let status = match refusal {
         Refusal::NotMember => return room_not_found(),
         Refusal::Backlogged | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::Muted | Refusal::Blocked | Refusal::Banned => StatusCode::FORBIDDEN,
+        Refusal::ContentRejected => StatusCode::BAD_REQUEST,
         Refusal::BadParent
         | Refusal::EmptyMessage
         | Refusal::MessageTooLong

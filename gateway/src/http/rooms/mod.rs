@@ -7,6 +7,7 @@
 
 mod member_list;
 pub(super) mod messages;
+pub(super) mod moderation;
 pub(super) mod read;
 
 use super::error::{ApiError, ErrorBody};
@@ -34,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .route("/rooms/{id}", get(room).delete(delete_room))
         .route("/rooms/{id}/members", put(change_members))
         .merge(messages::router())
+        .merge(moderation::router())
         .merge(read::router())
 }
 
@@ -51,7 +53,7 @@ fn room_not_found() -> ApiError {
 
 /// `limit` within 1..=`PAGE_SIZE_MAX`, `PAGE_SIZE_DEFAULT` when absent. Taken as
 /// text so that a number too large for any integer is `bad_limit` too.
-fn page_limit(state: &AppState, limit: Option<&str>) -> Result<i64, ApiError> {
+pub(in crate::http) fn page_limit(state: &AppState, limit: Option<&str>) -> Result<i64, ApiError> {
     let max = i64::from(state.config.page_size_max);
     let Some(limit) = limit else {
         return Ok(i64::from(state.config.page_size_default));
@@ -132,6 +134,7 @@ struct CreateRoom {
             `bad_metadata`: not an object, or U+0000 in it, `metadata_too_large`, \
             `bad_direct_members`, `unsupported_kind`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
+        (status = 403, description = "`blocked`: (direct) the other user blocked the caller; `banned`", body = ErrorBody),
         (status = 413, description = "`too_large`: body over 256 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
@@ -203,6 +206,10 @@ async fn create_room(
         return Err(too_many_members(&state));
     }
     refuse_unknown_users(&state, &members).await?;
+    // A blocked user may not open a direct room with the blocker (found or new).
+    if kind == RoomKind::Direct && state.store.blocks(&members[1], &caller.user_id).await? {
+        return Err(ApiError::forbidden("blocked", "this user blocked you"));
+    }
     if kind == RoomKind::Direct
         && let Some(existing) = state.store.find_direct(&members[0], &members[1]).await?
     {
@@ -241,6 +248,15 @@ async fn create_room(
         tracing::warn!(%error, "cannot initialise a room's seq counter; the first send will");
     }
     room_events::room_created(&state.bus, &room).await;
+    // The blocker opened a room with someone they block: that user may not
+    // write to it, on any gateway.
+    if kind == RoomKind::Direct && state.store.blocks(&caller.user_id, &members[1]).await? {
+        crate::moderation::notices::announce(
+            &state,
+            crate::moderation::notices::Change::Room(room.id),
+        )
+        .await;
+    }
     Ok((
         StatusCode::CREATED,
         Json(RoomSummary {
