@@ -38,6 +38,19 @@ const CONTRACT: &[(&str, &str)] = &[
     ("POST", "/rooms/{id}/read"),
     ("GET", "/rooms/{id}/receipts"),
     ("GET", "/messages"),
+    // Moderation
+    ("GET", "/admin/audit"),
+    ("GET", "/admin/flags"),
+    ("GET", "/admin/reports"),
+    ("POST", "/admin/users/{id}/kick"),
+    ("POST", "/admin/users/{id}/ban"),
+    ("DELETE", "/admin/users/{id}/ban"),
+    ("POST", "/rooms/{id}/mutes"),
+    ("DELETE", "/rooms/{id}/mutes/{user_id}"),
+    ("POST", "/rooms/{id}/messages/{message_id}/report"),
+    ("POST", "/users/me/blocks"),
+    ("GET", "/users/me/blocks"),
+    ("DELETE", "/users/me/blocks/{user_id}"),
 ];
 
 /// The HTTP methods an OpenAPI path item can hold, as its keys spell them.

@@ -3,7 +3,7 @@
 
 use super::{page_limit, room_not_found, room_of_member};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{Json, Path, Query, User, bearer};
+use crate::http::extract::{Json, Path, Query, User, bearer, is_admin};
 use crate::messages::{self, Draft, Refusal};
 use crate::room_events;
 use crate::state::AppState;
@@ -492,7 +492,7 @@ async fn edit_message(
         (status = 204, description = "Deleted (or already deleted)"),
         (status = 400, description = "`bad_path`: an id is not a UUID", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
-        (status = 403, description = "`not_allowed`: neither the sender nor the room's owner", body = ErrorBody),
+        (status = 403, description = "`not_allowed`: neither the sender, the room's owner nor an admin", body = ErrorBody),
         (status = 404, description = "`room_not_found`: no such room, deleted, or the caller is not a member; \
             `message_not_found`: no such message in this room", body = ErrorBody),
         (status = 503, description = "`unavailable`: the database is unavailable", body = ErrorBody),
@@ -503,14 +503,24 @@ async fn delete_message(
     User(caller): User,
     Path((room_id, message_id)): Path<(Uuid, Uuid)>,
 ) -> Result<StatusCode, ApiError> {
-    let room = room_of_member(&state, room_id, &caller.user_id).await?;
+    // Admins delete reported messages in rooms they are not members of.
+    let admin = is_admin(&state, &caller).await?;
+    let room = if admin {
+        state
+            .store
+            .room(room_id)
+            .await?
+            .ok_or_else(room_not_found)?
+    } else {
+        room_of_member(&state, room_id, &caller.user_id).await?
+    };
     let original = messages::stored_message(&state, room_id, message_id)
         .await?
         .ok_or_else(message_not_found)?;
-    if original.sender_id != caller.user_id && room.owner_id != caller.user_id {
+    if original.sender_id != caller.user_id && room.owner_id != caller.user_id && !admin {
         return Err(ApiError::forbidden(
             "not_allowed",
-            "only the sender or the room's owner may delete a message",
+            "only the sender, the room's owner or an admin may delete a message",
         ));
     }
     if original.deleted_at.is_some() {
