@@ -1,7 +1,9 @@
-//! Accepting a message: validation, membership, and the single Redis round trip.
+//! Accepting a message: validation, policy, and the single Redis round trip.
 //!
-//! WebSocket `SendMessage` and the HTTP publish route both come through here, so
-//! both get the same ordering, deduplication and answers.
+//! [`send`] is the one seam every way of sending goes through (WebSocket
+//! `SendMessage` and its `ChatMessage` alias, the HTTP publish route, the support
+//! desk), so all of them get the same checks, ordering, deduplication and answers.
+//! A check that applies to every message belongs in [`send`], nowhere else.
 //!
 //! Messages are stored by the worker a few milliseconds after they are accepted.
 //! Whatever refers to an earlier message (a reply's `parent_id`, an edit, a
@@ -103,6 +105,28 @@ pub struct Draft<'a> {
     pub parent_id: Option<Uuid>,
 }
 
+/// Sends a message: checks its shape, its parent, asks moderation (mutes,
+/// blocks, the content policy: once per message), then appends it to the bus.
+///
+/// Membership is the caller's to check first, because the callers know it in
+/// different ways (a socket holds its rooms, HTTP asks the database) and answer a
+/// non-member differently.
+pub async fn send(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
+    validate(app, draft)?;
+    check_parent(app, draft).await?;
+    let verdict = crate::moderation::check_send(app, draft).await?;
+    let accepted = accept(app, draft).await?;
+    if verdict == SendVerdict::Flagged
+        && let Err(error) = app
+            .store
+            .flag(accepted.id, draft.room_id, draft.sender_id, draft.body)
+            .await
+    {
+        tracing::warn!(%error, message_id = %accepted.id, "cannot list a flagged message");
+    }
+    Ok(accepted)
+}
+
 /// Checks the draft's shape; membership is the caller's to check (a socket knows
 /// its rooms locally, HTTP asks the database).
 ///
@@ -132,7 +156,7 @@ pub fn validate(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
 
 /// A reply's parent must be a message of the same room (deleted ones included:
 /// a thread outlives its first message).
-pub async fn check_parent(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
+async fn check_parent(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
     let Some(parent_id) = draft.parent_id else {
         return Ok(());
     };
@@ -172,11 +196,7 @@ pub async fn stored_message(
 }
 
 /// Appends the message to Redis: sequence, stream, dedupe and publish in one call.
-///
-/// Moderation (mutes, blocks, the content policy) is asked first, once per
-/// message: every way of sending comes through here.
-pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
-    let verdict = crate::moderation::check_send(app, draft).await?;
+async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
     let message = NewMessage {
         id: Uuid::now_v7(),
         room_id: draft.room_id,
@@ -201,14 +221,6 @@ pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
         metrics::histogram!(metric::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
         match outcome {
             AppendOutcome::Accepted { seq } => {
-                if verdict == SendVerdict::Flagged
-                    && let Err(error) = app
-                        .store
-                        .flag(message.id, draft.room_id, draft.sender_id, draft.body)
-                        .await
-                {
-                    tracing::warn!(%error, message_id = %message.id, "cannot list a flagged message");
-                }
                 return Ok(Accepted {
                     id: message.id,
                     seq,

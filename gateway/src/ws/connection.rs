@@ -222,9 +222,7 @@ impl Connection {
             if !conn.is_member(send.room_id) {
                 return Err(Refusal::NotMember);
             }
-            messages::validate(&self.state, &draft)?;
-            messages::check_parent(&self.state, &draft).await?;
-            messages::accept(&self.state, &draft).await
+            messages::send(&self.state, &draft).await
         }
         .await;
         let confirmation = match outcome {
