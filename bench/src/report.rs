@@ -85,7 +85,46 @@ pub fn markdown(results: &Results, meta: &Meta) -> String {
     if let Some(drain) = &results.persist {
         persist_section(&mut md, drain);
     }
+    if let Some(policy) = &results.content_policy {
+        policy_section(&mut md, policy);
+    }
     md
+}
+
+fn policy_section(md: &mut String, p: &crate::scenarios::PolicyResult) {
+    use crate::scenarios::gateway_cores;
+    let _ = writeln!(md, "## Content policy\n");
+    let _ = writeln!(
+        md,
+        "{} connections in rooms of 2 (members on different gateways), the same fixed rates \
+         against two deployments in the same run: without a content policy (the baseline), and \
+         with `CONTENT_BLOCKLIST_FILE` holding {} entries (words and regular expressions) that \
+         no message matches, so every message is checked. Ratio = on / off.\n",
+        int(p.connections as f64),
+        p.blocklist_entries
+    );
+    let _ = writeln!(
+        md,
+        "| msg/s | ack p50 off → on (ratio) | ack p99 off → on (ratio) | delivery p99 off → on (ratio) | gateway cores off → on (ratio) | errors off / on |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for s in &p.steps {
+        let pair = |off: f64, on: f64, unit: &str| {
+            format!("{off:.2} → {on:.2}{unit} ({})", ratio(on, off))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} / {} |",
+            int(s.rate),
+            pair(s.off.ack_latency.p50_ms, s.on.ack_latency.p50_ms, " ms"),
+            pair(s.off.ack_latency.p99_ms, s.on.ack_latency.p99_ms, " ms"),
+            pair(s.off.latency.p99_ms, s.on.latency.p99_ms, " ms"),
+            pair(gateway_cores(&s.off), gateway_cores(&s.on), ""),
+            s.off.errors(),
+            s.on.errors()
+        );
+    }
+    let _ = writeln!(md);
 }
 
 fn summary(md: &mut String, r: &Results) {

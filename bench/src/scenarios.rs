@@ -9,6 +9,7 @@
 //! | fan-out | 2 gateways + worker | 10,000 sockets, rooms of 100, rising send rate |
 //! | 1:1 | 2 gateways + worker | 20,000 sockets in pairs (one per gateway), rising rate |
 //! | persist | 2 gateways, worker stopped | fill the ingest stream, start the worker, time the drain |
+//! | content-policy | 2 gateways + worker, twice | 1:1 pairs at fixed rates, content policy off, then on |
 //!
 //! Persistence *under load* (worker rows/s and lag) is measured during the
 //! fan-out scenario's fixed-rate step.
@@ -109,6 +110,17 @@ struct Deployment {
 
 impl Deployment {
     async fn start(dir: &Path, bins: &Bins, gateways: usize, worker: bool) -> Result<Deployment> {
+        Deployment::start_with(dir, bins, gateways, worker, &[]).await
+    }
+
+    /// [`Deployment::start`] with extra gateway and worker environment.
+    async fn start_with(
+        dir: &Path,
+        bins: &Bins,
+        gateways: usize,
+        worker: bool,
+        extra: &[(&str, String)],
+    ) -> Result<Deployment> {
         let (redis, postgres) = tokio::try_join!(RedisServer::start(), PostgresServer::start())?;
         let jwt_secret = uuid::Uuid::new_v4().simple().to_string();
         let service_secret = uuid::Uuid::new_v4().simple().to_string();
@@ -132,6 +144,7 @@ impl Deployment {
             ("MAX_HTTP_CONNECTIONS_PER_IP", "0".to_owned()),
         ]
         .into_iter()
+        .chain(extra.iter().cloned())
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let mut deployment = Deployment {
@@ -924,10 +937,107 @@ pub async fn deploy(bench: &Bench, gateways: usize) -> Result<()> {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Results {
     pub idle: Option<IdleResult>,
+    pub content_policy: Option<PolicyResult>,
     pub fanout: Option<FanoutResult>,
     pub one_to_one: Option<PairsResult>,
     pub persist: Option<DrainResult>,
     /// Scenarios that failed, with the error.
     pub failures: Vec<(String, String)>,
     pub elapsed_s: f64,
+}
+
+// ------------------------------------------------------------------ content policy
+
+/// One fixed-rate step with the content policy off, and the same with it on.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyStep {
+    pub rate: f64,
+    pub off: StepReport,
+    pub on: StepReport,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PolicyResult {
+    pub connections: usize,
+    /// Entries of the block list the "on" deployment reads.
+    pub blocklist_entries: usize,
+    pub steps: Vec<PolicyStep>,
+}
+
+/// The send path's cost of a content policy: the same 1:1 load at the same
+/// fixed rates against a deployment without a policy (the baseline) and one
+/// with a block list of 1,000 words and 20 regular expressions (none of which
+/// the load's messages hit, so every message is checked and delivered).
+pub async fn content_policy(bench: &Bench) -> Result<PolicyResult> {
+    let dir = bench.dir("content-policy")?;
+    let n = if bench.quick { 1_000 } else { 4_000 };
+    let rates: &[f64] = if bench.quick {
+        &[300.0, 600.0]
+    } else {
+        &[1_000.0, 2_000.0, 4_000.0]
+    };
+    let list = dir.join("blocklist.txt");
+    let mut text = String::from("# chatter-bench: words no load message contains\n");
+    for i in 0..1_000 {
+        text.push_str(&format!("forbiddenword{i}\n"));
+    }
+    for i in 0..20 {
+        text.push_str(&format!("/bad[o0]pattern{i}\\d+/\n"));
+    }
+    std::fs::write(&list, text).context("writing the block list")?;
+    eprintln!("content policy: {n} connections in pairs, off then on");
+    let mut sides = Vec::new();
+    for on in [false, true] {
+        let extra = if on {
+            vec![("CONTENT_BLOCKLIST_FILE", list.display().to_string())]
+        } else {
+            Vec::new()
+        };
+        let deployment = Deployment::start_with(&dir, &bench.bins, 2, true, &extra).await?;
+        let mut options = bench.options(n, 2, &dir);
+        options.agents = 1;
+        let mut run = LoadRun::start(&deployment.target(), &options).await?;
+        let label = if on { "policy on" } else { "policy off" };
+        report_setup(label, &run);
+        warm_up(&mut run, bench).await?;
+        let mut steps = Vec::new();
+        for &rate in rates {
+            let report = step(&mut run, rate, bench.step_secs(), 15.0).await?;
+            eprintln!(
+                "  {label}: {rate:>6.0} msg/s → ack p50 {:.2} ms p99 {:.2} ms, gateway cores {:.2}",
+                report.ack_latency.p50_ms,
+                report.ack_latency.p99_ms,
+                gateway_cores(&report)
+            );
+            steps.push(report);
+        }
+        finish_side(run, None, Vec::new(), Bound::All).await?;
+        drop(deployment);
+        sides.push(steps);
+    }
+    let on = sides.pop().unwrap_or_default();
+    let off = sides.pop().unwrap_or_default();
+    Ok(PolicyResult {
+        connections: n,
+        blocklist_entries: 1_020,
+        steps: rates
+            .iter()
+            .zip(off.into_iter().zip(on))
+            .map(|(rate, (off, on))| PolicyStep {
+                rate: *rate,
+                off,
+                on,
+            })
+            .collect(),
+    })
+}
+
+/// Cores the gateway processes used during a step's send window.
+pub fn gateway_cores(report: &StepReport) -> f64 {
+    report
+        .cpu
+        .iter()
+        .filter(|(name, _)| name.contains("gateway"))
+        .map(|(_, cores)| cores)
+        .sum()
 }

@@ -38,6 +38,8 @@ enum Scenario {
     Fanout,
     OneToOne,
     Persist,
+    /// The send path's cost of a content policy (off, then on); not part of `all`.
+    ContentPolicy,
     /// Not a scenario: start Redis, Postgres, 2 gateways and a worker, print how to
     /// run chatter-loadgen against them, and keep them up until Ctrl-C.
     Deploy,
@@ -118,6 +120,12 @@ async fn run(args: Args, fd_limit: u64) -> Result<bool> {
                 scenarios::persist(&bench)
                     .await
                     .map(|r| results.persist = Some(r)),
+            ),
+            Scenario::ContentPolicy => (
+                "content-policy",
+                scenarios::content_policy(&bench)
+                    .await
+                    .map(|r| results.content_policy = Some(r)),
             ),
             Scenario::Deploy => ("deploy", scenarios::deploy(&bench, 2).await),
             Scenario::All => continue,
