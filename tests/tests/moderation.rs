@@ -684,6 +684,42 @@ async fn a_room_the_blocker_opens_is_closed_to_the_blocked_user(cluster: &Cluste
     Ok(())
 }
 
+async fn a_blocked_user_gets_no_presence_of_the_blocker(cluster: &Cluster) -> Result<()> {
+    ensure_users(cluster, &["alice", "bob", "carl"]).await?;
+    create_room(cluster, 0, "alice", &["bob", "carl"]).await?;
+    let (status, _) = cluster
+        .api(0)
+        .post_json("/users/me/blocks", cluster.token("alice"), &json!({"user_id": "bob"}))
+        .await?;
+    ensure!(status == 201);
+    let mut bob = connect_ready(cluster, 1, "bob").await?;
+    bob.send_frame("SubscribePresence", json!({})).await?;
+    bob.send_frame("Ping", json!({})).await?;
+    bob.recv_type("Pong", FRAME_WAIT).await?;
+    let _alice = connect_ready(cluster, 0, "alice").await?;
+    let _carl = connect_ready(cluster, 0, "carl").await?;
+    // Carl's event shows presence flows; alice's, published first, never comes.
+    chatter_tests::chat::recv_matching(&mut bob, "PresenceChanged", "about carl", |p| {
+        p["user_id"] == "carl"
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while let Some(frame) = bob.recv_until(deadline.into()).await? {
+        if let chatter_tests::Incoming::Frame(frame) = frame {
+            ensure!(
+                !(frame["type"] == "PresenceChanged" && frame["data"]["user_id"] == "alice"),
+                "bob saw alice: {frame}"
+            );
+        }
+    }
+    ensure!(
+        !bob.skipped().iter().any(|f| f["type"] == "PresenceChanged" && f["data"]["user_id"] == "alice"),
+        "bob saw alice: {:?}",
+        bob.skipped()
+    );
+    Ok(())
+}
+
 // ------------------------------------------------------------------ reports
 
 async fn members_report_messages_and_admins_list_them(cluster: &Cluster) -> Result<()> {
@@ -1039,6 +1075,7 @@ chatter_tests::on_both_backends! {
     a_muted_member_reads_but_cannot_send: |b| b,
     blocking_closes_the_direct_room_to_the_blocked_user: |b| b,
     a_room_the_blocker_opens_is_closed_to_the_blocked_user: |b| b,
+    a_blocked_user_gets_no_presence_of_the_blocker: |b| b,
     members_report_messages_and_admins_list_them: |b| b,
 }
 
