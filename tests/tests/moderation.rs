@@ -689,7 +689,11 @@ async fn a_blocked_user_gets_no_presence_of_the_blocker(cluster: &Cluster) -> Re
     create_room(cluster, 0, "alice", &["bob", "carl"]).await?;
     let (status, _) = cluster
         .api(0)
-        .post_json("/users/me/blocks", cluster.token("alice"), &json!({"user_id": "bob"}))
+        .post_json(
+            "/users/me/blocks",
+            cluster.token("alice"),
+            &json!({"user_id": "bob"}),
+        )
         .await?;
     ensure!(status == 201);
     let mut bob = connect_ready(cluster, 1, "bob").await?;
@@ -713,7 +717,9 @@ async fn a_blocked_user_gets_no_presence_of_the_blocker(cluster: &Cluster) -> Re
         }
     }
     ensure!(
-        !bob.skipped().iter().any(|f| f["type"] == "PresenceChanged" && f["data"]["user_id"] == "alice"),
+        !bob.skipped()
+            .iter()
+            .any(|f| f["type"] == "PresenceChanged" && f["data"]["user_id"] == "alice"),
         "bob saw alice: {:?}",
         bob.skipped()
     );
