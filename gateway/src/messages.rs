@@ -11,8 +11,9 @@
 
 use crate::state::App;
 use crate::storable;
-use chatter_shared::ingest::{AppendOutcome, NewMessage};
+use chatter_shared::ingest::{AppendOutcome, Ending, NewMessage};
 use chatter_shared::protocol::{MessageView, now_micros};
+use chatter_shared::store::SupportState;
 use chatter_shared::telemetry::metric;
 use std::time::Duration;
 use uuid::Uuid;
@@ -37,6 +38,10 @@ pub enum Refusal {
     BadTempId,
     Backlogged,
     Unavailable,
+    /// A support chat that expired (`SUPPORT_EXPIRY_SECS` without a message).
+    ChatExpired,
+    /// A support chat that was closed.
+    ChatClosed,
 }
 
 impl Refusal {
@@ -51,6 +56,8 @@ impl Refusal {
             Refusal::BadTempId => "bad_temp_id",
             Refusal::Backlogged => "server_busy",
             Refusal::Unavailable => "unavailable",
+            Refusal::ChatExpired => "chat_expired",
+            Refusal::ChatClosed => "chat_closed",
         }
     }
 
@@ -68,6 +75,8 @@ impl Refusal {
             Refusal::BadTempId => "the temp id contains a control character",
             Refusal::Backlogged => "the server is busy; retry later",
             Refusal::Unavailable => "the service is unavailable; retry later",
+            Refusal::ChatExpired => "the support chat has expired; ask for help again",
+            Refusal::ChatClosed => "the support chat was closed; ask for help again",
         }
     }
 }
@@ -199,16 +208,45 @@ async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
             }
             AppendOutcome::Duplicate { id, seq } => return Ok(Accepted { id, seq }),
             AppendOutcome::BacklogFull => return Err(Refusal::Backlogged),
+            AppendOutcome::Ended(ending) => return Err(ended(ending)),
             AppendOutcome::Cold if floor.is_none() => {
                 // The room's counter is gone (new room, or Redis lost its data):
-                // resume above what is persisted so seqs never go backwards.
-                let persisted = app.store.max_seq(draft.room_id).await.map_err(|error| {
+                // resume above what is persisted so seqs never go backwards. A
+                // support chat that ended meanwhile is told to the bus again.
+                let unavailable = |error: sqlx::Error| {
                     tracing::warn!(%error, "cannot read the persisted seq floor");
                     Refusal::Unavailable
-                })?;
+                };
+                if let Some(ending) = ended_chat(app, draft.room_id).await.map_err(unavailable)? {
+                    if let Err(error) = app.bus.end_room(draft.room_id, ending).await {
+                        tracing::warn!(%error, "cannot mark an ended chat on the bus");
+                    }
+                    return Err(self::ended(ending));
+                }
+                let persisted = app
+                    .store
+                    .max_seq(draft.room_id)
+                    .await
+                    .map_err(unavailable)?;
                 floor = Some(persisted);
             }
             AppendOutcome::Cold => return Err(Refusal::Unavailable),
         }
     }
+}
+
+fn ended(ending: Ending) -> Refusal {
+    match ending {
+        Ending::Expired => Refusal::ChatExpired,
+        Ending::Closed => Refusal::ChatClosed,
+    }
+}
+
+/// How the room's support chat ended, if it is one that did.
+async fn ended_chat(app: &App, room_id: Uuid) -> Result<Option<Ending>, sqlx::Error> {
+    Ok(match app.store.support_request(room_id).await? {
+        Some(request) if request.state == SupportState::Expired => Some(Ending::Expired),
+        Some(request) if request.state == SupportState::Closed => Some(Ending::Closed),
+        _ => None,
+    })
 }

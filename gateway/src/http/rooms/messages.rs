@@ -361,6 +361,7 @@ fn refusal_error(refusal: Refusal) -> ApiError {
     let status = match refusal {
         Refusal::NotMember => return room_not_found(),
         Refusal::Backlogged | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::ChatExpired | Refusal::ChatClosed => StatusCode::CONFLICT,
         Refusal::BadParent
         | Refusal::EmptyMessage
         | Refusal::MessageTooLong
