@@ -7,14 +7,17 @@
 //! nothing would ever tell a socket. So the hub keeps a *cursor* per room it
 //! delivers: the last seq it handed to its sockets.
 //!
-//! - Live: a frame at or below the cursor is a duplicate and dropped; any
-//!   other is delivered and moves the cursor.
+//! - Live: a frame is delivered and moves the cursor. No seq is ever dropped
+//!   as "old" on the live path: after Redis lost its data a room's seqs start
+//!   again lower, and those messages must still be delivered.
 //! - On a reconnect (or when the dispatcher fell behind its stream) every
 //!   cursor starts *parking* live frames. Once every channel is subscribed
 //!   again, the repair reads what each room missed from its recent log (one
 //!   script call per room), then delivers the missed frames and the parked ones
 //!   in seq order, without duplicates, under the cursor's lock so no live frame
-//!   can overtake them.
+//!   can overtake them. A frame the repair replayed may still arrive live
+//!   afterwards (published before the log was read, delivered by pub/sub
+//!   after): until a live frame passes the replayed seqs, those are dropped.
 //! - What the log no longer holds (trimmed, expired, or Redis lost its data)
 //!   cannot be replayed: the room's sockets get `ResyncRequired {room_id}` and
 //!   reload history over REST.
@@ -40,6 +43,9 @@ pub(super) struct Cursor {
     last: i64,
     /// `Some` while a repair is due or running.
     parked: Option<Vec<(i64, Utf8Bytes)>>,
+    /// The highest seq the last repair replayed from the log, until live
+    /// delivery passes it.
+    replayed_up_to: Option<i64>,
 }
 
 /// Reads a room's missed frames from Redis for the repair.
@@ -62,12 +68,12 @@ impl Hub {
         seq: i64,
         frame: Utf8Bytes,
     ) {
-        let mut cursor = self.cursors.entry(room_id).or_insert_with(|| Cursor {
-            last: seq - 1,
-            parked: None,
-        });
-        if seq <= cursor.last {
-            return;
+        let mut cursor = self.cursors.entry(room_id).or_default();
+        if let Some(up_to) = cursor.replayed_up_to {
+            if seq <= up_to {
+                return;
+            }
+            cursor.replayed_up_to = None;
         }
         if let Some(parked) = cursor.parked.as_mut() {
             if parked.len() < MAX_PARKED {
@@ -138,6 +144,9 @@ impl Hub {
                 }
                 replayed = missed.len();
                 cursor.last = self.deliver_after(&channel, cursor.last, missed);
+                if replayed > 0 {
+                    cursor.replayed_up_to = Some(cursor.last);
+                }
             }
             // The counter went backwards (Redis lost its data) or the log could
             // not be read: nothing to replay from.
