@@ -209,6 +209,36 @@ async fn asking_claiming_and_chatting(backend: Backend) {
     assert_eq!(got["message"], "unblocked now");
     assert_eq!(got["sender_id"], "anna");
 
+    // Typing, receipts, REST history and Resume work as in any room.
+    anna.send_frame("Typing", json!({"room_id": room_id}))
+        .await
+        .expect("typing");
+    let typing = recv_for(&mut user, "Typing", &room_id).await;
+    assert_eq!(typing["user_id"], "anna");
+    let last_seq = got["seq"].as_i64().expect("seq");
+    user.send_frame("MarkRead", json!({"room_id": room_id, "seq": last_seq}))
+        .await
+        .expect("mark read");
+    let receipt = recv_for(&mut anna, "ReadReceipt", &room_id).await;
+    assert_eq!(receipt["user_id"], "uma");
+    assert_eq!(receipt["seq"], last_seq);
+    let (status, body) = cluster
+        .api(0)
+        .get(
+            &format!("/rooms/{room_id}/messages"),
+            agent_token(&cluster, "anna"),
+        )
+        .await
+        .expect("history");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(2), "{body}");
+    let mut anna_again = agent_socket(&cluster, far, "anna").await;
+    let (replayed, resumed) = chatter_tests::chat::resume(&mut anna_again, &room_id, 0)
+        .await
+        .expect("resume");
+    assert_eq!(replayed, (1..=last_seq).collect::<Vec<_>>());
+    assert_eq!(resumed, last_seq);
+
     // Agents and their chats.
     let (status, body) = cluster
         .api(0)
