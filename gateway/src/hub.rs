@@ -25,7 +25,7 @@ pub(crate) mod membership;
 mod subscriptions;
 
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::keyspace::{self, USER_CHANNEL_PREFIX};
+use chatter_shared::keyspace::{self, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
 use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
@@ -66,6 +66,8 @@ pub struct Conn {
     replaced: AtomicBool,
     /// Whose presence changes this connection receives, once it subscribed.
     presence_scope: Mutex<Option<PresenceScope>>,
+    /// Set for a support agent's socket: it is on the support desk's channel.
+    agent: AtomicBool,
     /// Membership events about this connection's user that the dispatcher has
     /// queued and the membership task not yet applied. The re-check leaves the
     /// connection alone meanwhile: its database read would only race them.
@@ -285,6 +287,7 @@ impl Hub {
             half_full: Notify::new(),
             replaced: AtomicBool::new(false),
             presence_scope: Mutex::new(None),
+            agent: AtomicBool::new(false),
             pending_events: AtomicU32::new(0),
         });
         let channel = keyspace::user_channel(user_id);
@@ -342,6 +345,16 @@ impl Hub {
             self.recheck_user(&conn.user_id);
         }
         self.sync(wanted).await
+    }
+
+    /// Puts `conn` in a room it was just made a member of, without waiting for
+    /// the `MemberAdded` event (the support desk: the asker's and the claiming
+    /// agent's socket write at once), and waits until Redis delivers the room.
+    pub async fn enter_room(&self, conn: &Arc<Conn>, room_id: Uuid) -> Result<(), Error> {
+        if self.add_room(conn, room_id) {
+            self.sync(vec![keyspace::room_channel(room_id)]).await?;
+        }
+        Ok(())
     }
 
     /// A membership event put `conn` in `room_id`; true if it was not there yet
@@ -525,6 +538,14 @@ impl Hub {
         self.sync(vec![PRESENCE_CHANNEL.to_owned()]).await
     }
 
+    /// Puts an agent's socket on the support desk's channel, so it hears the
+    /// queue (`UserJoined`, `RemoveUser`, …) from every gateway.
+    pub async fn join_agents(&self, conn: &Arc<Conn>) -> Result<(), Error> {
+        conn.agent.store(true, Ordering::Relaxed);
+        self.join(conn, SUPPORT_AGENTS_CHANNEL);
+        self.sync(vec![SUPPORT_AGENTS_CHANNEL.to_owned()]).await
+    }
+
     /// Presence events go only to subscribers allowed to see that user.
     fn deliver_presence(&self, frame: &Utf8Bytes) {
         self.deliver_where(PRESENCE_CHANNEL, frame, |conn, user_id| {
@@ -629,6 +650,10 @@ impl Drop for Registration {
         if self.conn.watches_presence() {
             self.hub.leave(self.conn.id, PRESENCE_CHANNEL);
             channels.push(PRESENCE_CHANNEL.to_owned());
+        }
+        if self.conn.agent.load(Ordering::Relaxed) {
+            self.hub.leave(self.conn.id, SUPPORT_AGENTS_CHANNEL);
+            channels.push(SUPPORT_AGENTS_CHANNEL.to_owned());
         }
         // Fire and forget: if the queue is full, the periodic reconcile unsubscribes.
         self.hub.sync_later(channels);

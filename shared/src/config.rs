@@ -165,6 +165,10 @@ pub struct Config {
     pub membership_recheck_secs: u64,
     /// Rooms one `Resume` frame may list; more are refused with `too_many_rooms`.
     pub resume_max_rooms: usize,
+    // --- support desk ---
+    /// A support chat expires after this many seconds without a message
+    /// (counted from the request while nobody has claimed it).
+    pub support_expiry_secs: u64,
 }
 
 impl Default for Config {
@@ -238,6 +242,7 @@ impl Default for Config {
             trust_forwarded_for: false,
             membership_recheck_secs: 30,
             resume_max_rooms: 100,
+            support_expiry_secs: 120,
         }
     }
 }
@@ -411,6 +416,7 @@ impl Config {
             ("MAX_HTTP_CONNECTIONS", self.max_http_connections as u64),
             ("MEMBERSHIP_RECHECK_SECS", self.membership_recheck_secs),
             ("RESUME_MAX_ROOMS", self.resume_max_rooms as u64),
+            ("SUPPORT_EXPIRY_SECS", self.support_expiry_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -526,6 +532,7 @@ impl std::fmt::Debug for Config {
             trust_forwarded_for,
             membership_recheck_secs,
             resume_max_rooms,
+            support_expiry_secs,
         } = self;
         let secret = |value: &Option<String>| value.as_ref().map(|_| Redacted);
         let url = |value: &Option<String>| value.as_deref().map(redact_url);
@@ -598,6 +605,7 @@ impl std::fmt::Debug for Config {
             .field("trust_forwarded_for", trust_forwarded_for)
             .field("membership_recheck_secs", membership_recheck_secs)
             .field("resume_max_rooms", resume_max_rooms)
+            .field("support_expiry_secs", support_expiry_secs)
             .finish()
     }
 }
@@ -716,6 +724,7 @@ const KNOWN_KEYS: &[&str] = &[
     "trust_forwarded_for",
     "membership_recheck_secs",
     "resume_max_rooms",
+    "support_expiry_secs",
 ];
 
 /// Whether `name` is an environment variable chatter reads: a configuration key

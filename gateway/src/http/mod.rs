@@ -9,6 +9,7 @@ pub mod openapi;
 mod pages;
 mod rate_limit;
 mod rooms;
+mod support;
 mod tokens;
 mod users;
 
@@ -36,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .merge(users::router())
         .merge(rooms::router())
         .merge(tokens::router())
+        .merge(support::router())
         .merge(pages::router())
         .merge(crate::tickets::router())
         .route("/ws", get(crate::ws::upgrade))

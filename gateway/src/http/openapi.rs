@@ -69,6 +69,12 @@ pub fn router() -> Router<AppState> {
         super::rooms::messages::direct_history,
         super::rooms::read::mark_read,
         super::rooms::read::receipts,
+        // Support desk (README "Support desk")
+        super::support::ask,
+        super::support::list,
+        super::support::claim,
+        super::support::close,
+        super::support::agents,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -78,6 +84,7 @@ pub fn router() -> Router<AppState> {
         (name = "websocket", description = "The real-time connection"),
         (name = "presence", description = "Who is online"),
         (name = "rooms", description = "Rooms, messages and read state"),
+        (name = "support", description = "The live support desk: requests, claims, agents"),
     ),
 )]
 pub struct ApiDoc;

@@ -8,7 +8,7 @@
 
 use super::{Hub, membership};
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
+use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
 use chatter_shared::protocol::MESSAGE_RECEIVED_HEAD;
 use chatter_shared::telemetry::metric;
@@ -42,6 +42,8 @@ impl Hub {
             }
         } else if channel == PRESENCE_CHANNEL {
             self.deliver_presence(&frame);
+        } else if channel == SUPPORT_AGENTS_CHANNEL {
+            self.deliver(channel, &frame);
         } else if let Some(user_id) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
             if !is_membership_event(&frame) {
                 self.deliver(channel, &frame);
