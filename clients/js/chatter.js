@@ -419,6 +419,7 @@ export class ChatterClient {
         this.emit('presence', data);
         break;
       case 'ChatHistory':
+        if (typeof data?.room_id === 'string') this.trackRoom(data.room_id);
         for (const message of data?.messages ?? []) this.deliver(message);
         this.emit('support', frame);
         break;
@@ -591,9 +592,27 @@ export class ChatterClient {
 
   // ------------------------------------------------------------ support desk
 
-  /** A user asks for help over the socket (`Join {from: "User"}`). */
-  askForHelp() {
-    return this.sendFrame('Join', { from: 'User' });
+  /**
+   * A user asks for help (`Join {from: "User"}`). Resolves with
+   * `{room_id, request?, messages?}`: a new request (`UserJoined`), or the
+   * user's open one with its history so far (`ChatHistory`). The room is
+   * tracked for `Resume` from then on.
+   * @param {{topic?: string, metadata?: object}} [options]
+   * @returns {Promise<{room_id: string, request?: object, messages?: Message[]}>}
+   */
+  askForHelp(options = {}) {
+    return this.waitFor(
+      () => this.sendFrame('Join', { from: 'User', ...options }),
+      (frame) => {
+        if (frame.type === 'UserJoined') return { room_id: frame.data.room_id, request: frame.data };
+        if (frame.type === 'ChatHistory') return { room_id: frame.data.room_id, messages: frame.data.messages };
+        return undefined;
+      },
+      () => undefined,
+    ).then((answer) => {
+      this.trackRoom(answer.room_id);
+      return answer;
+    });
   }
 
   /** A dashboard asks for the queue (`Load`); the answer is a `PendingUsers` support event. */
@@ -602,14 +621,55 @@ export class ChatterClient {
   }
 
   /**
-   * An agent claims a waiting user (`POST /support/requests/{room_id}/claim`).
-   * Rejects with code `http_409` when another agent was faster.
+   * An agent claims a waiting user (`JoinUser {room_id}`). Resolves with the
+   * chat's history (`ChatHistory`: this agent won, its socket is in the room);
+   * rejects with a {@link ChatterError} whose code is `already_claimed` (another
+   * agent was first), `chat_expired`, `chat_closed`, `request_not_found` or
+   * `forbidden`.
    * @param {string} roomId
+   * @returns {Promise<{room_id: string, messages: Message[]}>}
    */
-  async claim(roomId) {
-    const answer = await this.request('POST', `/support/requests/${encodeURIComponent(roomId)}/claim`, {});
-    this.trackRoom(roomId);
-    return answer;
+  claim(roomId) {
+    return this.waitFor(
+      () => this.sendFrame('JoinUser', { room_id: roomId }),
+      (frame) => (frame.type === 'ChatHistory' && frame.data?.room_id === roomId ? frame.data : undefined),
+      (frame) =>
+        frame.type === 'Error' && frame.data?.ref === roomId
+          ? new ChatterError(frame.data.code, frame.data.message ?? frame.data.code, frame.data)
+          : undefined,
+    ).then((answer) => {
+      this.trackRoom(roomId);
+      return answer;
+    });
+  }
+
+  /**
+   * Sends a frame with `send` and settles on the first frame that `win` maps
+   * to a value (resolve) or `lose` maps to an error (reject); rejects when not
+   * connected or when nothing came within `connectTimeoutMs`.
+   */
+  waitFor(send, win, lose) {
+    return new Promise((resolve, reject) => {
+      let timer;
+      const off = this.on('frame', (frame) => {
+        const value = win(frame);
+        const error = value === undefined ? lose(frame) : undefined;
+        if (value === undefined && error === undefined) return;
+        off();
+        clearTimeout(timer);
+        if (error !== undefined) reject(error);
+        else resolve(value);
+      });
+      if (!send()) {
+        off();
+        reject(new ChatterError('not_connected', 'not connected'));
+        return;
+      }
+      timer = setTimeout(() => {
+        off();
+        reject(new ChatterError('timeout', 'no answer from the server'));
+      }, this.connectTimeoutMs);
+    });
   }
 
   /** @param {string} roomId */

@@ -9,6 +9,8 @@ const $ = (id) => document.getElementById(id);
 const queue = new Map();
 /** Open chats by room id. */
 const chats = new Map();
+/** Messages of rooms that have no tab yet (a claim's history arrives before its tab opens). */
+const early = new Map();
 /** Last known presence by user id. */
 const online = new Map();
 let client;
@@ -34,6 +36,10 @@ function start(token, claims) {
       client.loadQueue();
       client.subscribePresence();
       loadAgents();
+      // Re-join the chats open in tabs: history, or that they ended meanwhile.
+      for (const chat of chats.values()) {
+        if (!chat.ended) client.sendFrame('Join', { from: 'Support', room_id: chat.room_id });
+      }
     }
     if (event.state === 'unauthorized') toast('Your token was refused: sign in again.');
   });
@@ -44,7 +50,8 @@ function start(token, claims) {
     renderPresence();
   });
   client.on('error', (error) => {
-    if (error.code !== 'already_claimed') toast(error.message ?? error.code);
+    // Errors about a room answer something we did (a claim, a re-join).
+    if (!error.ref) toast(error.message ?? error.code);
   });
   client.connect().catch(() => {});
   restoreChats();
@@ -67,10 +74,7 @@ function onSupport({ type, data }) {
       queue.delete(data.room_id);
       break;
     case 'Error':
-      if (data.code === 'already_claimed') {
-        queue.delete(data.ref);
-        toast('Another agent already took that chat.');
-      }
+      if (data.code === 'already_claimed') queue.delete(data.ref);
       break;
     case 'ChatExpired':
       queue.delete(data.room_id);
@@ -146,10 +150,16 @@ async function claim(roomId) {
     renderQueue();
     openChat({ room_id: roomId, user_id: request?.user_id, username: request?.username }, true);
   } catch (error) {
-    if (error.status === 409 || error.code === 'already_claimed') {
+    const gone = {
+      already_claimed: 'Another agent already took that chat.',
+      chat_expired: 'That request expired.',
+      chat_closed: 'That request was closed.',
+      request_not_found: 'That request is gone.',
+    }[error.code];
+    if (gone) {
       queue.delete(roomId);
       renderQueue();
-      toast('Another agent already took that chat.');
+      toast(gone);
     } else {
       toast(`Could not claim: ${error.message}`);
       if (button) button.disabled = false;
@@ -200,8 +210,10 @@ function openChat({ room_id, user_id, username }, select) {
         toast(`Could not end the chat: ${error.message}`);
       }
     });
+    for (const m of early.get(room_id) ?? []) chat.list.add(m, chat.username);
+    early.delete(room_id);
     client.trackRoom(room_id);
-    client.resync(room_id); // its history so far
+    client.resync(room_id); // anything newer than what it has
   }
   $('no-chat').classList.add('hidden');
   if (select || !active) select_(room_id);
@@ -232,7 +244,12 @@ function renderBadge(chat) {
 
 function onMessage(m) {
   const chat = chats.get(m.room_id);
-  if (!chat) return;
+  if (!chat) {
+    const list = early.get(m.room_id) ?? [];
+    if (list.length < 500) list.push(m);
+    early.set(m.room_id, list);
+    return;
+  }
   chat.list.add(m, chat.username);
   if (m.sender_id !== me && active !== m.room_id) {
     chat.unread += 1;
@@ -271,11 +288,11 @@ async function restoreChats() {
     const { rooms } = await client.request('GET', '/rooms?limit=50');
     for (const room of rooms ?? []) {
       if (room.kind !== 'support') continue;
-      const state = room.state ?? room.metadata?.state;
-      if (state === 'expired' || state === 'closed' || state === 'pending') continue;
-      if (!room.members?.includes(me)) continue;
+      if (!room.members?.includes(me) || room.members.length < 2) continue;
       const user = room.members.find((m) => m !== me) ?? room.owner_id;
-      openChat({ room_id: room.id, user_id: user, username: room.name || user }, false);
+      openChat({ room_id: room.id, user_id: user, username: user }, false);
+      // Expired or closed meanwhile: the re-join answers ChatExpired / ChatClosed.
+      client.sendFrame('Join', { from: 'Support', room_id: room.id });
     }
   } catch {
     // The dashboard works without: new claims open tabs anyway.

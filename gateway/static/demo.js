@@ -11,6 +11,9 @@ let roomId = sessionStorage.getItem(ROOM_KEY);
 let list;
 let agentName = 'Support';
 let ended = false;
+/** Every message by room: the answer to `Join` brings history before we know its room. */
+const byRoom = new Map();
+let rejoined = false;
 
 const signOut = signIn('chatter.demo.token', start);
 $('sign-out').addEventListener('click', () => {
@@ -28,9 +31,17 @@ function start(token, claims) {
   client = new ChatterClient({ url: location.origin, getToken: () => token });
   client.on('state', (event) => {
     showState($('status'), event);
+    if (event.state === 'open' && roomId && !rejoined) {
+      // After a reload: the chat's history, or that it ended meanwhile.
+      rejoined = true;
+      client.sendFrame('Join', { from: 'User', room_id: roomId });
+    }
     if (event.state === 'unauthorized') toast('Your token was refused: sign in again.');
   });
   client.on('message', (m) => {
+    const messages = byRoom.get(m.room_id) ?? [];
+    messages.push(m);
+    byRoom.set(m.room_id, messages);
     if (m.room_id === roomId) list.add(m, agentName);
   });
   client.on('support', onSupport);
@@ -49,15 +60,18 @@ function start(token, claims) {
 async function ask() {
   $('ask').disabled = true;
   try {
-    const answer = await client.request('POST', '/support/requests', {});
+    const answer = await client.askForHelp();
     roomId = answer.room_id;
+    rejoined = true;
     sessionStorage.setItem(ROOM_KEY, roomId);
     ended = false;
     list.node.replaceChildren();
+    for (const m of byRoom.get(roomId) ?? []) list.add(m, agentName);
+    $('agent-name').replaceChildren(el('strong', {}, 'Support'));
+    $('chat-sub').textContent = answer.request?.state === 'active' ? 'An agent is with you' : 'Waiting for an agent…';
     showChat();
-    if (answer.state === 'active') $('chat-sub').textContent = 'An agent is with you';
   } catch (error) {
-    toast(`Could not ask for help: ${error.message}`);
+    toast(error.code === 'not_connected' ? 'Offline: try again in a moment.' : `Could not ask for help: ${error.message}`);
   } finally {
     $('ask').disabled = false;
   }
@@ -70,7 +84,6 @@ function showChat() {
   $('compose').disabled = false;
   $('send').disabled = false;
   client.trackRoom(roomId);
-  client.resync(roomId);
   $('compose').focus();
 }
 

@@ -250,6 +250,45 @@ test(
   },
 );
 
+test('support desk: ask, two agents race to claim, one wins, then they chat', async () => {
+  const make = async (user, roles) => {
+    const token = gateway.jwt(user, roles);
+    const c = new ChatterClient({ url: gateway.url, getToken: () => token, initialDelayMs: 100 });
+    c.support = [];
+    c.messages = [];
+    c.on('support', (f) => c.support.push(f));
+    c.on('message', (m) => c.messages.push(m));
+    await c.connect();
+    return c;
+  };
+  const [agent1, agent2, uma] = await Promise.all([
+    make('desk-agent1', ['support']),
+    make('desk-agent2', ['support']),
+    make('desk-uma', []),
+  ]);
+  const { room_id: roomId, request } = await uma.askForHelp({ topic: 'card blocked' });
+  assert.equal(request.user_id, 'desk-uma');
+  for (const agent of [agent1, agent2]) {
+    await until('the agent sees the request', () =>
+      agent.support.some((f) => f.type === 'UserJoined' && f.data.room_id === roomId));
+  }
+  const outcomes = await Promise.allSettled([agent1.claim(roomId), agent2.claim(roomId)]);
+  const won = outcomes.filter((o) => o.status === 'fulfilled');
+  const lost = outcomes.filter((o) => o.status === 'rejected');
+  assert.equal(won.length, 1, 'exactly one agent wins');
+  assert.equal(lost[0].reason.code, 'already_claimed');
+  const winner = outcomes[0].status === 'fulfilled' ? agent1 : agent2;
+  await until('the user hears who joined', () =>
+    uma.support.some((f) => f.type === 'SupportJoinedUser' && f.data.room_id === roomId));
+
+  await uma.send(roomId, 'my card is blocked');
+  await until('the agent gets it', () => winner.messages.some((m) => m.message === 'my card is blocked'));
+  await winner.send(roomId, 'unblocked it');
+  await until('the user gets it', () => uma.messages.some((m) => m.message === 'unblocked it'));
+
+  for (const c of [agent1, agent2, uma]) c.close();
+});
+
 test('reconnect delays grow exponentially with jitter and are capped', async () => {
   const c = new ChatterClient({
     url: 'http://127.0.0.1:9',

@@ -5,7 +5,7 @@
 // else target/debug/chatter-gateway (scripts/test.sh builds it first).
 
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -130,6 +130,18 @@ export class TestGateway {
     });
     if (!answer.ok) throw new Error(`POST /tokens: ${answer.status} ${await answer.text()}`);
     return (await answer.json()).token;
+  }
+
+  /**
+   * A user JWT signed with the gateway's HS256 secret, carrying `roles`
+   * (`POST /tokens` mints none: agents get theirs from the identity provider).
+   */
+  jwt(userId, roles = []) {
+    const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+    const now = Math.floor(Date.now() / 1000);
+    const unsigned = `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub: userId, name: userId, roles, iat: now, exp: now + 3600 })}`;
+    const signature = createHmac('sha256', this.env.JWT_SECRET).update(unsigned).digest('base64url');
+    return `${unsigned}.${signature}`;
   }
 
   /** REST call as a user. */
