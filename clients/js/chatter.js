@@ -24,6 +24,8 @@ const TOKEN_CODES = new Set([4001, 4002, 4005]);
  * session (admin kick, replaced by a newer device, the client's own bad frames).
  */
 const FINAL_CODES = new Set([4004, 4008, 4010, 4011, 4012, 4014]);
+/** Rooms per `Resume` frame: the server's default `RESUME_MAX_ROOMS` is 100. */
+const RESUME_BATCH = 100;
 /** How many delivered message ids are remembered for deduplication. */
 const SEEN_IDS_MAX = 10000;
 
@@ -286,8 +288,11 @@ export class ChatterClient {
       this.attempt = 0;
       const resumed = this.everOpened;
       this.everOpened = true;
-      this.setState('open', { url: base, resumed });
+      // Resume first: the server holds live frames until a new socket's first
+      // frame is answered, so the replay comes before them. Then listeners may
+      // send theirs (`open` state).
       this.afterOpen();
+      this.setState('open', { url: base, resumed });
       this.startHeartbeat(socket);
     };
     socket.onmessage = (event) => {
@@ -360,8 +365,9 @@ export class ChatterClient {
 
   /** After every open: Resume the rooms we know, then resend what is unconfirmed. */
   afterOpen() {
-    if (this.lastSeq.size > 0) {
-      this.sendFrame('Resume', { rooms: Object.fromEntries(this.lastSeq) });
+    const rooms = [...this.lastSeq];
+    for (let i = 0; i < rooms.length; i += RESUME_BATCH) {
+      this.sendFrame('Resume', { rooms: Object.fromEntries(rooms.slice(i, i + RESUME_BATCH)) });
     }
     for (const [tempId, pending] of this.outbox) {
       this.transmit(tempId, pending);
@@ -608,7 +614,10 @@ export class ChatterClient {
         if (frame.type === 'ChatHistory') return { room_id: frame.data.room_id, messages: frame.data.messages };
         return undefined;
       },
-      () => undefined,
+      (frame) =>
+        frame.type === 'Error' && !frame.data?.ref
+          ? new ChatterError(frame.data?.code ?? 'error', frame.data?.message ?? 'refused', frame.data)
+          : undefined,
     ).then((answer) => {
       this.trackRoom(answer.room_id);
       return answer;

@@ -72,16 +72,19 @@ function onSupport({ type, data }) {
       break;
     case 'RemoveUser':
       queue.delete(data.room_id);
+      refreshAgentsSoon();
       break;
     case 'Error':
       if (data.code === 'already_claimed') queue.delete(data.ref);
       break;
     case 'ChatExpired':
       queue.delete(data.room_id);
+      refreshAgentsSoon();
       endChat(data.room_id, 'expired', 'This chat expired: no messages for a while. The user can ask again.');
       break;
     case 'ChatClosed':
       queue.delete(data.room_id);
+      refreshAgentsSoon();
       endChat(data.room_id, 'closed', 'This chat was closed.');
       break;
     case 'UserLeft': {
@@ -181,7 +184,7 @@ function openChat({ room_id, user_id, username }, select) {
       el('div', { class: 'chat-head' },
         el('span', { class: 'dot', dataset: { user: user_id ?? '' } }),
         el('div', { class: 'grow' }, el('strong', {}, username ?? user_id ?? 'User'),
-          el('div', { class: 'sub' }, user_id ?? '')),
+          user_id && username && username !== user_id ? el('div', { class: 'sub' }, user_id) : null),
         closeButton),
       messages, banner,
       el('div', { class: 'composer' }, input, sendButton));
@@ -300,6 +303,13 @@ async function restoreChats() {
 }
 
 // ------------------------------------------------------------- presence
+
+let agentsTimer;
+/** Active chat counts change with claims and endings: refresh shortly after. */
+function refreshAgentsSoon() {
+  clearTimeout(agentsTimer);
+  agentsTimer = setTimeout(loadAgents, 500);
+}
 
 async function loadAgents() {
   if (!client) return;

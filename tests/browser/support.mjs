@@ -87,12 +87,12 @@ async function say(page, input, button, text) {
 }
 
 /** The user asks for help on the demo page; returns the room id the agents see. */
-async function askForHelp(userPage, agentPages, username) {
+async function askForHelp(userPage, agentPages, userId) {
   await userPage.click('#ask');
   await userPage.waitForSelector('#chat:not(.hidden)', { timeout: WAIT });
   let roomId;
   for (const agent of agentPages) {
-    const item = await agent.waitForSelector(`#queue li:has-text("${username}")`, { timeout: WAIT });
+    const item = await agent.waitForSelector(`#queue li[data-user="${userId}"]`, { timeout: WAIT });
     roomId = await item.getAttribute('data-room');
   }
   return roomId;
@@ -161,6 +161,11 @@ async function failover() {
   await say(agent1, `${chat} textarea.compose`, `${chat} button.send`, 'Found it: it ships today');
   await say(user, '#compose', '#send', 'Great, thanks!');
   await user.waitForSelector('#status[data-state="open"]', { timeout: WAIT });
+  const survivor = gateways.find((g) => g !== victim);
+  check(
+    readFileSync(survivor.log, 'utf8').split('\n').some((l) => l.includes('"connected"') && l.includes('"user":"user"')),
+    'the page reconnected through the other gateway',
+  );
   const all = [...expected, 'Found it: it ships today', 'Great, thanks!'];
   for (const text of all) {
     await waitForText(user, '#messages', text);

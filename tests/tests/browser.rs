@@ -33,11 +33,18 @@ async fn run_script(cluster: &Cluster, nginx: &Nginx, scenarios: &str) {
         .iter()
         .map(|g| json!({"url": g.http_url(), "pid": g.pid(), "log": g.log_path()}))
         .collect();
+    // Display names as an identity provider would put them in (`name`).
+    let token = |user: &str, name: &str, roles: &[&str]| {
+        let mut claims = Cluster::claims(user);
+        claims["name"] = json!(name);
+        claims["roles"] = json!(roles);
+        Cluster::token_with(&claims, cluster.jwt_secret())
+    };
     let tokens = json!({
-        "user": cluster.token("user"),
-        "user2": cluster.token("user2"),
-        "agent1": cluster.token_with_roles("agent1", &["support"]),
-        "agent2": cluster.token_with_roles("agent2", &["support"]),
+        "user": token("user", "Dana Whitfield", &[]),
+        "user2": token("user2", "Sam Ortega", &[]),
+        "agent1": token("agent1", "Alex Kim", &["support"]),
+        "agent2": token("agent2", "Priya Nair", &["support"]),
     });
     let screenshots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser-screenshots");
     let mut command = tokio::process::Command::new("node");

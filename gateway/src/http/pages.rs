@@ -29,10 +29,18 @@ const JS: &str = "text/javascript; charset=utf-8";
 
 /// `(name under /assets/, content type, body)`.
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("chatter.js", JS, include_str!("../../../clients/js/chatter.js")),
+    (
+        "chatter.js",
+        JS,
+        include_str!("../../../clients/js/chatter.js"),
+    ),
     ("app.css", CSS, include_str!("../../static/app.css")),
     ("ui.js", JS, include_str!("../../static/ui.js")),
-    ("dashboard.js", JS, include_str!("../../static/dashboard.js")),
+    (
+        "dashboard.js",
+        JS,
+        include_str!("../../static/dashboard.js"),
+    ),
     ("demo.js", JS, include_str!("../../static/demo.js")),
 ];
 
