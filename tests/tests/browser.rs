@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chatter_tests::backend::Backend;
 use chatter_tests::nginx::Nginx;
 use chatter_tests::{Cluster, binaries};
 use serde_json::json;
@@ -26,8 +27,8 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Runs the script with `scenarios` against `cluster` (pages through `nginx`).
-async fn run_script(cluster: &Cluster, nginx: &Nginx, scenarios: &str) {
+/// Runs the script with `scenarios` against `cluster`, the pages loaded from `base`.
+async fn run_script(cluster: &Cluster, base: &str, scenarios: &str) {
     let gateways: Vec<_> = cluster
         .gateways()
         .iter()
@@ -51,7 +52,7 @@ async fn run_script(cluster: &Cluster, nginx: &Nginx, scenarios: &str) {
     command
         .arg("tests/browser/support.mjs")
         .current_dir(repo())
-        .env("CHATTER_URL", nginx.http_url())
+        .env("CHATTER_URL", base)
         .env("GATEWAYS", serde_json::to_string(&gateways).expect("json"))
         .env("TOKENS", tokens.to_string())
         .env("SCENARIOS", scenarios)
@@ -68,6 +69,8 @@ async fn run_script(cluster: &Cluster, nginx: &Nginx, scenarios: &str) {
     );
 }
 
+/// A deployment with a short or long `SUPPORT_EXPIRY_SECS`, and nginx in front of
+/// its gateways (the pages load through it, so the socket may land on any).
 async fn desk(expiry_secs: &str, gateways: usize) -> (Cluster, Nginx) {
     let cluster = Cluster::builder(binaries!())
         .gateways(gateways)
@@ -89,7 +92,7 @@ async fn desk(expiry_secs: &str, gateways: usize) -> (Cluster, Nginx) {
 async fn claim_and_failover_in_chromium() {
     let _one = ONE_BROWSER.lock().await;
     let (cluster, nginx) = desk("300", 2).await;
-    run_script(&cluster, &nginx, "claim,failover").await;
+    run_script(&cluster, &nginx.http_url(), "claim,failover").await;
 }
 
 /// (c) a chat without messages for `SUPPORT_EXPIRY_SECS` expires on both pages,
@@ -98,7 +101,21 @@ async fn claim_and_failover_in_chromium() {
 async fn expiry_in_chromium() {
     let _one = ONE_BROWSER.lock().await;
     let (cluster, nginx) = desk("8", 1).await;
-    run_script(&cluster, &nginx, "expiry").await;
+    run_script(&cluster, &nginx.http_url(), "expiry").await;
+}
+
+/// (c), with its claim and messages, in the embedded mode, the pages straight from the
+/// gateway (no proxy: their `Origin` is the gateway's own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_in_chromium_embedded() {
+    let _one = ONE_BROWSER.lock().await;
+    let cluster = Backend::Embedded
+        .builder(binaries!())
+        .env("SUPPORT_EXPIRY_SECS", "8")
+        .start()
+        .await
+        .expect("embedded gateway");
+    run_script(&cluster, &cluster.gateway(0).http_url(), "expiry").await;
 }
 
 /// The pages and their assets come with the right types and a strict CSP, and

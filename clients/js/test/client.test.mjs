@@ -186,6 +186,16 @@ async function storedTexts(roomId, token) {
   return body.messages.map((m) => m.message);
 }
 
+/** History is written a moment after confirmation ("will be stored"): wait for it. */
+async function storedEventually(roomId, token, expected) {
+  let texts;
+  await until(`history is ${JSON.stringify(expected)}`, async () => {
+    texts = await storedTexts(roomId, token);
+    return texts.length >= expected.length;
+  });
+  assert.deepEqual(texts, expected);
+}
+
 test('after network loss unconfirmed messages are resent with their temp ids and stored once', async () => {
   const { alice, bob, roomId, control } = await lossyPair('resend');
   // Accepted by the server, but the confirmations never reach alice.
@@ -200,7 +210,7 @@ test('after network loss unconfirmed messages are resent with their temp ids and
   assert.deepEqual(confirmations.map((c) => c.seq), [1, 2], 'the originals, not new messages');
   assert.ok(alice.states.some((s) => s.state === 'reconnecting'));
   await alice.send(roomId, 'three');
-  assert.deepEqual(await storedTexts(roomId, alice.token), ['one', 'two', 'three']);
+  await storedEventually(roomId, alice.token, ['one', 'two', 'three']);
   await until('bob has three', () => bob.messages.length >= 3);
   await new Promise((ok) => setTimeout(ok, 300));
   assert.deepEqual(bob.messages.map((m) => m.message), ['one', 'two', 'three']);
@@ -220,7 +230,7 @@ test('messages sent while the gateway is down are sent once it is back', async (
   await gateway.spawn();
   const confirmations = await Promise.all(offline);
   assert.deepEqual(confirmations.map((c) => c.seq), [2, 3]);
-  assert.deepEqual(await storedTexts(roomId, alice.token), ['one', 'two', 'three']);
+  await storedEventually(roomId, alice.token, ['one', 'two', 'three']);
   await until('bob has three', () => bob.messages.length >= 3);
   await new Promise((ok) => setTimeout(ok, 300));
   assert.deepEqual(bob.messages.map((m) => m.message), ['one', 'two', 'three']);
