@@ -17,12 +17,17 @@
 //!   reconnect);
 //! - `dispatch`: reads the subscriber's stream and routes each frame, never
 //!   waiting;
+//! - `sequence`: each room's messages in seq order and once, and the repair of
+//!   what a pub/sub reconnect made the gateway miss;
 //! - `membership`: applies membership events in order, and re-checks local
 //!   users' rooms against the database for the events that never came.
 
 mod dispatch;
 pub(crate) mod membership;
+mod sequence;
 mod subscriptions;
+
+pub use sequence::RecentReader;
 
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::keyspace::{self, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
@@ -183,6 +188,10 @@ pub struct Hub {
     /// presence task; a set (bounded by the number of users), not a queue.
     presence_dirty: Arc<Mutex<HashSet<String>>>,
     presence_wake: Arc<Notify>,
+    /// The last seq delivered per room (see `sequence`).
+    cursors: Arc<DashMap<Uuid, sequence::Cursor>>,
+    /// Reads missed frames after a reconnect; `None` without Redis.
+    reader: Option<RecentReader>,
 }
 
 impl Hub {
@@ -192,7 +201,7 @@ impl Hub {
     /// [`Hub::deliver`] and [`Hub::route`]. Either way the membership task and
     /// the re-check (every `recheck_every`, against `store`) run.
     pub fn start(
-        subscriber: Option<SubscriberClient>,
+        subscriber: Option<(SubscriberClient, RecentReader)>,
         store: Store,
         recheck_every: Duration,
         shutdown: CancellationToken,
@@ -205,7 +214,9 @@ impl Hub {
             }
             None => (None, None),
         };
-        let hub = Hub::registry(requests, membership);
+        let (subscriber, reader) = subscriber.unzip();
+        let mut hub = Hub::registry(requests, membership);
+        hub.reader = reader;
         if let (Some(subscriber), Some(request_rx)) = (subscriber, request_rx) {
             // Taken now, after `init`: the first connection's event is not a reconnect.
             let reconnects = subscriber.reconnect_rx();
@@ -256,6 +267,8 @@ impl Hub {
             next_id: Arc::new(AtomicU64::new(1)),
             presence_dirty: Arc::new(Mutex::new(HashSet::new())),
             presence_wake: Arc::new(Notify::new()),
+            cursors: Arc::new(DashMap::new()),
+            reader: None,
         }
     }
 
@@ -469,9 +482,29 @@ impl Hub {
         if let Some(mut members) = self.channels.get_mut(channel) {
             members.retain(|c| c.id != conn_id);
         }
-        self.channels
+        let emptied = self
+            .channels
             .remove_if(channel, |_, members| members.is_empty())
-            .is_some()
+            .is_some();
+        if emptied {
+            self.forget_cursor(channel);
+        }
+        emptied
+    }
+
+    /// After a reconnect: every room parks live frames until repaired.
+    pub(crate) fn begin_repair(&self) {
+        if self.reader.is_some() {
+            self.park_all();
+        }
+    }
+
+    /// Replays what the rooms missed while parked, in a task of its own.
+    pub(crate) fn repair_later(&self) {
+        if let Some(reader) = self.reader.clone() {
+            let hub = self.clone();
+            tokio::spawn(async move { hub.repair(&reader).await });
+        }
     }
 
     fn mark_presence(&self, user_id: &str) {

@@ -78,8 +78,13 @@ pub async fn serve(
             let subscriber = chatter_shared::redis::connect_subscriber(&redis_url)
                 .await
                 .context("cannot connect to Redis (REDIS_URL)")?;
+            let reader = hub::RecentReader {
+                client: redis.clone(),
+                script: chatter_shared::ingest::RecentScript::default(),
+                limit: config.recent_log_size,
+            };
             let hub = hub::Hub::start(
-                Some(subscriber),
+                Some((subscriber, reader)),
                 store.clone(),
                 Duration::from_secs(config.membership_recheck_secs),
                 hub_stop.clone(),

@@ -43,6 +43,30 @@ async fn recv_for(ws: &mut WsClient, type_name: &str, room_id: &str) -> Value {
     }
 }
 
+/// An agent's socket on gateway `gateway`.
+async fn agent_socket(cluster: &Cluster, gateway: usize, name: &str) -> WsClient {
+    cluster
+        .connect_ws(gateway, &agent_token(cluster, name))
+        .await
+        .unwrap_or_else(|e| panic!("agent {name}: {e}"))
+}
+
+/// A user's socket on gateway `gateway`.
+async fn user_socket(cluster: &Cluster, gateway: usize, name: &str) -> WsClient {
+    cluster
+        .connect_ws(gateway, &cluster.token(name))
+        .await
+        .unwrap_or_else(|e| panic!("user {name}: {e}"))
+}
+
+/// `ask`, for the new request's room id.
+async fn ask_room(ws: &mut WsClient, topic: &str) -> String {
+    ask(ws, topic).await["room_id"]
+        .as_str()
+        .expect("room id")
+        .to_owned()
+}
+
 /// `Join {from: "User"}`: a new request's `UserJoined` answer.
 async fn ask(ws: &mut WsClient, topic: &str) -> Value {
     ws.send_frame("Join", json!({"from": "User", "topic": topic}))
@@ -61,22 +85,10 @@ async fn asking_claiming_and_chatting(backend: Backend) {
         .await
         .expect("cluster");
     let far = other(&cluster);
-    let mut anna = cluster
-        .connect_ws(0, &agent_token(&cluster, "anna"))
-        .await
-        .expect("agent anna");
-    let mut ben = cluster
-        .connect_ws(far, &agent_token(&cluster, "ben"))
-        .await
-        .expect("agent ben");
-    let mut bystander = cluster
-        .connect_ws(0, &cluster.token("bystander"))
-        .await
-        .expect("bystander");
-    let mut user = cluster
-        .connect_ws(far, &cluster.token("uma"))
-        .await
-        .expect("user");
+    let mut anna = agent_socket(&cluster, 0, "anna").await;
+    let mut ben = agent_socket(&cluster, far, "ben").await;
+    let mut bystander = user_socket(&cluster, 0, "bystander").await;
+    let mut user = user_socket(&cluster, far, "uma").await;
 
     // Asking: the user's answer and every agent's UserJoined, nobody else's.
     let asked = ask(&mut user, "card blocked").await;
@@ -221,10 +233,7 @@ async fn asking_claiming_and_chatting(backend: Backend) {
     assert_eq!(status, 403);
 
     // A re-join before the end replays the chat.
-    let mut user_again = cluster
-        .connect_ws(0, &cluster.token("uma"))
-        .await
-        .expect("second device");
+    let mut user_again = user_socket(&cluster, 0, "uma").await;
     user_again
         .send_frame("Join", json!({"from": "User", "room_id": room_id}))
         .await
@@ -346,10 +355,7 @@ async fn bad_desk_input_gets_clear_errors(backend: Backend) {
         .expect("no auth");
     assert_eq!(status, 401);
 
-    let mut ws = cluster
-        .connect_ws(0, &agent_token(&cluster, "anna"))
-        .await
-        .expect("agent");
+    let mut ws = agent_socket(&cluster, 0, "anna").await;
     ws.send_frame("Join", json!({"from": "Support"}))
         .await
         .expect("join without room");
@@ -489,21 +495,12 @@ async fn chats_expire_without_messages(backend: Backend) {
         .start()
         .await
         .expect("cluster");
-    let mut agent = cluster
-        .connect_ws(0, &agent_token(&cluster, "anna"))
-        .await
-        .expect("agent");
-    let mut user = cluster
-        .connect_ws(0, &cluster.token("uma"))
-        .await
-        .expect("user");
+    let mut agent = agent_socket(&cluster, 0, "anna").await;
+    let mut user = user_socket(&cluster, 0, "uma").await;
 
     // Unanswered: expires ~2 s after the request.
     let asked_at = Instant::now();
-    let room_id = ask(&mut user, "nobody home").await["room_id"]
-        .as_str()
-        .expect("room")
-        .to_owned();
+    let room_id = ask_room(&mut user, "nobody home").await;
     recv_for(&mut agent, "UserJoined", &room_id).await;
     recv_for(&mut user, "ChatExpired", &room_id).await;
     let waited = asked_at.elapsed();
@@ -524,10 +521,7 @@ async fn chats_expire_without_messages(backend: Backend) {
         .expect("answer");
     assert_eq!(refused["confirmed"], false);
     assert_eq!(refused["reason"], "chat_expired");
-    let room_id = ask(&mut user, "second try").await["room_id"]
-        .as_str()
-        .expect("room")
-        .to_owned();
+    let room_id = ask_room(&mut user, "second try").await;
     recv_for(&mut agent, "UserJoined", &room_id).await;
     agent
         .send_frame("JoinUser", json!({"room_id": room_id}))
@@ -581,18 +575,9 @@ async fn a_request_expires_after_its_gateway_died() {
         .start()
         .await
         .expect("cluster");
-    let mut agent = cluster
-        .connect_ws(0, &agent_token(&cluster, "anna"))
-        .await
-        .expect("agent");
-    let mut user = cluster
-        .connect_ws(1, &cluster.token("uma"))
-        .await
-        .expect("user");
-    let room_id = ask(&mut user, "orphan").await["room_id"]
-        .as_str()
-        .expect("room")
-        .to_owned();
+    let mut agent = agent_socket(&cluster, 0, "anna").await;
+    let mut user = user_socket(&cluster, 1, "uma").await;
+    let room_id = ask_room(&mut user, "orphan").await;
     recv_for(&mut agent, "UserJoined", &room_id).await;
     cluster.gateway_mut(1).kill9();
     recv_for(&mut agent, "RemoveUser", &room_id).await;
@@ -624,22 +609,10 @@ async fn each_side_hears_when_the_other_has_no_connection_left() {
         .start()
         .await
         .expect("cluster");
-    let mut agent = cluster
-        .connect_ws(0, &agent_token(&cluster, "anna"))
-        .await
-        .expect("agent");
-    let mut phone = cluster
-        .connect_ws(0, &cluster.token("uma"))
-        .await
-        .expect("phone");
-    let mut laptop = cluster
-        .connect_ws(1, &cluster.token("uma"))
-        .await
-        .expect("laptop");
-    let room_id = ask(&mut phone, "two devices").await["room_id"]
-        .as_str()
-        .expect("room")
-        .to_owned();
+    let mut agent = agent_socket(&cluster, 0, "anna").await;
+    let mut phone = user_socket(&cluster, 0, "uma").await;
+    let mut laptop = user_socket(&cluster, 1, "uma").await;
+    let room_id = ask_room(&mut phone, "two devices").await;
     agent
         .send_frame("JoinUser", json!({"room_id": room_id}))
         .await
@@ -656,10 +629,7 @@ async fn each_side_hears_when_the_other_has_no_connection_left() {
     let left = recv_for(&mut agent, "UserLeft", &room_id).await;
     assert_eq!(left["user_id"], "uma");
 
-    let mut back = cluster
-        .connect_ws(1, &cluster.token("uma"))
-        .await
-        .expect("user back");
+    let mut back = user_socket(&cluster, 1, "uma").await;
     settle(&mut back).await;
     agent.close().await.expect("agent leaves");
     let left = recv_for(&mut back, "SupportLeft", &room_id).await;
@@ -669,18 +639,12 @@ async fn each_side_hears_when_the_other_has_no_connection_left() {
 /// Dashboards see agents' and waiting users' presence.
 async fn dashboards_see_who_is_online(backend: Backend) {
     let cluster = backend.builder(binaries!()).start().await.expect("cluster");
-    let mut desk = cluster
-        .connect_ws(0, &agent_token(&cluster, "anna"))
-        .await
-        .expect("agent");
+    let mut desk = agent_socket(&cluster, 0, "anna").await;
     desk.send_frame("SubscribePresence", json!({}))
         .await
         .expect("subscribe");
     settle(&mut desk).await;
-    let mut user = cluster
-        .connect_ws(0, &cluster.token("uma"))
-        .await
-        .expect("user");
+    let mut user = user_socket(&cluster, 0, "uma").await;
     ask(&mut user, "hello").await;
     let online = loop {
         let change = desk
@@ -705,10 +669,7 @@ async fn join_to_user_joined_latency_across_gateways() {
         .start()
         .await
         .expect("cluster");
-    let mut agent = cluster
-        .connect_ws(0, &agent_token(&cluster, "anna"))
-        .await
-        .expect("agent");
+    let mut agent = agent_socket(&cluster, 0, "anna").await;
     let mut users = Vec::with_capacity(REQUESTS);
     for i in 0..REQUESTS {
         let ws = cluster
