@@ -154,8 +154,14 @@ async function failover() {
   if (!state.user) await claim();
   const { agent1, user, chat, expected } = state;
   const victim = gatewayOf('user');
+  // The page may be offline for less than a frame: record every state it shows.
+  await user.evaluate(() => {
+    const pill = document.getElementById('status');
+    window.seenStates = [];
+    new MutationObserver(() => window.seenStates.push(pill.dataset.state)).observe(pill, { attributes: true });
+  });
   process.kill(victim.pid, 'SIGTERM');
-  await user.waitForSelector('#status:not([data-state="open"])', { timeout: WAIT });
+  await user.waitForFunction(() => window.seenStates.some((s) => s !== 'open'), null, { timeout: WAIT });
   // Both sides talk while the user's page is offline: the agent's message comes
   // back through Resume, the user's waits in the outbox and is resent.
   await say(agent1, `${chat} textarea.compose`, `${chat} button.send`, 'Found it: it ships today');
