@@ -444,6 +444,24 @@ impl ServerFrame<'_> {
     }
 }
 
+/// The start of every `Typing` frame: `user_id` is serialized first, so the hub
+/// can leave out the typist's own sockets without parsing further.
+pub const TYPING_HEAD: &str = r#"{"type":"Typing","#;
+
+/// Whether a frame is an event that changes or describes rooms' membership
+/// (`MemberAdded`, `MemberRemoved`, `RoomUpdated`, `RoomDeleted`), read from its
+/// first bytes: on a user's channel these go through the hub's membership task,
+/// in order; on a room's channel they are a change's one publish to the members
+/// who stayed.
+pub fn is_membership_event(frame: &str) -> bool {
+    const KINDS: [&str; 4] = ["MemberAdded", "MemberRemoved", "RoomUpdated", "RoomDeleted"];
+    frame.strip_prefix(r#"{"type":""#).is_some_and(|rest| {
+        KINDS
+            .iter()
+            .any(|kind| rest.starts_with(kind) && rest[kind.len()..].starts_with('"'))
+    })
+}
+
 /// The start of every `MessageReceived` frame, up to where the sequence number goes.
 pub const MESSAGE_RECEIVED_HEAD: &str = r#"{"type":"MessageReceived","data":{"seq":"#;
 
@@ -655,5 +673,41 @@ mod tests {
             retry_after_ms: None,
         });
         assert!(!confirmed.to_json().contains("retry_after_ms"));
+    }
+
+    #[test]
+    fn frame_sniffing_matches_what_is_serialized() {
+        let room_id = Uuid::now_v7();
+        let typing = ServerFrame::Typing {
+            user_id: "ann",
+            room_id,
+        }
+        .to_json();
+        assert!(typing.starts_with(TYPING_HEAD), "{typing}");
+        for frame in [
+            ServerFrame::MemberAdded {
+                room_id,
+                user_id: "ann",
+            },
+            ServerFrame::MemberRemoved {
+                room_id,
+                user_id: "ann",
+            },
+            ServerFrame::RoomDeleted { room_id },
+        ] {
+            let text = frame.to_json();
+            assert!(is_membership_event(&text), "{text}");
+        }
+        for text in [
+            typing.as_str(),
+            r#"{"type":"MemberAddedLater","data":{}}"#,
+            r#"{"type":"Member"#,
+            r#" {"type":"MemberAdded","data":{}}"#,
+            "",
+        ] {
+            assert!(!is_membership_event(text), "{text}");
+        }
+        let chat = ServerFrame::ChatExpired { room_id }.to_json();
+        assert!(!is_membership_event(&chat) && !chat.starts_with(TYPING_HEAD));
     }
 }

@@ -10,7 +10,9 @@ use super::{Hub, membership};
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
-use chatter_shared::protocol::{MESSAGE_RECEIVED_HEAD, peek_message_received};
+use chatter_shared::protocol::{
+    MESSAGE_RECEIVED_HEAD, TYPING_HEAD, is_membership_event, peek_message_received,
+};
 use chatter_shared::telemetry::metric;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -38,7 +40,7 @@ impl Hub {
                 }
             } else if text.starts_with(TYPING_HEAD) {
                 self.deliver_typing(channel, &frame);
-            } else if is_membership_event(&frame) {
+            } else if is_membership_event(frame.as_str()) {
                 membership::deliver_room_change(self, channel, &frame);
             } else {
                 self.deliver(channel, &frame);
@@ -48,7 +50,7 @@ impl Hub {
         } else if channel == SUPPORT_AGENTS_CHANNEL {
             self.deliver(channel, &frame);
         } else if let Some(user_id) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
-            if !is_membership_event(&frame) {
+            if !is_membership_event(frame.as_str()) {
                 self.deliver(channel, &frame);
                 return;
             }
@@ -118,24 +120,6 @@ fn frame_bytes(value: Value) -> Option<Utf8Bytes> {
         Value::Bytes(bytes) => Utf8Bytes::try_from(bytes).ok(),
         _ => None,
     }
-}
-
-/// The start of every `Typing` frame (`user_id` is serialized first).
-const TYPING_HEAD: &str = r#"{"type":"Typing","#;
-
-/// Events that change or describe rooms' membership: on a user's channel they
-/// go through the membership task, in order; on a room's channel they are a
-/// change's one publish to the members who stayed (see `room_events`).
-fn is_membership_event(frame: &Utf8Bytes) -> bool {
-    const KINDS: [&str; 4] = ["MemberAdded", "MemberRemoved", "RoomUpdated", "RoomDeleted"];
-    frame
-        .as_str()
-        .strip_prefix(r#"{"type":""#)
-        .is_some_and(|rest| {
-            KINDS
-                .iter()
-                .any(|kind| rest.starts_with(kind) && rest[kind.len()..].starts_with('"'))
-        })
 }
 
 #[cfg(test)]
