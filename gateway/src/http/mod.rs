@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 mod health;
 pub mod openapi;
+mod pages;
 mod rate_limit;
 mod rooms;
 mod support;
@@ -37,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         .merge(rooms::router())
         .merge(tokens::router())
         .merge(support::router())
+        .merge(pages::router())
         .merge(crate::tickets::router())
         .route("/ws", get(crate::ws::upgrade))
         .fallback(|| async { error::ApiError::not_found("not_found", "no such route") })
