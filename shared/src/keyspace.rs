@@ -9,7 +9,9 @@
 //! | `chatter:notify:dead` | stream | notifications that failed after every retry |
 //! | `chatter:recent:<room>` | sorted set, score = seq | the newest `RECENT_LOG_SIZE` frames of the room, for `Resume`; expires after `RECENT_LOG_TTL_SECS` of quiet |
 //! | `chatter:ticket:<token>` | string (JSON identity) | single-use WebSocket ticket, `TICKET_TTL_SECS` |
+//! | `chatter:ended:<room>` | string `expired` / `closed` | a support chat that ended: the ingest script refuses its messages; no TTL |
 //! | channel `chatter:room:<room>` | pub/sub | ready-to-send frames for a room's members |
+//! | channel `chatter:support:agents` | pub/sub | the support desk's queue events, for agents' sockets only |
 //! | channel `chatter:user:<user>` | pub/sub | frames, membership events and close orders (kick, ban, single session) for one user |
 //! | channel `chatter:moderation` | pub/sub | `ban:<user>` / `room:<room>`: re-read that ban or room's mutes and blocks (every gateway subscribes) |
 //!
@@ -30,6 +32,14 @@ pub const ROOM_CHANNEL_PREFIX: &str = "chatter:room:";
 pub const USER_CHANNEL_PREFIX: &str = "chatter:user:";
 /// Moderation notices every gateway hears (see the gateway's `moderation::notices`).
 pub const MODERATION_CHANNEL: &str = "chatter:moderation";
+
+/// The support desk's queue events (`UserJoined`, `RemoveUser`, …): only agents'
+/// sockets subscribe, so no other user ever receives them.
+pub const SUPPORT_AGENTS_CHANNEL: &str = "chatter:support:agents";
+
+pub fn room_ended(room_id: Uuid) -> String {
+    format!("chatter:ended:{room_id}")
+}
 
 pub fn room_channel(room_id: Uuid) -> String {
     format!("{ROOM_CHANNEL_PREFIX}{room_id}")

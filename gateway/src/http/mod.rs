@@ -8,8 +8,10 @@ pub mod error;
 pub mod extract;
 mod health;
 pub mod openapi;
+mod pages;
 mod rate_limit;
 mod rooms;
+mod support;
 mod tokens;
 mod users;
 
@@ -39,6 +41,8 @@ pub fn app(state: AppState) -> Router {
         .merge(admin::router())
         .merge(blocks::router())
         .merge(tokens::router())
+        .merge(support::router())
+        .merge(pages::router())
         .merge(crate::tickets::router())
         .route("/ws", get(crate::ws::upgrade))
         .fallback(|| async { error::ApiError::not_found("not_found", "no such route") })

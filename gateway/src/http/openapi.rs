@@ -82,6 +82,12 @@ pub fn router() -> Router<AppState> {
         super::blocks::block,
         super::blocks::unblock,
         super::blocks::list,
+        // Support desk (README "Support desk")
+        super::support::ask,
+        super::support::list,
+        super::support::claim,
+        super::support::close,
+        super::support::agents,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -92,6 +98,7 @@ pub fn router() -> Router<AppState> {
         (name = "presence", description = "Who is online"),
         (name = "rooms", description = "Rooms, messages and read state"),
         (name = "moderation", description = "Admins, bans, kicks, mutes, reports, blocks"),
+        (name = "support", description = "The live support desk: requests, claims, agents"),
     ),
 )]
 pub struct ApiDoc;

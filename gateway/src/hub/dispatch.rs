@@ -9,9 +9,11 @@
 use super::{Hub, membership};
 use crate::moderation::orders;
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
+use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
-use chatter_shared::protocol::MESSAGE_RECEIVED_HEAD;
+use chatter_shared::protocol::{
+    MESSAGE_RECEIVED_HEAD, TYPING_HEAD, is_membership_event, peek_message_received,
+};
 use chatter_shared::telemetry::metric;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -33,16 +35,21 @@ impl Hub {
         if channel.starts_with(ROOM_CHANNEL_PREFIX) {
             let text = frame.as_str();
             if text.starts_with(MESSAGE_RECEIVED_HEAD) {
-                self.deliver(channel, &frame);
+                match peek_message_received(text) {
+                    Some((room_id, seq)) => self.deliver_in_order(channel, room_id, seq, frame),
+                    None => self.deliver(channel, &frame),
+                }
             } else if text.starts_with(TYPING_HEAD) {
                 self.deliver_typing(channel, &frame);
-            } else if is_membership_event(&frame) {
+            } else if is_membership_event(frame.as_str()) {
                 membership::deliver_room_change(self, channel, &frame);
             } else {
                 self.deliver(channel, &frame);
             }
         } else if channel == PRESENCE_CHANNEL {
             self.deliver_presence(&frame);
+        } else if channel == SUPPORT_AGENTS_CHANNEL {
+            self.deliver(channel, &frame);
         } else if let Some(user_id) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
             if frame.as_str().starts_with(orders::CLOSE_ORDER_HEAD) {
                 if let Some(order) = orders::CloseOrder::parse(frame.as_str()) {
@@ -50,7 +57,7 @@ impl Hub {
                 }
                 return;
             }
-            if !is_membership_event(&frame) {
+            if !is_membership_event(frame.as_str()) {
                 self.deliver(channel, &frame);
                 return;
             }
@@ -99,12 +106,14 @@ pub(super) async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: C
                 hub.route(&message.channel, frame);
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                // Clients recover messages with Resume; membership events may be
-                // among the missed, so every local user is re-checked.
                 tracing::error!(
                     missed,
                     "gateway fell behind the pub/sub stream; frames were dropped"
                 );
+                // Messages are replayed from the recent logs; membership
+                // events may be among the missed, so every user is re-checked.
+                hub.begin_repair();
+                hub.repair_later();
                 hub.recheck_everyone();
             }
             Err(broadcast::error::RecvError::Closed) => return,
@@ -118,24 +127,6 @@ fn frame_bytes(value: Value) -> Option<Utf8Bytes> {
         Value::Bytes(bytes) => Utf8Bytes::try_from(bytes).ok(),
         _ => None,
     }
-}
-
-/// The start of every `Typing` frame (`user_id` is serialized first).
-const TYPING_HEAD: &str = r#"{"type":"Typing","#;
-
-/// Events that change or describe rooms' membership: on a user's channel they
-/// go through the membership task, in order; on a room's channel they are a
-/// change's one publish to the members who stayed (see `room_events`).
-fn is_membership_event(frame: &Utf8Bytes) -> bool {
-    const KINDS: [&str; 4] = ["MemberAdded", "MemberRemoved", "RoomUpdated", "RoomDeleted"];
-    frame
-        .as_str()
-        .strip_prefix(r#"{"type":""#)
-        .is_some_and(|rest| {
-            KINDS
-                .iter()
-                .any(|kind| rest.starts_with(kind) && rest[kind.len()..].starts_with('"'))
-        })
 }
 
 #[cfg(test)]

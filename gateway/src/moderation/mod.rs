@@ -10,7 +10,7 @@
 //! everything again after its subscriber reconnects and every
 //! [`RELOAD_EVERY`]. Sockets are closed by close orders ([`orders`]).
 //!
-//! The send path asks [`check_send`] once per message: one map lookup when no
+//! The send path asks [`check_send`] once per message: two map lookups when no
 //! content policy is configured.
 
 pub mod content;

@@ -18,7 +18,7 @@ use crate::tickets;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::http::header::ORIGIN;
+use axum::http::header::{HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chatter_shared::auth::{AuthError, Identity, looks_like_jwt};
@@ -76,7 +76,7 @@ pub async fn upgrade(
     if let Some(origin) = parts.headers.get(ORIGIN) {
         let allowed = &state.config.allowed_origins.0;
         let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
-        if !allowed.iter().any(|a| a == "*" || a == origin) {
+        if !allowed.iter().any(|a| a == "*" || a == origin) && !same_origin(origin, &parts) {
             metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "origin").increment(1);
             return ApiError::forbidden("origin_not_allowed", "this origin may not connect")
                 .into_response();
@@ -153,6 +153,14 @@ pub async fn upgrade(
             .join_rooms(&registration.conn, rooms)
             .await
             .map_err(|e| e.to_string())?;
+        // Agents hear the support desk's queue from every gateway.
+        if crate::support::is_agent(&identity) {
+            state
+                .hub
+                .join_agents(&registration.conn)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         Ok::<_, String>((registration, inbox))
     };
     match prepared.await {
@@ -191,6 +199,20 @@ pub async fn upgrade(
             refuse(ws, CloseCode::ServerError, "server error; try again")
         }
     }
+}
+
+/// True when `origin` is the host the request was sent to: a page this gateway
+/// served (`/dashboard`, `/demo`), directly or through a proxy that keeps the
+/// `Host` header. A cross-site page cannot forge its `Origin`, so this admits
+/// the gateway's own pages and nothing else without an `ALLOWED_ORIGINS` entry.
+fn same_origin(origin: &str, parts: &Parts) -> bool {
+    let Some(host) = parts.headers.get(HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host))
 }
 
 struct Refusal(CloseCode, &'static str);

@@ -365,6 +365,7 @@ fn refusal_error(refusal: Refusal) -> ApiError {
         Refusal::Backlogged | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Refusal::Muted | Refusal::Blocked | Refusal::Banned => StatusCode::FORBIDDEN,
         Refusal::ContentRejected => StatusCode::BAD_REQUEST,
+        Refusal::ChatExpired | Refusal::ChatClosed => StatusCode::CONFLICT,
         Refusal::BadParent
         | Refusal::EmptyMessage
         | Refusal::MessageTooLong
