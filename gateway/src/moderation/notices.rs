@@ -78,13 +78,20 @@ pub async fn listen(app: AppState, subscriber: Option<SubscriberClient>, stop: C
             // fred subscribes again by itself after a reconnect; the reload
             // below covers what was published meanwhile.
             drop(subscriber.manage_subscriptions());
-            if let Err(error) = subscriber.subscribe(keyspace::MODERATION_CHANNEL).await {
-                tracing::warn!(%error, "cannot subscribe to moderation notices; relying on reloads until it works");
-            }
-            (
+            // Receivers first: a broadcast receiver sees only later messages.
+            let receivers = (
                 Some(subscriber.message_rx()),
                 Some(subscriber.reconnect_rx()),
-            )
+            );
+            // fred re-subscribes only to channels it once subscribed.
+            while let Err(error) = subscriber.subscribe(keyspace::MODERATION_CHANNEL).await {
+                tracing::warn!(%error, "cannot subscribe to moderation notices; retrying (reloads cover the gap)");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            receivers
         }
         None => (None, None),
     };
