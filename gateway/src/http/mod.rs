@@ -1,11 +1,14 @@
 //! The REST API: one module per resource, merged here with the cross-cutting layers
 //! (request ids, tracing, CORS, body limits, rate limits).
 
+pub(crate) mod client_config;
 mod connections;
 pub mod error;
 pub mod extract;
 mod health;
 pub mod openapi;
+mod permissions;
+mod provider;
 mod rate_limit;
 mod rooms;
 mod support;
@@ -29,7 +32,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole HTTP surface of a gateway, ready to serve.
 pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.allowed_origins.0);
-    Router::new()
+    let routes = Router::new()
         .merge(health::router())
         .merge(openapi::router())
         .merge(connections::router())
@@ -38,7 +41,16 @@ pub fn app(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(support::router())
         .merge(crate::tickets::router())
-        .route("/ws", get(crate::ws::upgrade))
+        .merge(provider::router())
+        .merge(client_config::router())
+        .route("/ws", get(crate::ws::upgrade));
+    // Off (no claim configured), the check costs nothing: it is not installed.
+    let routes = if state.config.jwt_permissions_claim.is_some() {
+        routes.route_layer(axum::middleware::from_fn(permissions::require))
+    } else {
+        routes
+    };
+    routes
         .fallback(|| async { error::ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Inside CORS, so a browser can read a 429 (and preflights are not charged).

@@ -16,7 +16,8 @@
 //! upgrade itself, after it authenticated the ticket or token.
 
 use super::error::ApiError;
-use super::extract::Verified;
+use super::extract::{NotVerified, Verified};
+use crate::authenticate;
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
@@ -60,19 +61,29 @@ pub async fn limit(State(state): State<AppState>, mut request: Request, next: Ne
     if service || legacy_identity_service {
         return next.run(request).await;
     }
-    let user = header
+    let token = header
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
-        .and_then(|token| state.tokens.verify(token).ok());
+        .filter(|token| !token.is_empty());
+    let user = match token {
+        Some(token) => Some(authenticate::user(&state, token).await),
+        None => None,
+    };
     let charged = match &user {
-        Some(identity) => state.limits.user(&identity.user_id),
-        None => state.limits.ip(client_ip(&state.config, &request)),
+        Some(Ok(identity)) => state.limits.user(&identity.user_id),
+        _ => state.limits.ip(client_ip(&state.config, &request)),
     };
     if let Err(limited) = charged {
         return ApiError::rate_limited(limited.retry_after).into_response();
     }
-    if let Some(identity) = user {
-        request.extensions_mut().insert(Verified(identity));
+    match user {
+        Some(Ok(identity)) => {
+            request.extensions_mut().insert(Verified(identity));
+        }
+        Some(Err(refused)) => {
+            request.extensions_mut().insert(NotVerified(refused));
+        }
+        None => {}
     }
     next.run(request).await
 }

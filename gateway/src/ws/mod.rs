@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use axum::http::header::ORIGIN;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use chatter_shared::auth::{AuthError, Identity, looks_like_jwt};
+use chatter_shared::auth::{Identity, looks_like_jwt};
 use chatter_shared::protocol::{CloseCode, ServerFrame};
 use chatter_shared::telemetry::metric;
 use serde::Deserialize;
@@ -116,6 +116,12 @@ pub async fn upgrade(
     let identity = match authenticate(&state, token).await {
         Ok(identity) => identity,
         Err(Refusal(code, reason)) => return refuse(ws, code, reason),
+        // Before the upgrade, like `draining`: the client (or a load balancer)
+        // retries, and no socket is held open for a user nobody could vouch for.
+        Err(IdentityUnavailable) => {
+            metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "identity").increment(1);
+            return ApiError::from(crate::authenticate::Refused::Unavailable).into_response();
+        }
     };
     // Connection churn costs a database read and subscriptions: upgrades spend
     // the user's REST budget.
@@ -176,20 +182,32 @@ pub async fn upgrade(
     }
 }
 
-struct Refusal(CloseCode, &'static str);
+enum Refused {
+    /// Said with a close code after the upgrade.
+    Refusal(CloseCode, &'static str),
+    /// The identity service is down or slow: 503 instead of the upgrade.
+    IdentityUnavailable,
+}
+use Refused::{IdentityUnavailable, Refusal};
 
-/// A `?token=` is a JWT (three dot-separated parts) or else a ticket.
-async fn authenticate(state: &AppState, token: &str) -> Result<Identity, Refusal> {
+/// A `?token=` is a JWT (three dot-separated parts) or else a ticket; with
+/// delegated verification, an opaque token that is no ticket may still be the
+/// identity service's.
+async fn authenticate(state: &AppState, token: &str) -> Result<Identity, Refused> {
+    let user_token = |token| async move {
+        crate::authenticate::user(state, token)
+            .await
+            .map_err(|refused| match refused {
+                crate::authenticate::Refused::Invalid(why) => Refusal(CloseCode::InvalidToken, why),
+                crate::authenticate::Refused::Unavailable => IdentityUnavailable,
+            })
+    };
     if looks_like_jwt(token) {
-        return state.tokens.verify(token).map_err(|error| match error {
-            AuthError::NoUserId => Refusal(CloseCode::InvalidToken, "token carries no user id"),
-            AuthError::Missing | AuthError::Invalid => {
-                Refusal(CloseCode::InvalidToken, "invalid or expired token")
-            }
-        });
+        return user_token(token).await;
     }
     match tickets::redeem(&state.bus, token).await {
         Ok(Some(identity)) => Ok(identity),
+        Ok(None) if crate::authenticate::delegates(state) => user_token(token).await,
         Ok(None) => Err(Refusal(
             CloseCode::InvalidToken,
             "unknown, expired or used ticket",
