@@ -182,3 +182,39 @@ fn urls(config: &Config, headers: &HeaderMap) -> (Option<String>, Option<String>
         .or_else(|| host.map(|host| format!("{ws}://{host}/ws")));
     (api_url, ws_url)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn both_sources_load_and_a_type_that_is_no_object_is_refused() {
+        let dir = std::env::temp_dir().join(format!("chatter-clients-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let toml = dir.join("chatter.toml");
+        std::fs::write(&toml, "[client_config.web]\ntheme = \"dark\"\n").expect("write");
+        let config = Config::load(Some(&toml), HashMap::new()).expect("valid");
+        let from_tables = ClientConfigs::from_config(&config).expect("tables");
+        assert_eq!(from_tables.0["web"]["theme"], "dark");
+
+        let json = dir.join("clients.json");
+        std::fs::write(&json, r#"{"mobile": {"compact": true}}"#).expect("write");
+        let with_file = Config {
+            client_config_file: Some(json.to_string_lossy().into_owned()),
+            ..config.clone()
+        };
+        let from_file = ClientConfigs::from_config(&with_file).expect("file");
+        assert_eq!(from_file.0["mobile"]["compact"], true);
+        assert!(
+            from_file.0.get("web").is_none(),
+            "the file replaces the tables"
+        );
+
+        std::fs::write(&json, r#"{"mobile": 3}"#).expect("write");
+        assert!(ClientConfigs::from_config(&with_file).is_err());
+        std::fs::write(&json, "not json").expect("write");
+        assert!(ClientConfigs::from_config(&with_file).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

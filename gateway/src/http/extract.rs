@@ -28,7 +28,8 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
-/// A user authenticated by `Authorization: Bearer <JWT>`, upserted on first sight.
+/// A user authenticated by `Authorization: Bearer <token>` (a JWT, or with
+/// `AUTH_MODE` delegated/both the identity service's token), upserted on first sight.
 pub struct User(pub Identity);
 
 impl<S> FromRequestParts<S> for User

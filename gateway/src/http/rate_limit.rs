@@ -2,9 +2,10 @@
 //! themselves: `crate::limits`).
 //!
 //! Who pays for a request:
-//! - a valid user JWT: that user (`REST_RATE_*`). The verified identity rides
-//!   along in the request, so the route's `User` extractor does not verify the
-//!   token a second time;
+//! - a valid user token (`AUTH_MODE`: a JWT, or one the identity service
+//!   vouches for): that user (`REST_RATE_*`). The verdict rides along in the
+//!   request, good or bad, so the route's `User` extractor does not verify the
+//!   token (or ask the identity service) a second time;
 //! - the service secret: nobody. Services are trusted; what a service does on
 //!   a user's behalf may still be limited (HTTP publish spends the sender's
 //!   message budget);
