@@ -34,6 +34,7 @@ chatter_tests::for_each_backend!(
     the_token_provider_speaks_the_older_shape,
     client_config_comes_from_a_json_file,
     permissions_gate_every_rest_route_and_websocket_action,
+    the_identity_service_can_carry_permissions,
 );
 
 /// The identity service's timeout in these tests: short, so "slow" is quick to show.
@@ -131,7 +132,13 @@ fn verify(headers: &HeaderMap) -> Response {
         Some(user) => (
             StatusCode::OK,
             close,
-            axum::Json(json!({"result": {"username": user, "name": format!("{user} (uacl)"), "user_group": "testers"}})),
+            axum::Json(json!({"result": {
+                "username": user,
+                "name": format!("{user} (uacl)"),
+                "user_group": "testers",
+                // Read only where JWT_PERMISSIONS_CLAIM=permissions.
+                "permissions": ["ViewRoom"],
+            }})),
         )
             .into_response(),
         None => (StatusCode::UNAUTHORIZED, close, "no").into_response(),
@@ -358,6 +365,40 @@ async fn both_mode_checks_the_local_jwt_first(backend: Backend) {
         // VERIFICATION_CACHE_SECS=0: no cache, one call per request.
         ensure!(fake.calls() == 3, "calls: {}", fake.calls());
         refused_everywhere(cluster, "garbage", "garbage-token").await?;
+        Ok(())
+    })
+    .await;
+}
+
+async fn the_identity_service_can_carry_permissions(backend: Backend) {
+    let fake = IdentityFake::start().await.expect("identity fake");
+    let url = fake.url();
+    let cluster = start(
+        backend,
+        &[
+            ("VERIFICATION_URL", &url),
+            ("AUTH_MODE", "delegated"),
+            ("JWT_PERMISSIONS_CLAIM", "permissions"),
+        ],
+    )
+    .await;
+    check(&cluster, async |cluster| {
+        // The fake grants ViewRoom only.
+        let token = uacl_token("vera");
+        let (status, body) = cluster.api(0).get("/rooms", &token).await?;
+        ensure!(status == 200, "ViewRoom: {status} {body}");
+        let (status, body) = cluster
+            .api(0)
+            .post_json("/rooms", &token, &json!({"members": [], "name": "no"}))
+            .await?;
+        ensure!(
+            status == 403 && body["error"]["code"] == "missing_permission",
+            "CreateRoom: {status} {body}"
+        );
+        let mut ws = cluster.connect_ws(0, &token).await.context("upgrade")?;
+        ws.send_frame("SubscribePresence", json!({})).await?;
+        let error = ws.recv_type("Error", FRAME_WAIT).await?;
+        ensure!(error["code"] == "missing_permission", "{error}");
         Ok(())
     })
     .await;
