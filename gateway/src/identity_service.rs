@@ -18,6 +18,7 @@
 
 use chatter_shared::auth::{self, Identity, validate_user_id};
 use chatter_shared::config::Config;
+use chatter_shared::telemetry::metric;
 use dashmap::DashMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -82,10 +83,18 @@ impl IdentityService {
         if let Some(entry) = self.cache.get(&key) {
             let (identity, at) = entry.value();
             if at.elapsed() < self.cache_for {
+                metrics::counter!(metric::IDENTITY_CHECKS, "outcome" => "cached").increment(1);
                 return Ok(identity.clone());
             }
         }
-        let identity = self.ask(token).await?;
+        let answer = self.ask(token).await;
+        let outcome = match &answer {
+            Ok(_) => "vouched",
+            Err(Refusal::Refused) => "refused",
+            Err(Refusal::Unavailable) => "unavailable",
+        };
+        metrics::counter!(metric::IDENTITY_CHECKS, "outcome" => outcome).increment(1);
+        let identity = answer?;
         if !self.cache_for.is_zero() {
             self.remember(key, identity.clone());
         }

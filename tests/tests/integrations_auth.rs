@@ -270,6 +270,35 @@ async fn delegated_tokens_work_over_rest_ws_token_and_ws(backend: Backend) {
             &cluster.token("alice"),
         )
         .await?;
+
+        // Operators see the cache working.
+        let (status, metrics) = cluster.api(0).get("/metrics", Auth::None).await?;
+        ensure!(status == 200, "GET /metrics: {status}");
+        let count = |outcome: &str| {
+            let series = format!("chatter_identity_checks_total{{outcome=\"{outcome}\"}} ");
+            metrics
+                .as_str()
+                .and_then(|text| {
+                    text.lines()
+                        .find_map(|line| line.strip_prefix(series.as_str()))
+                })
+                .and_then(|value| value.trim().parse::<f64>().ok())
+        };
+        ensure!(
+            count("vouched") == Some(1.0),
+            "vouched: {:?}",
+            count("vouched")
+        );
+        ensure!(
+            count("cached").is_some_and(|n| n >= 3.0),
+            "cached: {:?}",
+            count("cached")
+        );
+        ensure!(
+            count("refused").is_some_and(|n| n >= 4.0),
+            "refused: {:?}",
+            count("refused")
+        );
         Ok(())
     })
     .await;
