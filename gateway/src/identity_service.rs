@@ -43,7 +43,14 @@ pub struct IdentityService {
     url: reqwest::Url,
     cache_for: Duration,
     permissions_claim: Option<String>,
-    cache: DashMap<[u8; 32], (Identity, Instant)>,
+    cache: DashMap<CacheKey, (Identity, Instant)>,
+}
+
+/// The SHA-256 of a token: what the cache is keyed by.
+type CacheKey = [u8; 32];
+
+fn cache_key(token: &str) -> CacheKey {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// The identity service's answer: `{"result": {...}}`.
@@ -77,16 +84,21 @@ impl IdentityService {
         }))
     }
 
-    /// Who `token` belongs to, from the cache or the identity service.
-    pub async fn verify(&self, token: &str) -> Result<Identity, Refusal> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(entry) = self.cache.get(&key) {
-            let (identity, at) = entry.value();
-            if at.elapsed() < self.cache_for {
-                metrics::counter!(metric::IDENTITY_CHECKS, "outcome" => "cached").increment(1);
-                return Ok(identity.clone());
-            }
+    /// Who `token` belongs to, if the cache knows (no call is made).
+    pub fn cached(&self, token: &str) -> Option<Identity> {
+        let entry = self.cache.get(&cache_key(token))?;
+        let (identity, at) = entry.value();
+        if at.elapsed() >= self.cache_for {
+            return None;
         }
+        metrics::counter!(metric::IDENTITY_CHECKS, "outcome" => "cached").increment(1);
+        Some(identity.clone())
+    }
+
+    /// Asks the identity service who `token` belongs to (see [`cached`](Self::cached)
+    /// first), remembering a positive answer.
+    pub async fn verify(&self, token: &str) -> Result<Identity, Refusal> {
+        let key = cache_key(token);
         let answer = self.ask(token).await;
         let outcome = match &answer {
             Ok(_) => "vouched",
@@ -147,7 +159,7 @@ impl IdentityService {
         })
     }
 
-    fn remember(&self, key: [u8; 32], identity: Identity) {
+    fn remember(&self, key: CacheKey, identity: Identity) {
         if self.cache.len() >= CACHE_MAX_ENTRIES {
             let cache_for = self.cache_for;
             self.cache.retain(|_, (_, at)| at.elapsed() < cache_for);

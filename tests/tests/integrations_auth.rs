@@ -35,6 +35,7 @@ chatter_tests::for_each_backend!(
     client_config_comes_from_a_json_file,
     permissions_gate_every_rest_route_and_websocket_action,
     the_identity_service_can_carry_permissions,
+    garbage_tokens_cannot_flood_the_identity_service,
 );
 
 /// The identity service's timeout in these tests: short, so "slow" is quick to show.
@@ -394,6 +395,57 @@ async fn both_mode_checks_the_local_jwt_first(backend: Backend) {
         // VERIFICATION_CACHE_SECS=0: no cache, one call per request.
         ensure!(fake.calls() == 3, "calls: {}", fake.calls());
         refused_everywhere(cluster, "garbage", "garbage-token").await?;
+        Ok(())
+    })
+    .await;
+}
+
+async fn garbage_tokens_cannot_flood_the_identity_service(backend: Backend) {
+    let fake = IdentityFake::start().await.expect("identity fake");
+    let url = fake.url();
+    let cluster = start(
+        backend,
+        &[
+            ("VERIFICATION_URL", &url),
+            ("AUTH_MODE", "delegated"),
+            ("REST_IP_RATE_PER_SEC", "1"),
+            ("REST_IP_RATE_BURST", "5"),
+        ],
+    )
+    .await;
+    check(&cluster, async |cluster| {
+        let started = Instant::now();
+        let mut limited = 0;
+        for i in 0..20 {
+            let (status, body) = cluster.api(0).get("/rooms", format!("guess-{i}")).await?;
+            match status.as_u16() {
+                401 => {}
+                429 => limited += 1,
+                other => bail!("guess {i}: {other} {body}"),
+            }
+        }
+        for i in 0..5 {
+            match cluster.connect_ws(0, &format!("guess-ws-{i}")).await {
+                Err(error) if error.status() == Some(429) => limited += 1,
+                Err(error) => bail!("guess-ws-{i}: {error}"),
+                Ok(mut ws) => {
+                    let close = ws.expect_close(FRAME_WAIT).await?;
+                    ensure!(close.code == 4002, "guess-ws-{i}: {close:?}");
+                }
+            }
+        }
+        // The IP's budget (a burst of 5, then 1 a second) bounds the calls the
+        // guesses cost the identity service; the rest were refused before asking.
+        let calls = fake.calls();
+        let budget = 5 + started.elapsed().as_secs() as usize + 1;
+        ensure!(
+            calls <= budget,
+            "25 guesses cost {calls} identity service calls (budget {budget})"
+        );
+        ensure!(
+            limited + calls >= 25,
+            "{limited} limited, {calls} asked, of 25"
+        );
         Ok(())
     })
     .await;

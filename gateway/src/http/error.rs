@@ -140,6 +140,7 @@ impl From<crate::authenticate::Refused> for ApiError {
             crate::authenticate::Refused::Unavailable => {
                 ApiError::unavailable("the identity service is unavailable; try again shortly")
             }
+            crate::authenticate::Refused::RateLimited(wait) => ApiError::rate_limited(wait),
         }
     }
 }

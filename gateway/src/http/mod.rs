@@ -9,7 +9,7 @@ mod health;
 pub mod openapi;
 mod permissions;
 mod provider;
-mod rate_limit;
+pub(crate) mod rate_limit;
 mod rooms;
 mod support;
 mod tokens;

@@ -18,7 +18,7 @@
 
 use super::error::ApiError;
 use super::extract::{NotVerified, Verified};
-use crate::authenticate;
+use crate::authenticate::{self, Refused};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
@@ -66,13 +66,27 @@ pub async fn limit(State(state): State<AppState>, mut request: Request, next: Ne
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|token| !token.is_empty());
+    let ip = client_ip(&state.config, &request);
+    // A call to the identity service is charged to the IP before it is made
+    // (and only once, whatever it answers).
+    let mut paid = false;
     let user = match token {
-        Some(token) => Some(authenticate::user(&state, token).await),
+        Some(token) => Some(
+            authenticate::user_paying(&state, token, || {
+                paid = true;
+                state.limits.ip(ip)
+            })
+            .await,
+        ),
         None => None,
     };
     let charged = match &user {
         Some(Ok(identity)) => state.limits.user(&identity.user_id),
-        _ => state.limits.ip(client_ip(&state.config, &request)),
+        Some(Err(Refused::RateLimited(wait))) => {
+            return ApiError::rate_limited(*wait).into_response();
+        }
+        _ if paid => Ok(()),
+        _ => state.limits.ip(ip),
     };
     if let Err(limited) = charged {
         return ApiError::rate_limited(limited.retry_after).into_response();
@@ -93,13 +107,21 @@ pub async fn limit(State(state): State<AppState>, mut request: Request, next: Ne
 /// entry: the one the proxy in front appended (entries before it are whatever
 /// the client sent, so they are never trusted).
 fn client_ip(config: &Config, request: &Request) -> IpAddr {
+    client_ip_of(config, request.headers(), request.extensions())
+}
+
+/// [`client_ip`] from a request's parts (the WebSocket upgrade has no `Request`).
+pub fn client_ip_of(
+    config: &Config,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> IpAddr {
     if config.trust_forwarded_for
-        && let Some(ip) = last_forwarded_for(request.headers())
+        && let Some(ip) = last_forwarded_for(headers)
     {
         return ip;
     }
-    request
-        .extensions()
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
 }

@@ -24,6 +24,7 @@ use chatter_shared::auth::{Identity, looks_like_jwt};
 use chatter_shared::protocol::{CloseCode, ServerFrame};
 use chatter_shared::telemetry::metric;
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// How long to keep reading after our close frame, waiting for the client's.
@@ -113,7 +114,9 @@ pub async fn upgrade(
     let Some(token) = token else {
         return refuse(ws, CloseCode::NoAuthToken, "no token");
     };
-    let identity = match authenticate(&state, token).await {
+    let ip =
+        crate::http::rate_limit::client_ip_of(&state.config, &parts.headers, &parts.extensions);
+    let identity = match authenticate(&state, token, ip).await {
         Ok(identity) => identity,
         Err(Refusal(code, reason)) => return refuse(ws, code, reason),
         // Before the upgrade, like `draining`: the client (or a load balancer)
@@ -122,6 +125,7 @@ pub async fn upgrade(
             metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "identity").increment(1);
             return ApiError::from(crate::authenticate::Refused::Unavailable).into_response();
         }
+        Err(Limited(wait)) => return ApiError::rate_limited(wait).into_response(),
     };
     // Connection churn costs a database read and subscriptions: upgrades spend
     // the user's REST budget.
@@ -187,19 +191,23 @@ enum Refused {
     Refusal(CloseCode, &'static str),
     /// The identity service is down or slow: 503 instead of the upgrade.
     IdentityUnavailable,
+    /// Asking the identity service would exceed the client IP's budget: 429.
+    Limited(Duration),
 }
-use Refused::{IdentityUnavailable, Refusal};
+use Refused::{IdentityUnavailable, Limited, Refusal};
 
 /// A `?token=` is a JWT (three dot-separated parts) or else a ticket; with
 /// delegated verification, an opaque token that is no ticket may still be the
 /// identity service's.
-async fn authenticate(state: &AppState, token: &str) -> Result<Identity, Refused> {
+async fn authenticate(state: &AppState, token: &str, ip: IpAddr) -> Result<Identity, Refused> {
     let user_token = |token| async move {
-        crate::authenticate::user(state, token)
+        // A call to the identity service is charged to the client IP first.
+        crate::authenticate::user_paying(state, token, || state.limits.ip(ip))
             .await
             .map_err(|refused| match refused {
                 crate::authenticate::Refused::Invalid(why) => Refusal(CloseCode::InvalidToken, why),
                 crate::authenticate::Refused::Unavailable => IdentityUnavailable,
+                crate::authenticate::Refused::RateLimited(wait) => Limited(wait),
             })
     };
     if looks_like_jwt(token) {
