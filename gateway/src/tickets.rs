@@ -55,7 +55,7 @@ struct Stored {
     responses(
         (status = 200, description = "The ticket and when it expires", body = Ticket),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
-        (status = 503, description = "`unavailable`: Redis or the database is unavailable", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis, the database or the identity service (`VERIFICATION_URL`) is unavailable", body = ErrorBody),
     ),
 )]
 async fn issue(

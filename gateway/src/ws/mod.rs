@@ -60,8 +60,8 @@ pub struct WsParams {
         (status = 101, description = "Switching Protocols: the WebSocket is open"),
         (status = 400, description = "Not a WebSocket handshake (plain-text body)"),
         (status = 403, description = "`origin_not_allowed`: the `Origin` header is not in `ALLOWED_ORIGINS`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: the user's request budget (upgrades count) is spent; `Retry-After` says when to try again", body = ErrorBody),
-        (status = 503, description = "`draining`: the gateway is shutting down, connect to another (a load balancer retries); `unavailable`: at its connection limit", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's request budget (upgrades count) is spent, or (delegated verification) the client IP's budget for asking the identity service; `Retry-After` says when to try again", body = ErrorBody),
+        (status = 503, description = "`draining`: the gateway is shutting down, connect to another (a load balancer retries); `unavailable`: at its connection limit, or the identity service (`VERIFICATION_URL`) is down or slow", body = ErrorBody),
     ),
 )]
 pub async fn upgrade(
