@@ -240,16 +240,31 @@ async fn delegated_tokens_work_over_rest_ws_token_and_ws(backend: Backend) {
             fake.calls()
         );
 
-        // Alice was created on first sight, with the identity service's name.
+        // Users are created on first sight, with the identity service's name
+        // and group: bob, seen once, can be put in a room and is listed by name.
+        let bob = uacl_token("bob");
+        let (status, body) = cluster.api(0).get("/ws_token", &bob).await?;
+        ensure!(status == 200, "bob's first request: {status} {body}");
         let (status, room) = cluster
             .api(0)
             .post_json(
                 "/rooms",
                 &alice,
-                &json!({"members": [], "name": "delegated"}),
+                &json!({"members": ["bob"], "name": "delegated"}),
             )
             .await?;
-        ensure!(status == 201, "POST /rooms as alice: {status} {room}");
+        ensure!(
+            status == 201,
+            "POST /rooms as alice with bob: {status} {room}"
+        );
+        let (status, contacts) = cluster.api(0).get("/connections", &alice).await?;
+        ensure!(status == 200, "GET /connections: {status} {contacts}");
+        let listed = contacts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["user_id"] == "bob" && c["name"] == "bob (uacl)");
+        ensure!(listed, "bob as the identity service named him: {contacts}");
 
         // Refusals are not cached: each try asks again, exactly once per request.
         let bad = format!("forged-{}", uuid::Uuid::new_v4().simple());
@@ -286,8 +301,8 @@ async fn delegated_tokens_work_over_rest_ws_token_and_ws(backend: Backend) {
                 .and_then(|value| value.trim().parse::<f64>().ok())
         };
         ensure!(
-            count("vouched") == Some(1.0),
-            "vouched: {:?}",
+            count("vouched") == Some(2.0),
+            "vouched (alice, bob): {:?}",
             count("vouched")
         );
         ensure!(
