@@ -1007,6 +1007,10 @@ mod tests {
                     "postgres://chat:db-password@db.internal:5432/chat?sslmode=require&password=query-password",
                 ),
                 ("REDIS_URL", "redis://:redis-password@redis.internal:6379"),
+                (
+                    "VERIFICATION_URL",
+                    "https://chatter:verify-password@id.internal/verify",
+                ),
             ]),
         )
         .expect("valid");
@@ -1019,6 +1023,7 @@ mod tests {
             "db-password",
             "query-password",
             "redis-password",
+            "verify-password",
         ] {
             assert!(!printed.contains(leaked), "{leaked} in {printed}");
         }
