@@ -151,11 +151,12 @@ impl IdentityService {
             user_id,
             name: text("name"),
             group: text("user_group"),
-            roles: Vec::new(),
+            // Not in the older service's answer; honoured when a newer one sends them.
+            roles: auth::name_list(result.get("roles")),
             permissions: self
                 .permissions_claim
                 .as_ref()
-                .map(|claim| auth::permissions(result.get(claim))),
+                .map(|claim| auth::name_list(result.get(claim))),
         })
     }
 

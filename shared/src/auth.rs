@@ -205,7 +205,7 @@ impl Tokens {
         let permissions = self
             .permissions_claim
             .as_ref()
-            .map(|claim| permissions(claims.get(claim)));
+            .map(|claim| name_list(claims.get(claim)));
         Ok(Identity {
             user_id,
             name: text("name"),
@@ -313,19 +313,21 @@ impl Tokens {
     }
 }
 
-/// Permissions as a list, or a comma- or space-separated string (both are
-/// seen in the wild); anything else holds none.
-pub fn permissions(claim: Option<&Value>) -> Vec<String> {
+/// A list claim (permissions, roles) as a JSON array of strings, or one string
+/// of names separated by commas or spaces (both are seen in the wild);
+/// anything else holds none.
+pub fn name_list(claim: Option<&Value>) -> Vec<String> {
     match claim {
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(Value::as_str)
+            .filter(|name| !name.contains('\0'))
             .map(str::to_owned)
             .collect(),
         Some(Value::String(list)) => list
             .split([',', ' '])
             .map(str::trim)
-            .filter(|p| !p.is_empty())
+            .filter(|name| !name.is_empty() && !name.contains('\0'))
             .map(str::to_owned)
             .collect(),
         _ => Vec::new(),
@@ -518,7 +520,7 @@ mod tests {
             checked.verify(&none).expect("valid").permissions,
             Some(vec![])
         );
-        assert_eq!(permissions(Some(&json!("A, B C"))), vec!["A", "B", "C"]);
+        assert_eq!(name_list(Some(&json!("A, B C"))), vec!["A", "B", "C"]);
     }
 
     #[test]
