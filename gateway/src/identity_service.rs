@@ -114,10 +114,14 @@ impl IdentityService {
     }
 
     async fn ask(&self, token: &str) -> Result<Identity, Refusal> {
+        // A `?token=` may decode to bytes no header can carry: no token of anyone's.
+        let mut authorization = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| Refusal::Refused)?;
+        authorization.set_sensitive(true);
         let response = self
             .http
             .get(self.url.clone())
-            .bearer_auth(token)
+            .header(reqwest::header::AUTHORIZATION, authorization)
             .send()
             .await
             .map_err(|error| {

@@ -410,6 +410,13 @@ async fn both_mode_checks_the_local_jwt_first(backend: Backend) {
         // VERIFICATION_CACHE_SECS=0: no cache, one call per request.
         ensure!(fake.calls() == 3, "calls: {}", fake.calls());
         refused_everywhere(cluster, "garbage", "garbage-token").await?;
+        // A token no header could carry is refused, not blamed on the service.
+        let mut ws = cluster
+            .connect_ws(0, "bad%0Atoken")
+            .await
+            .context("upgrade")?;
+        let close = ws.expect_close(FRAME_WAIT).await?;
+        ensure!(close.code == 4002, "a token with a line feed: {close:?}");
         Ok(())
     })
     .await;
