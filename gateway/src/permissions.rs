@@ -14,7 +14,8 @@
 //! answers yes.
 
 use axum::http::Method;
-use chatter_shared::protocol::ClientFrame;
+use chatter_shared::auth::Identity;
+use chatter_shared::protocol::{ClientFrame, JoinSide};
 
 /// The permissions chatter knows, by the names tokens carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,10 @@ pub enum Permission {
     MarkRead,
     /// Who is online: `GET /connections`, `SubscribePresence`.
     ViewPresence,
+    /// Support desk, the user's side: asking for help, re-joining one's chat.
+    RequestSupport,
+    /// Support desk, the agent's side: the queue, claims, the agent list.
+    ProvideSupport,
 }
 
 impl Permission {
@@ -48,6 +53,8 @@ impl Permission {
             Permission::DeleteMessage => "DeleteMessage",
             Permission::MarkRead => "MarkRead",
             Permission::ViewPresence => "ViewPresence",
+            Permission::RequestSupport => "RequestSupport",
+            Permission::ProvideSupport => "ProvideSupport",
         }
     }
 }
@@ -60,6 +67,19 @@ pub enum Need {
     /// does is checked frame by frame).
     Nothing,
     Permission(Permission),
+    /// Either one (closing a support chat: its user or an agent).
+    Either(Permission, Permission),
+}
+
+impl Need {
+    /// The permission a token lacks for this, if it lacks one (for the message).
+    pub fn missing(self, identity: &Identity) -> Option<Permission> {
+        match self {
+            Need::Nothing => None,
+            Need::Permission(p) => (!identity.may(p.name())).then_some(p),
+            Need::Either(a, b) => (!identity.may(a.name()) && !identity.may(b.name())).then_some(a),
+        }
+    }
 }
 
 /// The permission `method path` needs, `path` being the route pattern
@@ -84,18 +104,30 @@ pub fn for_route(method: &Method, path: &str) -> Option<Need> {
         ("DELETE", "/rooms/{id}/messages/{message_id}") => need(DeleteMessage),
         ("POST", "/rooms/{id}/read") => need(MarkRead),
         ("GET", "/connections") => need(ViewPresence),
+        ("POST", "/support/requests") => need(RequestSupport),
+        ("GET", "/support/requests" | "/support/agents")
+        | ("POST", "/support/requests/{room_id}/claim") => need(ProvideSupport),
+        ("POST", "/support/requests/{room_id}/close") => {
+            Some(Need::Either(RequestSupport, ProvideSupport))
+        }
         _ => None,
     }
 }
 
-/// The permission a WebSocket frame needs (`None`: nothing, e.g. `Ping`).
-pub fn for_frame(frame: &ClientFrame) -> Option<Permission> {
+/// What a WebSocket frame needs (`ChatMessage` arrives as `SendMessage`).
+pub fn for_frame(frame: &ClientFrame) -> Need {
+    use Permission::*;
     match frame {
-        ClientFrame::SendMessage(_) | ClientFrame::Typing(_) => Some(Permission::CreateMessage),
-        ClientFrame::Resume(_) => Some(Permission::ViewMessage),
-        ClientFrame::SubscribePresence => Some(Permission::ViewPresence),
-        ClientFrame::MarkRead(_) => Some(Permission::MarkRead),
-        ClientFrame::Ping => None,
+        ClientFrame::SendMessage(_) | ClientFrame::Typing(_) => Need::Permission(CreateMessage),
+        ClientFrame::Resume(_) => Need::Permission(ViewMessage),
+        ClientFrame::SubscribePresence => Need::Permission(ViewPresence),
+        ClientFrame::MarkRead(_) => Need::Permission(MarkRead),
+        ClientFrame::Join(join) => match join.from {
+            JoinSide::User => Need::Permission(RequestSupport),
+            JoinSide::Support => Need::Permission(ProvideSupport),
+        },
+        ClientFrame::Load | ClientFrame::JoinUser(_) => Need::Permission(ProvideSupport),
+        ClientFrame::Ping => Need::Nothing,
     }
 }
 

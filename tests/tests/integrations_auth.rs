@@ -763,6 +763,8 @@ const EVERY_PERMISSION: &[&str] = &[
     "DeleteMessage",
     "MarkRead",
     "ViewPresence",
+    "RequestSupport",
+    "ProvideSupport",
 ];
 
 async fn permissions_gate_every_rest_route_and_websocket_action(backend: Backend) {
@@ -823,6 +825,11 @@ async fn permissions_gate_every_rest_route_and_websocket_action(backend: Backend
                 )
                 .await?,
             cluster.api(0).get("/connections", &reader).await?,
+            cluster
+                .api(0)
+                .post_json("/support/requests", &reader, &json!({}))
+                .await?,
+            cluster.api(0).get("/support/requests", &reader).await?,
         ];
         for (status, body) in denied {
             ensure!(
@@ -866,6 +873,8 @@ async fn permissions_gate_every_rest_route_and_websocket_action(backend: Backend
             ("SubscribePresence", json!({})),
             ("Typing", json!({"room_id": room_id})),
             ("MarkRead", json!({"room_id": room_id, "seq": 0})),
+            ("Load", json!({})),
+            ("Join", json!({"from": "User"})),
         ] {
             ws.send_frame(kind, data).await?;
             let error = ws.recv_type("Error", FRAME_WAIT).await?;
@@ -898,6 +907,11 @@ async fn permissions_gate_every_rest_route_and_websocket_action(backend: Backend
         );
         let (status, body) = cluster.api(0).get("/connections", &writer).await?;
         ensure!(status == 200, "ViewPresence: {status} {body}");
+        let (status, body) = cluster
+            .api(0)
+            .post_json("/support/requests", &writer, &json!({}))
+            .await?;
+        ensure!(status.is_success(), "RequestSupport: {status} {body}");
         Ok(())
     })
     .await;

@@ -6,7 +6,7 @@
 
 use super::error::ApiError;
 use super::extract::Verified;
-use crate::permissions::{self, Need};
+use crate::permissions;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,12 +21,9 @@ pub async fn require(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or("", MatchedPath::as_str);
     let refusal = match permissions::for_route(request.method(), route) {
-        Some(Need::Nothing) => None,
-        Some(Need::Permission(permission)) if identity.may(permission.name()) => None,
-        Some(Need::Permission(permission)) => Some(format!(
-            "this token lacks the {} permission",
-            permission.name()
-        )),
+        Some(need) => need
+            .missing(identity)
+            .map(|permission| format!("this token lacks the {} permission", permission.name())),
         None => Some("this route needs a permission no token can hold yet".to_owned()),
     };
     match refusal {

@@ -194,9 +194,7 @@ impl Connection {
                 if let Some(retry_after_ms) = over_rate {
                     return self.rate_limited(frame, retry_after_ms).await;
                 }
-                if let Some(permission) = permissions::for_frame(&frame)
-                    && !self.identity.may(permission.name())
-                {
+                if let Some(permission) = permissions::for_frame(&frame).missing(&self.identity) {
                     return self.missing_permission(frame, permission).await;
                 }
                 match frame {
