@@ -8,13 +8,16 @@
 //! - **embedded** (no `REDIS_URL`, no `DATABASE_URL`): one process does it all,
 //!   with an in-process bus, SQLite under `DATA_DIR` and the worker loop inside.
 
+pub mod authenticate;
 pub mod bus;
 pub mod cli;
 pub mod embedded;
 pub mod http;
 pub mod hub;
+pub mod identity_service;
 pub mod limits;
 pub mod messages;
+pub mod permissions;
 pub mod presence;
 pub mod read_state;
 pub mod resume;
@@ -143,6 +146,8 @@ pub async fn serve(
     tokio::spawn(sample_send_queues(hub.clone(), hub_stop.clone()));
     let mut app = state::App::new(config, tokens, store, bus, hub, shutdown.clone());
     app.redis_risks = redis_risks;
+    app.identity_service = identity_service::IdentityService::from_config(&app.config)?;
+    app.client_configs = http::client_config::ClientConfigs::from_config(&app.config)?;
     let state = Arc::new(app);
     // Like the hub, the limiter sweep runs until the sockets are gone.
     let sweep = tokio::spawn(limits::sweep(state.limits.clone(), hub_stop.clone()));

@@ -1,7 +1,9 @@
 //! The one piece of shared state every handler receives.
 
 use crate::bus::Bus;
+use crate::http::client_config::ClientConfigs;
 use crate::hub::Hub;
+use crate::identity_service::IdentityService;
 use crate::limits::Limits;
 use chatter_shared::auth::{Identity, Tokens};
 use chatter_shared::config::Config;
@@ -42,6 +44,10 @@ pub struct App {
     recently_seen: DashMap<String, Instant>,
     /// Per-user and per-IP rate limits (REST, upgrades, HTTP publish).
     pub limits: Arc<Limits>,
+    /// Delegated verification (`VERIFICATION_URL`), when configured.
+    pub identity_service: Option<IdentityService>,
+    /// What `GET /config` serves, per client type.
+    pub client_configs: ClientConfigs,
 }
 
 impl App {
@@ -72,6 +78,8 @@ impl App {
             metrics: chatter_shared::telemetry::metrics(),
             redis_risks: Vec::new(),
             recently_seen: DashMap::new(),
+            identity_service: None,
+            client_configs: ClientConfigs::default(),
         }
     }
 
