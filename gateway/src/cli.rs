@@ -89,6 +89,7 @@ fn print_token(config: &Config, user: String, name: Option<String>, ttl_secs: i6
         name,
         group: None,
         roles: Vec::new(),
+        permissions: None,
     };
     match tokens.mint(&identity, time::Duration::seconds(ttl_secs)) {
         Some((token, _)) => {

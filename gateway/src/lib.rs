@@ -8,14 +8,17 @@
 //! - **embedded** (no `REDIS_URL`, no `DATABASE_URL`): one process does it all,
 //!   with an in-process bus, SQLite under `DATA_DIR` and the worker loop inside.
 
+pub mod authenticate;
 pub mod bus;
 pub mod cli;
 pub mod embedded;
 pub mod http;
 pub mod hub;
+pub mod identity_service;
 pub mod limits;
 pub mod messages;
 pub mod moderation;
+pub mod permissions;
 pub mod presence;
 pub mod read_state;
 pub mod resume;
@@ -166,6 +169,8 @@ pub async fn serve(
         .reload(&app.store)
         .await
         .context("cannot read bans and restrictions from the database")?;
+    app.identity_service = identity_service::IdentityService::from_config(&app.config)?;
+    app.client_configs = http::client_config::ClientConfigs::from_config(&app.config)?;
     let state = Arc::new(app);
     if let Some(content) = &state.moderation.content {
         content.start(hub_stop.clone());

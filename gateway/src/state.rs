@@ -1,7 +1,9 @@
 //! The one piece of shared state every handler receives.
 
 use crate::bus::Bus;
+use crate::http::client_config::ClientConfigs;
 use crate::hub::Hub;
+use crate::identity_service::IdentityService;
 use crate::limits::Limits;
 use crate::moderation::Moderation;
 use chatter_shared::auth::{Identity, Tokens};
@@ -45,6 +47,10 @@ pub struct App {
     pub limits: Arc<Limits>,
     /// Bans, mutes, blocks and the content policy (`crate::moderation`).
     pub moderation: Arc<Moderation>,
+    /// Delegated verification (`VERIFICATION_URL`), when configured.
+    pub identity_service: Option<IdentityService>,
+    /// What `GET /config` serves, per client type.
+    pub client_configs: ClientConfigs,
 }
 
 impl App {
@@ -76,6 +82,8 @@ impl App {
             metrics: chatter_shared::telemetry::metrics(),
             redis_risks: Vec::new(),
             recently_seen: DashMap::new(),
+            identity_service: None,
+            client_configs: ClientConfigs::default(),
         }
     }
 

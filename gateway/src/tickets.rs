@@ -40,6 +40,9 @@ struct Stored {
     name: Option<String>,
     group: Option<String>,
     roles: Vec<String>,
+    /// Absent in tickets issued before permissions existed.
+    #[serde(default)]
+    permissions: Option<Vec<String>>,
 }
 
 /// Trade a JWT for a single-use WebSocket ticket (valid `TICKET_TTL_SECS`, any gateway).
@@ -53,7 +56,7 @@ struct Stored {
         (status = 200, description = "The ticket and when it expires", body = Ticket),
         (status = 401, description = "`unauthenticated`: no, invalid or expired JWT", body = ErrorBody),
         (status = 403, description = "`banned`: the user is banned", body = ErrorBody),
-        (status = 503, description = "`unavailable`: Redis or the database is unavailable", body = ErrorBody),
+        (status = 503, description = "`unavailable`: Redis, the database or the identity service (`VERIFICATION_URL`) is unavailable", body = ErrorBody),
     ),
 )]
 async fn issue(
@@ -69,6 +72,7 @@ async fn issue(
         name: identity.name,
         group: identity.group,
         roles: identity.roles,
+        permissions: identity.permissions,
     };
     let value = serde_json::to_string(&stored)
         .map_err(|_| ApiError::unavailable("cannot encode ticket"))?;
@@ -90,5 +94,6 @@ pub async fn redeem(bus: &Bus, token: &str) -> Result<Option<Identity>, BusError
             name: stored.name,
             group: stored.group,
             roles: stored.roles,
+            permissions: stored.permissions,
         }))
 }

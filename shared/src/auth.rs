@@ -23,7 +23,27 @@ pub struct Identity {
     pub name: Option<String>,
     pub group: Option<String>,
     pub roles: Vec<String>,
+    /// The token's permissions when `JWT_PERMISSIONS_CLAIM` is set (empty when
+    /// the token has none); `None` when permissions are not checked.
+    pub permissions: Option<Vec<String>>,
 }
+
+impl Identity {
+    /// Whether this caller holds `permission`; always true when permissions are
+    /// not checked.
+    pub fn may(&self, permission: &str) -> bool {
+        self.permissions
+            .as_ref()
+            .is_none_or(|held| held.iter().any(|p| p == permission))
+    }
+}
+
+/// The claim that lets a token without `exp` through, while
+/// `EXPIRATION_TOKEN_DURATION` is unset: only `GET /token/{user_id}` sets it.
+/// It is no defence against a key holder (who could pick any `exp`); it keeps
+/// non-expiring tokens a deliberate choice, never an identity provider's slip,
+/// and setting `EXPIRATION_TOKEN_DURATION` revokes every one of them.
+pub const NEVER_EXPIRES_CLAIM: &str = "never_expires";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
@@ -45,6 +65,10 @@ pub struct Tokens {
     user_claim: String,
     issuer: Option<String>,
     audience: Option<String>,
+    permissions_claim: Option<String>,
+    /// For tokens without `exp`, set while `EXPIRATION_TOKEN_DURATION` is unset
+    /// (see [`NEVER_EXPIRES_CLAIM`]).
+    never_expiring: Option<Validation>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,8 +141,16 @@ impl Tokens {
             }
             None => validation.validate_aud = false,
         }
+        let never_expiring = config.expiration_token_duration.is_none().then(|| {
+            let mut lenient = validation.clone();
+            let required: Vec<&str> = required.iter().copied().filter(|c| *c != "exp").collect();
+            lenient.set_required_spec_claims(&required);
+            lenient
+        });
         validation.set_required_spec_claims(&required);
         Ok(Tokens {
+            permissions_claim: config.jwt_permissions_claim.clone(),
+            never_expiring,
             decoding,
             encoding,
             algorithm,
@@ -131,10 +163,14 @@ impl Tokens {
 
     /// Verifies `token` and extracts the caller's identity.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, &self.validation)
-                .map_err(|_| AuthError::Invalid)?;
-        let claims = data.claims;
+        let claims = match jsonwebtoken::decode::<Map<String, Value>>(
+            token,
+            &self.decoding,
+            &self.validation,
+        ) {
+            Ok(data) => data.claims,
+            Err(error) => self.never_expiring_claims(token, &error)?,
+        };
         let user_id = match claims.get(&self.user_claim) {
             Some(Value::String(id)) => id.clone(),
             Some(Value::Number(id)) => id.to_string(),
@@ -166,12 +202,40 @@ impl Tokens {
                 .collect(),
             _ => Vec::new(),
         };
+        let permissions = self
+            .permissions_claim
+            .as_ref()
+            .map(|claim| name_list(claims.get(claim)));
         Ok(Identity {
             user_id,
             name: text("name"),
             group: text("group").or_else(|| text("user_group")),
             roles,
+            permissions,
         })
+    }
+
+    /// The claims of a token refused only for lacking `exp`, when it is one of
+    /// the non-expiring tokens `GET /token/{user_id}` mints (and such tokens are
+    /// still accepted).
+    fn never_expiring_claims(
+        &self,
+        token: &str,
+        error: &jsonwebtoken::errors::Error,
+    ) -> Result<Map<String, Value>, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let lenient = self.never_expiring.as_ref().ok_or(AuthError::Invalid)?;
+        if !matches!(error.kind(), ErrorKind::MissingRequiredClaim(claim) if claim == "exp") {
+            return Err(AuthError::Invalid);
+        }
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &self.decoding, lenient)
+            .map_err(|_| AuthError::Invalid)?
+            .claims;
+        if claims.get(NEVER_EXPIRES_CLAIM) == Some(&Value::Bool(true)) {
+            Ok(claims)
+        } else {
+            Err(AuthError::Invalid)
+        }
     }
 
     /// Mints a token this gateway accepts, valid for `ttl`. `None` when only a
@@ -181,10 +245,35 @@ impl Tokens {
         identity: &Identity,
         ttl: time::Duration,
     ) -> Option<(String, OffsetDateTime)> {
+        let expires_at = OffsetDateTime::now_utc() + ttl;
+        let token = self.mint_claims(identity, Some(expires_at), Map::new())?;
+        Some((token, expires_at))
+    }
+
+    /// Mints the older token provider's token (`GET /token/{user_id}`): claims
+    /// `user_id` (and chatter's user claim), expiring at `expires_at`, or never,
+    /// marked with [`NEVER_EXPIRES_CLAIM`], when `None`.
+    pub fn mint_provider_token(
+        &self,
+        identity: &Identity,
+        expires_at: Option<OffsetDateTime>,
+    ) -> Option<String> {
+        let mut extra = Map::new();
+        extra.insert("user_id".into(), Value::String(identity.user_id.clone()));
+        if expires_at.is_none() {
+            extra.insert(NEVER_EXPIRES_CLAIM.into(), Value::Bool(true));
+        }
+        self.mint_claims(identity, expires_at, extra)
+    }
+
+    fn mint_claims(
+        &self,
+        identity: &Identity,
+        expires_at: Option<OffsetDateTime>,
+        mut claims: Map<String, Value>,
+    ) -> Option<String> {
         let encoding = self.encoding.as_ref()?;
         let now = OffsetDateTime::now_utc();
-        let expires_at = now + ttl;
-        let mut claims = Map::new();
         claims.insert(
             self.user_claim.clone(),
             Value::String(identity.user_id.clone()),
@@ -204,16 +293,44 @@ impl Tokens {
                 identity.roles.iter().cloned().map(Value::String).collect(),
             );
         }
+        if let (Some(claim), Some(held)) = (&self.permissions_claim, &identity.permissions) {
+            claims.insert(
+                claim.clone(),
+                held.iter().cloned().map(Value::String).collect(),
+            );
+        }
         claims.insert("iat".into(), now.unix_timestamp().into());
-        claims.insert("exp".into(), expires_at.unix_timestamp().into());
+        if let Some(expires_at) = expires_at {
+            claims.insert("exp".into(), expires_at.unix_timestamp().into());
+        }
         if let Some(issuer) = &self.issuer {
             claims.insert("iss".into(), Value::String(issuer.clone()));
         }
         if let Some(audience) = &self.audience {
             claims.insert("aud".into(), Value::String(audience.clone()));
         }
-        let token = jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding).ok()?;
-        Some((token, expires_at))
+        jsonwebtoken::encode(&Header::new(self.algorithm), &claims, encoding).ok()
+    }
+}
+
+/// A list claim (permissions, roles) as a JSON array of strings, or one string
+/// of names separated by commas or spaces (both are seen in the wild);
+/// anything else holds none.
+pub fn name_list(claim: Option<&Value>) -> Vec<String> {
+    match claim {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|name| !name.contains('\0'))
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(list)) => list
+            .split([',', ' '])
+            .map(str::trim)
+            .filter(|name| !name.is_empty() && !name.contains('\0'))
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -266,6 +383,7 @@ mod tests {
             name: Some("Alice".into()),
             group: None,
             roles: vec![],
+            permissions: None,
         }
     }
 
@@ -353,6 +471,56 @@ mod tests {
         assert_eq!(identity.name, None);
         assert_eq!(identity.group, None);
         assert_eq!(identity.roles, vec!["support".to_owned()]);
+    }
+
+    #[test]
+    fn tokens_without_exp_pass_only_when_marked_and_while_the_provider_mints_them() {
+        let legacy = tokens(SECRET);
+        let never = legacy.mint_provider_token(&alice(), None).expect("mint");
+        assert_eq!(
+            legacy.verify(&never).map(|i| i.user_id),
+            Ok("alice".to_owned())
+        );
+        // An unmarked token without exp is still refused.
+        let unmarked = sign(&json!({"sub": "alice"}));
+        assert_eq!(legacy.verify(&unmarked), Err(AuthError::Invalid));
+        // Once EXPIRATION_TOKEN_DURATION is set, the marked ones stop working.
+        let expiring = Tokens::from_config(&Config {
+            jwt_secret: Some(SECRET.into()),
+            expiration_token_duration: Some(60),
+            ..Config::default()
+        })
+        .expect("valid");
+        assert_eq!(expiring.verify(&never), Err(AuthError::Invalid));
+        let exp = OffsetDateTime::now_utc() + time::Duration::seconds(60);
+        let bounded = expiring
+            .mint_provider_token(&alice(), Some(exp))
+            .expect("mint");
+        assert!(expiring.verify(&bounded).is_ok());
+    }
+
+    #[test]
+    fn permissions_are_read_from_the_configured_claim_only() {
+        let exp = OffsetDateTime::now_utc().unix_timestamp() + 600;
+        let token = sign(&json!({"sub": "alice", "exp": exp, "perms": ["ViewRoom", "CreateRoom"]}));
+        assert_eq!(
+            tokens(SECRET).verify(&token).expect("valid").permissions,
+            None
+        );
+        let checked = Tokens::from_config(&Config {
+            jwt_secret: Some(SECRET.into()),
+            jwt_permissions_claim: Some("perms".into()),
+            ..Config::default()
+        })
+        .expect("valid");
+        let identity = checked.verify(&token).expect("valid");
+        assert!(identity.may("ViewRoom") && !identity.may("DeleteRoom"));
+        let none = sign(&json!({"sub": "alice", "exp": exp}));
+        assert_eq!(
+            checked.verify(&none).expect("valid").permissions,
+            Some(vec![])
+        );
+        assert_eq!(name_list(Some(&json!("A, B C"))), vec!["A", "B", "C"]);
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// secret and no `HOST` is configured: that secret sits in a file anyone with the
 /// data directory can read, so the server is not offered to the network by default.
 pub const DEV_SECRET_HOST: &str = "127.0.0.1";
+/// The longest `EXPIRATION_TOKEN_DURATION`: ten years (longer is "never", say so
+/// by leaving it unset).
+pub const MAX_EXPIRATION_TOKEN_DURATION: u64 = 10 * 365 * 24 * 3600;
 
 /// Every setting chatter understands. See the README's configuration table.
 ///
@@ -186,6 +189,41 @@ pub struct Config {
     /// A support chat expires after this many seconds without a message
     /// (counted from the request while nobody has claimed it).
     pub support_expiry_secs: u64,
+
+    // --- integrations: identity service, token provider, client config ---
+    /// The identity service that verifies tokens chatter cannot verify itself
+    /// (delegated verification, SPEC §2): `GET` with the caller's `Authorization`.
+    pub verification_url: Option<String>,
+    /// A slower answer counts as the service being down (503 to the caller).
+    pub verification_timeout_ms: u64,
+    /// How long a positive answer is reused (0: every request asks).
+    pub verification_cache_secs: u64,
+    /// `jwt`, `delegated` or `both`; unset: `both` with `VERIFICATION_URL`, else `jwt`.
+    pub auth_mode: Option<AuthMode>,
+    /// Lifetime of `GET /token/{user_id}` tokens; unset: they never expire (the
+    /// older token provider's behaviour; see docs/SECURITY.md for the risk).
+    pub expiration_token_duration: Option<u64>,
+    /// The public client identifier `GET /api-key` hands out (not a secret).
+    pub client_api_key: Option<String>,
+    /// A JSON file holding the client configurations, one object per client type;
+    /// replaces `[client_config.<type>]` tables of the config file.
+    pub client_config_file: Option<String>,
+    /// `[client_config.<type>]` tables of the config file (`GET /config`).
+    pub client_config: serde_json::Map<String, serde_json::Value>,
+    /// The header naming the caller of `GET /config`, set by a trusted proxy.
+    pub userid_header_key: String,
+    /// Whether that header is believed: only behind a proxy that always sets or
+    /// strips it, since otherwise anyone could name any user.
+    pub trust_userid_header: bool,
+    /// The key of a client type's error messages (`{title, message}`).
+    pub error_obj_key: String,
+    /// `authentication.api_url` and `.ws_url` of `GET /config`; unset, they are
+    /// built from the request's `Host`.
+    pub client_api_url: Option<String>,
+    pub client_ws_url: Option<String>,
+    /// The claim listing a token's permissions; set, each route and WebSocket
+    /// action needs its permission (docs/API.md "Permissions"). Unset: no checks.
+    pub jwt_permissions_claim: Option<String>,
 }
 
 impl Default for Config {
@@ -267,8 +305,34 @@ impl Default for Config {
             content_strike_window_secs: 600,
             session_policy: SessionPolicy::Multi,
             support_expiry_secs: 120,
+            verification_url: None,
+            verification_timeout_ms: 2000,
+            verification_cache_secs: 30,
+            auth_mode: None,
+            expiration_token_duration: None,
+            client_api_key: None,
+            client_config_file: None,
+            client_config: serde_json::Map::new(),
+            userid_header_key: "userid".into(),
+            trust_userid_header: false,
+            error_obj_key: "errors".into(),
+            client_api_url: None,
+            client_ws_url: None,
+            jwt_permissions_claim: None,
         }
     }
+}
+
+/// How user tokens are verified (`AUTH_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Locally, as JWTs (SPEC §2).
+    Jwt,
+    /// By the identity service at `VERIFICATION_URL`.
+    Delegated,
+    /// Locally first; a token that fails there is asked about.
+    Both,
 }
 
 /// Cluster (Redis + Postgres, separate workers) or embedded (one process, SQLite).
@@ -463,6 +527,7 @@ impl Config {
                 self.content_strike_window_secs,
             ),
             ("SUPPORT_EXPIRY_SECS", self.support_expiry_secs),
+            ("VERIFICATION_TIMEOUT_MS", self.verification_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -473,6 +538,7 @@ impl Config {
             }
         }
         self.validate_secrets()?;
+        self.validate_integrations()?;
         if self.page_size_default > self.page_size_max {
             return Err(ConfigError::Key {
                 key: "PAGE_SIZE_DEFAULT",
@@ -484,6 +550,56 @@ impl Config {
 }
 
 impl Config {
+    /// How user tokens are verified: `AUTH_MODE`, or when unset `both` with a
+    /// `VERIFICATION_URL` (tokens chatter minted keep working) and `jwt` without.
+    pub fn auth_mode(&self) -> AuthMode {
+        match (self.auth_mode, &self.verification_url) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => AuthMode::Both,
+            (None, None) => AuthMode::Jwt,
+        }
+    }
+
+    /// Delegated verification needs somewhere to delegate to.
+    fn validate_integrations(&self) -> Result<(), ConfigError> {
+        if self.auth_mode() != AuthMode::Jwt && self.verification_url.is_none() {
+            return Err(ConfigError::Key {
+                key: "VERIFICATION_URL",
+                problem: "AUTH_MODE=delegated or both needs the identity service's URL".into(),
+            });
+        }
+        if let Some(url) = &self.verification_url
+            && url::Url::parse(url).is_err()
+        {
+            return Err(ConfigError::Key {
+                key: "VERIFICATION_URL",
+                problem: "not a URL".into(),
+            });
+        }
+        if self
+            .jwt_permissions_claim
+            .as_deref()
+            .is_some_and(|claim| claim.trim().is_empty())
+        {
+            return Err(ConfigError::Key {
+                key: "JWT_PERMISSIONS_CLAIM",
+                problem: "must name a claim (unset it to turn permission checks off)".into(),
+            });
+        }
+        if let Some(secs) = self.expiration_token_duration
+            && !(1..=MAX_EXPIRATION_TOKEN_DURATION).contains(&secs)
+        {
+            return Err(ConfigError::Key {
+                key: "EXPIRATION_TOKEN_DURATION",
+                problem: format!(
+                    "must be 1 to {MAX_EXPIRATION_TOKEN_DURATION} seconds \
+                     (unset it for tokens without expiry)"
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// HS256 keys long enough not to be guessed (see [`MIN_JWT_SECRET_BYTES`]).
     fn validate_secrets(&self) -> Result<(), ConfigError> {
         if self.jwt_algorithm == JwtAlgorithm::HS256
@@ -586,6 +702,20 @@ impl std::fmt::Debug for Config {
             content_strike_window_secs,
             session_policy,
             support_expiry_secs,
+            verification_url,
+            verification_timeout_ms,
+            verification_cache_secs,
+            auth_mode,
+            expiration_token_duration,
+            client_api_key,
+            client_config_file,
+            client_config,
+            userid_header_key,
+            trust_userid_header,
+            error_obj_key,
+            client_api_url,
+            client_ws_url,
+            jwt_permissions_claim,
         } = self;
         let secret = |value: &Option<String>| value.as_ref().map(|_| Redacted);
         let url = |value: &Option<String>| value.as_deref().map(redact_url);
@@ -667,6 +797,21 @@ impl std::fmt::Debug for Config {
             .field("content_strike_window_secs", content_strike_window_secs)
             .field("session_policy", session_policy)
             .field("support_expiry_secs", support_expiry_secs)
+            .field("verification_url", &url(verification_url))
+            .field("verification_timeout_ms", verification_timeout_ms)
+            .field("verification_cache_secs", verification_cache_secs)
+            .field("auth_mode", auth_mode)
+            .field("expiration_token_duration", expiration_token_duration)
+            .field("client_api_key", client_api_key)
+            .field("client_config_file", client_config_file)
+            // Client configs are public by design (sent to unauthenticated clients).
+            .field("client_config", client_config)
+            .field("userid_header_key", userid_header_key)
+            .field("trust_userid_header", trust_userid_header)
+            .field("error_obj_key", error_obj_key)
+            .field("client_api_url", client_api_url)
+            .field("client_ws_url", client_ws_url)
+            .field("jwt_permissions_claim", jwt_permissions_claim)
             .finish()
     }
 }
@@ -793,6 +938,19 @@ const KNOWN_KEYS: &[&str] = &[
     "content_strike_window_secs",
     "session_policy",
     "support_expiry_secs",
+    "verification_url",
+    "verification_timeout_ms",
+    "verification_cache_secs",
+    "auth_mode",
+    "expiration_token_duration",
+    "client_api_key",
+    "client_config_file",
+    "userid_header_key",
+    "trust_userid_header",
+    "error_obj_key",
+    "client_api_url",
+    "client_ws_url",
+    "jwt_permissions_claim",
 ];
 
 /// Whether `name` is an environment variable chatter reads: a configuration key
@@ -917,6 +1075,10 @@ mod tests {
                     "postgres://chat:db-password@db.internal:5432/chat?sslmode=require&password=query-password",
                 ),
                 ("REDIS_URL", "redis://:redis-password@redis.internal:6379"),
+                (
+                    "VERIFICATION_URL",
+                    "https://chatter:verify-password@id.internal/verify",
+                ),
             ]),
         )
         .expect("valid");
@@ -929,6 +1091,7 @@ mod tests {
             "db-password",
             "query-password",
             "redis-password",
+            "verify-password",
         ] {
             assert!(!printed.contains(leaked), "{leaked} in {printed}");
         }
@@ -942,6 +1105,40 @@ mod tests {
         assert!(printed.contains("redis.internal:6379"), "{printed}");
         assert!(printed.contains("jwt_leeway_secs: 5"), "{printed}");
         assert_eq!(redact_url("not a url"), "<redacted: not a URL>");
+    }
+
+    #[test]
+    fn client_config_tables_and_auth_mode_load_as_written() {
+        let dir =
+            std::env::temp_dir().join(format!("chatter-client-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("chatter.toml");
+        std::fs::write(
+            &path,
+            "[client_config.web]\nthemeColor = \"#fff\"\nerrors = { title = \"Oops\", message = \"Sign in\" }\n",
+        )
+        .expect("write");
+        let config = Config::load(Some(&path), env(&[])).expect("valid");
+        let web = &config.client_config["web"];
+        assert_eq!(web["themeColor"], "#fff", "{web}");
+        assert_eq!(web["errors"]["title"], "Oops", "{web}");
+        let _ = std::fs::remove_dir_all(dir);
+
+        assert_eq!(config.auth_mode(), AuthMode::Jwt);
+        let delegated = Config::load(
+            None,
+            env(&[("VERIFICATION_URL", "http://id.example/verify")]),
+        )
+        .expect("valid");
+        assert_eq!(delegated.auth_mode(), AuthMode::Both);
+        let error = Config::load(None, env(&[("AUTH_MODE", "delegated")])).expect_err("no URL");
+        assert!(error.to_string().contains("VERIFICATION_URL"), "{error}");
+        let error =
+            Config::load(None, env(&[("EXPIRATION_TOKEN_DURATION", "0")])).expect_err("zero");
+        assert!(
+            error.to_string().contains("EXPIRATION_TOKEN_DURATION"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub mod metric {
     pub const SEND_QUEUE_MAX_FRAMES: &str = "chatter_send_queue_max_frames";
     /// 1 while the process drains (after SIGTERM), else 0.
     pub const DRAINING: &str = "chatter_draining";
-    /// WebSocket upgrades refused before opening, by `reason` (`draining`, `full`, `origin`).
+    /// WebSocket upgrades refused before opening, by `reason` (`draining`, `full`,
+    /// `origin`, `identity`: the identity service was unavailable).
     pub const UPGRADES_REFUSED: &str = "chatter_upgrades_refused_total";
     /// TCP connections closed at accept because a cap was reached, by `cap` (`total`, `per_ip`).
     pub const HTTP_CONNECTIONS_REFUSED: &str = "chatter_http_connections_refused_total";
@@ -91,6 +92,9 @@ pub mod metric {
     pub const SUPPORT_EXPIRED: &str = "chatter_support_expired_total";
     /// `UserLeft` / `SupportLeft` look-ups dropped because their queue was full.
     pub const SUPPORT_DEPARTURES_DROPPED: &str = "chatter_support_departures_dropped_total";
+    /// Delegated verifications by `outcome`: `cached` (answered from the cache),
+    /// `vouched` (the identity service said 200), `refused`, `unavailable`.
+    pub const IDENTITY_CHECKS: &str = "chatter_identity_checks_total";
 }
 
 /// Describes every metric a process serves and records it once at its zero
@@ -215,7 +219,7 @@ pub fn register(process: Process) {
                 UPGRADES_REFUSED,
                 "reason",
                 "WebSocket upgrades refused before opening.",
-                &["draining", "full", "origin"],
+                &["draining", "full", "origin", "identity"],
             ),
             (
                 HTTP_CONNECTIONS_REFUSED,
@@ -234,6 +238,12 @@ pub fn register(process: Process) {
                 "change",
                 "Rooms a membership re-check joined or left on a socket (a lost or dropped event).",
                 &["joined", "left"],
+            ),
+            (
+                IDENTITY_CHECKS,
+                "outcome",
+                "Delegated verifications (VERIFICATION_URL) by outcome.",
+                &["cached", "vouched", "refused", "unavailable"],
             ),
         ],
         Process::Worker => &[(

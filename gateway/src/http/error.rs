@@ -133,6 +133,18 @@ impl From<crate::bus::BusError> for ApiError {
     }
 }
 
+impl From<crate::authenticate::Refused> for ApiError {
+    fn from(refused: crate::authenticate::Refused) -> ApiError {
+        match refused {
+            crate::authenticate::Refused::Invalid(why) => ApiError::unauthorized(why),
+            crate::authenticate::Refused::Unavailable => {
+                ApiError::unavailable("the identity service is unavailable; try again shortly")
+            }
+            crate::authenticate::Refused::RateLimited(wait) => ApiError::rate_limited(wait),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> ApiError {
         let status = rejection.status();

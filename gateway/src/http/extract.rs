@@ -1,11 +1,12 @@
 //! Extractors: JSON/path/query with JSON error bodies, and the two kinds of caller.
 
 use super::error::ApiError;
+use crate::authenticate::{self, Refused};
 use crate::state::AppState;
 use axum::extract::{FromRef, FromRequest, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use chatter_shared::auth::{AuthError, Identity, is_service_secret};
+use chatter_shared::auth::{Identity, is_service_secret};
 use chatter_shared::config::Config;
 
 /// `axum::Json` whose rejections are [`ApiError`]s.
@@ -27,7 +28,8 @@ pub struct Path<T>(pub T);
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct Query<T>(pub T);
 
-/// A user authenticated by `Authorization: Bearer <JWT>`, upserted on first sight.
+/// A user authenticated by `Authorization: Bearer <token>` (a JWT, or with
+/// `AUTH_MODE` delegated/both the identity service's token), upserted on first sight.
 pub struct User(pub Identity);
 
 impl<S> FromRequestParts<S> for User
@@ -44,14 +46,12 @@ where
             state.ensure_user(&identity).await?;
             return Ok(User(identity));
         }
+        if let Some(NotVerified(refused)) = parts.extensions.remove::<NotVerified>() {
+            return Err(refused.into());
+        }
         let token =
             bearer(parts).ok_or_else(|| ApiError::unauthorized("a Bearer token is required"))?;
-        let identity = state.tokens.verify(token).map_err(|error| match error {
-            AuthError::Missing | AuthError::Invalid => {
-                ApiError::unauthorized("the token is invalid or expired")
-            }
-            AuthError::NoUserId => ApiError::unauthorized("the token carries no usable user id"),
-        })?;
+        let identity = authenticate::user(&state, token).await?;
         refuse_banned(&state, &identity)?;
         state.ensure_user(&identity).await?;
         Ok(User(identity))
@@ -102,6 +102,11 @@ pub async fn is_admin(state: &AppState, identity: &Identity) -> Result<bool, sql
 /// (`http::rate_limit`), which had to know the user to charge them.
 #[derive(Clone)]
 pub struct Verified(pub Identity);
+
+/// The rate-limit layer's verdict on a token that authenticates nobody, so the
+/// route does not ask (the identity service, maybe slowly) a second time.
+#[derive(Clone)]
+pub struct NotVerified(pub Refused);
 
 /// A service authenticated by `SERVICE_SECRET` (`Bearer <secret>` or the raw secret).
 pub struct Service;

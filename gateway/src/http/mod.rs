@@ -3,13 +3,16 @@
 
 pub(crate) mod admin;
 mod blocks;
+pub(crate) mod client_config;
 mod connections;
 pub mod error;
 pub mod extract;
 mod health;
 pub mod openapi;
 mod pages;
-mod rate_limit;
+mod permissions;
+mod provider;
+pub(crate) mod rate_limit;
 mod rooms;
 mod support;
 mod tokens;
@@ -32,7 +35,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The whole HTTP surface of a gateway, ready to serve.
 pub fn app(state: AppState) -> Router {
     let cors = cors(&state.config.allowed_origins.0);
-    Router::new()
+    let routes = Router::new()
         .merge(health::router())
         .merge(openapi::router())
         .merge(connections::router())
@@ -44,7 +47,16 @@ pub fn app(state: AppState) -> Router {
         .merge(support::router())
         .merge(pages::router())
         .merge(crate::tickets::router())
-        .route("/ws", get(crate::ws::upgrade))
+        .merge(provider::router())
+        .merge(client_config::router())
+        .route("/ws", get(crate::ws::upgrade));
+    // Off (no claim configured), the check costs nothing: it is not installed.
+    let routes = if state.config.jwt_permissions_claim.is_some() {
+        routes.route_layer(axum::middleware::from_fn(permissions::require))
+    } else {
+        routes
+    };
+    routes
         .fallback(|| async { error::ApiError::not_found("not_found", "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Inside CORS, so a browser can read a 429 (and preflights are not charged).

@@ -53,6 +53,10 @@ pub fn router() -> Router<AppState> {
         super::users::upsert_user,
         super::tokens::mint,
         crate::tickets::issue,
+        // Integrations: the older token provider and client config
+        super::provider::provide_token,
+        super::provider::api_key,
+        super::client_config::client_config,
         // Real time
         crate::ws::upgrade,
         super::connections::connections,

@@ -2,9 +2,10 @@
 //! themselves: `crate::limits`).
 //!
 //! Who pays for a request:
-//! - a valid user JWT: that user (`REST_RATE_*`). The verified identity rides
-//!   along in the request, so the route's `User` extractor does not verify the
-//!   token a second time;
+//! - a valid user token (`AUTH_MODE`: a JWT, or one the identity service
+//!   vouches for): that user (`REST_RATE_*`). The verdict rides along in the
+//!   request, good or bad, so the route's `User` extractor does not verify the
+//!   token (or ask the identity service) a second time;
 //! - the service secret: nobody. Services are trusted; what a service does on
 //!   a user's behalf may still be limited (HTTP publish spends the sender's
 //!   message budget);
@@ -16,7 +17,8 @@
 //! upgrade itself, after it authenticated the ticket or token.
 
 use super::error::ApiError;
-use super::extract::Verified;
+use super::extract::{NotVerified, Verified};
+use crate::authenticate::{self, Refused};
 use crate::state::AppState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
@@ -60,19 +62,43 @@ pub async fn limit(State(state): State<AppState>, mut request: Request, next: Ne
     if service || legacy_identity_service {
         return next.run(request).await;
     }
-    let user = header
+    let token = header
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
-        .and_then(|token| state.tokens.verify(token).ok());
+        .filter(|token| !token.is_empty());
+    let ip = client_ip(&state.config, &request);
+    // A call to the identity service is charged to the IP before it is made
+    // (and only once, whatever it answers).
+    let mut paid = false;
+    let user = match token {
+        Some(token) => Some(
+            authenticate::user_paying(&state, token, || {
+                paid = true;
+                state.limits.ip(ip)
+            })
+            .await,
+        ),
+        None => None,
+    };
     let charged = match &user {
-        Some(identity) => state.limits.user(&identity.user_id),
-        None => state.limits.ip(client_ip(&state.config, &request)),
+        Some(Ok(identity)) => state.limits.user(&identity.user_id),
+        Some(Err(Refused::RateLimited(wait))) => {
+            return ApiError::rate_limited(*wait).into_response();
+        }
+        _ if paid => Ok(()),
+        _ => state.limits.ip(ip),
     };
     if let Err(limited) = charged {
         return ApiError::rate_limited(limited.retry_after).into_response();
     }
-    if let Some(identity) = user {
-        request.extensions_mut().insert(Verified(identity));
+    match user {
+        Some(Ok(identity)) => {
+            request.extensions_mut().insert(Verified(identity));
+        }
+        Some(Err(refused)) => {
+            request.extensions_mut().insert(NotVerified(refused));
+        }
+        None => {}
     }
     next.run(request).await
 }
@@ -81,13 +107,21 @@ pub async fn limit(State(state): State<AppState>, mut request: Request, next: Ne
 /// entry: the one the proxy in front appended (entries before it are whatever
 /// the client sent, so they are never trusted).
 fn client_ip(config: &Config, request: &Request) -> IpAddr {
+    client_ip_of(config, request.headers(), request.extensions())
+}
+
+/// [`client_ip`] from a request's parts (the WebSocket upgrade has no `Request`).
+pub fn client_ip_of(
+    config: &Config,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> IpAddr {
     if config.trust_forwarded_for
-        && let Some(ip) = last_forwarded_for(request.headers())
+        && let Some(ip) = last_forwarded_for(headers)
     {
         return ip;
     }
-    request
-        .extensions()
+    extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
 }

@@ -29,6 +29,9 @@ struct MintToken {
     ttl_seconds: Option<i64>,
     /// Display name carried in the token.
     name: Option<String>,
+    /// Permissions carried in the token's `JWT_PERMISSIONS_CLAIM` (ignored
+    /// when that is unset).
+    permissions: Option<Vec<String>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -80,6 +83,7 @@ async fn mint(
         name: body.name,
         group: None,
         roles: Vec::new(),
+        permissions: body.permissions,
     };
     let (token, expires_at) = state
         .tokens

@@ -108,6 +108,7 @@ async fn upsert(state: AppState, body: UpsertUser) -> Result<Json<UserBody>, Api
         name: body.name,
         group: body.user_group,
         roles: body.roles,
+        permissions: None,
     };
     state.store.upsert_user(&identity).await?;
     state.forget_user(&identity.user_id);

@@ -4,6 +4,7 @@ use super::close;
 use super::throttle::{Throttle, Verdict, millis_ceil};
 use crate::hub::{Conn, PresenceScope, Registration};
 use crate::messages::{self, Draft, Refusal};
+use crate::permissions::{self, Permission};
 use crate::read_state::{self, ReadError};
 use crate::resume::{self, Watch};
 use crate::room_events;
@@ -197,6 +198,9 @@ impl Connection {
                 if let Some(retry_after_ms) = over_rate {
                     return self.rate_limited(frame, retry_after_ms).await;
                 }
+                if let Some(permission) = permissions::for_frame(&frame).missing(&self.identity) {
+                    return self.missing_permission(frame, permission).await;
+                }
                 match frame {
                     ClientFrame::SendMessage(send) => self.send_message(send, conn).await,
                     ClientFrame::Resume(request) => self.resume(request, conn).await,
@@ -274,6 +278,29 @@ impl Connection {
                 code: "rate_limited",
                 message: "too many frames: send again after retry_after_ms",
                 retry_after_ms,
+            },
+        };
+        reply(&mut self.socket, &answer).await
+    }
+
+    /// Answers a frame the token has no permission for (`JWT_PERMISSIONS_CLAIM`):
+    /// a `SendMessage` gets a negative confirmation echoing its temp id, with
+    /// reason `missing_permission`, anything else an `Error` with that code.
+    async fn missing_permission(&mut self, frame: ClientFrame, permission: Permission) -> Next {
+        let message = format!("this token lacks the {} permission", permission.name());
+        let answer = match &frame {
+            ClientFrame::SendMessage(send) => ServerFrame::MessageSentConfirmation(Confirmation {
+                confirmed: false,
+                reason: Some("missing_permission"),
+                message_id: None,
+                message_temp_id: send.message_temp_id.as_deref(),
+                seq: None,
+                retry_after_ms: None,
+            }),
+            _ => ServerFrame::Error {
+                code: "missing_permission",
+                message: &message,
+                reference: None,
             },
         };
         reply(&mut self.socket, &answer).await

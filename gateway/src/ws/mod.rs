@@ -21,11 +21,12 @@ use axum::http::StatusCode;
 use axum::http::header::{HOST, ORIGIN};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use chatter_shared::auth::{AuthError, Identity, looks_like_jwt};
+use chatter_shared::auth::{Identity, looks_like_jwt};
 use chatter_shared::config::SessionPolicy;
 use chatter_shared::protocol::{CloseCode, ServerFrame};
 use chatter_shared::telemetry::metric;
 use serde::Deserialize;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// How long to keep reading after our close frame, waiting for the client's.
@@ -63,8 +64,8 @@ pub struct WsParams {
         (status = 101, description = "Switching Protocols: the WebSocket is open"),
         (status = 400, description = "Not a WebSocket handshake (plain-text body)"),
         (status = 403, description = "`origin_not_allowed`: the `Origin` header is not in `ALLOWED_ORIGINS`", body = ErrorBody),
-        (status = 429, description = "`rate_limited`: the user's request budget (upgrades count) is spent; `Retry-After` says when to try again", body = ErrorBody),
-        (status = 503, description = "`draining`: the gateway is shutting down, connect to another (a load balancer retries); `unavailable`: at its connection limit", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: the user's request budget (upgrades count) is spent, or (delegated verification) the client IP's budget for asking the identity service; `Retry-After` says when to try again", body = ErrorBody),
+        (status = 503, description = "`draining`: the gateway is shutting down, connect to another (a load balancer retries); `unavailable`: at its connection limit, or the identity service (`VERIFICATION_URL`) is down or slow", body = ErrorBody),
     ),
 )]
 pub async fn upgrade(
@@ -117,9 +118,18 @@ pub async fn upgrade(
     let Some(token) = token else {
         return refuse(ws, CloseCode::NoAuthToken, "no token");
     };
-    let identity = match authenticate(&state, token).await {
+    let ip =
+        crate::http::rate_limit::client_ip_of(&state.config, &parts.headers, &parts.extensions);
+    let identity = match authenticate(&state, token, ip).await {
         Ok(identity) => identity,
         Err(Refusal(code, reason)) => return refuse(ws, code, reason),
+        // Before the upgrade, like `draining`: the client (or a load balancer)
+        // retries, and no socket is held open for a user nobody could vouch for.
+        Err(IdentityUnavailable) => {
+            metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "identity").increment(1);
+            return ApiError::from(crate::authenticate::Refused::Unavailable).into_response();
+        }
+        Err(Limited(wait)) => return ApiError::rate_limited(wait).into_response(),
     };
     if state.moderation.is_banned(&identity.user_id) {
         metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "banned").increment(1);
@@ -215,23 +225,39 @@ fn same_origin(origin: &str, parts: &Parts) -> bool {
         .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host))
 }
 
-struct Refusal(CloseCode, &'static str);
+enum Refused {
+    /// Said with a close code after the upgrade.
+    Refusal(CloseCode, &'static str),
+    /// The identity service is down or slow: 503 instead of the upgrade.
+    IdentityUnavailable,
+    /// Asking the identity service would exceed the client IP's budget: 429.
+    Limited(Duration),
+}
+use Refused::{IdentityUnavailable, Limited, Refusal};
 
 /// The reason of a banned user's 4005.
 const BANNED: &str = "banned";
 
-/// A `?token=` is a JWT (three dot-separated parts) or else a ticket.
-async fn authenticate(state: &AppState, token: &str) -> Result<Identity, Refusal> {
+/// A `?token=` is a JWT (three dot-separated parts) or else a ticket; with
+/// delegated verification, an opaque token that is no ticket may still be the
+/// identity service's.
+async fn authenticate(state: &AppState, token: &str, ip: IpAddr) -> Result<Identity, Refused> {
+    let user_token = |token| async move {
+        // A call to the identity service is charged to the client IP first.
+        crate::authenticate::user_paying(state, token, || state.limits.ip(ip))
+            .await
+            .map_err(|refused| match refused {
+                crate::authenticate::Refused::Invalid(why) => Refusal(CloseCode::InvalidToken, why),
+                crate::authenticate::Refused::Unavailable => IdentityUnavailable,
+                crate::authenticate::Refused::RateLimited(wait) => Limited(wait),
+            })
+    };
     if looks_like_jwt(token) {
-        return state.tokens.verify(token).map_err(|error| match error {
-            AuthError::NoUserId => Refusal(CloseCode::InvalidToken, "token carries no user id"),
-            AuthError::Missing | AuthError::Invalid => {
-                Refusal(CloseCode::InvalidToken, "invalid or expired token")
-            }
-        });
+        return user_token(token).await;
     }
     match tickets::redeem(&state.bus, token).await {
         Ok(Some(identity)) => Ok(identity),
+        Ok(None) if crate::authenticate::delegates(state) => user_token(token).await,
         Ok(None) => Err(Refusal(
             CloseCode::InvalidToken,
             "unknown, expired or used ticket",
