@@ -292,6 +292,17 @@ async fn a_ban_closes_and_refuses_everywhere_until_lifted(cluster: &Cluster) -> 
             status == 403 && body["error"]["code"] == "banned",
             "POST /tokens: {status} {body}"
         );
+        let (status, body) = cluster
+            .api(gateway)
+            .get(
+                "/token/alice",
+                Auth::Bearer(cluster.service_secret().to_owned()),
+            )
+            .await?;
+        ensure!(
+            status == 403 && body["error"]["code"] == "banned",
+            "GET /token: {status} {body}"
+        );
         Ok(())
     };
     refused(1).await?;

@@ -53,6 +53,7 @@ struct ApiKey {
         (status = 201, description = "The token (the older provider answered 201)", body = ProvidedToken),
         (status = 400, description = "`bad_user_id`", body = ErrorBody),
         (status = 401, description = "`unauthenticated`: no or wrong service secret", body = ErrorBody),
+        (status = 403, description = "`banned`: the user is banned", body = ErrorBody),
         (status = 503, description = "`unavailable`: this gateway has no signing key", body = ErrorBody),
     ),
 )]
@@ -62,6 +63,9 @@ async fn provide_token(
     Path(user_id): Path<String>,
 ) -> Result<(StatusCode, Json<ProvidedToken>), ApiError> {
     validate_user_id(&user_id).map_err(|problem| ApiError::bad_request("bad_user_id", problem))?;
+    if state.moderation.is_banned(&user_id) {
+        return Err(ApiError::forbidden("banned", "this user is banned"));
+    }
     let token = provider_token(&state, &user_id)?;
     Ok((StatusCode::CREATED, Json(ProvidedToken { user_id, token })))
 }
