@@ -42,6 +42,9 @@ pub struct App {
     recently_seen: DashMap<String, Instant>,
     /// Per-user and per-IP rate limits (REST, upgrades, HTTP publish).
     pub limits: Arc<Limits>,
+    /// Where webhook events are recorded (`chatter_shared::events`); off
+    /// unless `WEBHOOK_URL` is set.
+    pub events: chatter_shared::events::Events,
 }
 
 impl App {
@@ -72,6 +75,7 @@ impl App {
             metrics: chatter_shared::telemetry::metrics(),
             redis_risks: Vec::new(),
             recently_seen: DashMap::new(),
+            events: chatter_shared::events::Events::off(),
         }
     }
 

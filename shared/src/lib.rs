@@ -6,12 +6,14 @@
 
 pub mod auth;
 pub mod config;
+pub mod events;
 pub mod ingest;
 pub mod keyspace;
 pub mod presence;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;
+pub mod signature;
 pub mod store;
 pub mod telemetry;
 

@@ -85,6 +85,13 @@ pub mod metric {
     /// Rooms a membership re-check joined or left on a socket: each is an event
     /// that was lost or dropped (label `change`: `joined`, `left`).
     pub const MEMBERSHIP_RECHECK_FIXES: &str = "chatter_membership_recheck_fixes_total";
+    /// Webhook calls by outcome (`sent`, `dead_lettered`).
+    pub const WEBHOOKS: &str = "chatter_webhooks_total";
+    /// Notifications in the durable outbox, not yet delivered (sampled by workers).
+    pub const NOTIFY_OUTBOX_BACKLOG: &str = "chatter_notify_outbox_backlog";
+    /// Error e-mails by outcome (`sent`, `failed`, `dropped`: over
+    /// `EMAIL_MAX_PER_HOUR` or the queue was full).
+    pub const ERROR_EMAILS: &str = "chatter_error_emails_total";
 }
 
 /// Describes every metric a process serves and records it once at its zero
@@ -156,6 +163,10 @@ pub fn register(process: Process) {
                 "Ingest entries read by a worker, not yet acknowledged (sampled).",
             ),
             (DRAINING, "1 while the worker drains after SIGTERM, else 0."),
+            (
+                NOTIFY_OUTBOX_BACKLOG,
+                "Notifications in the durable outbox, not yet delivered (sampled).",
+            ),
         ],
     };
     for (name, help) in gauges {
@@ -220,12 +231,20 @@ pub fn register(process: Process) {
                 &["joined", "left"],
             ),
         ],
-        Process::Worker => &[(
-            NOTIFICATIONS,
-            "outcome",
-            "Notification calls by outcome.",
-            &["sent", "dead_lettered"],
-        )],
+        Process::Worker => &[
+            (
+                NOTIFICATIONS,
+                "outcome",
+                "Notification calls by outcome.",
+                &["sent", "dead_lettered"],
+            ),
+            (
+                WEBHOOKS,
+                "outcome",
+                "Webhook calls by outcome.",
+                &["sent", "dead_lettered"],
+            ),
+        ],
     };
     for (name, label, help, values) in labelled {
         describe_counter!(*name, Unit::Count, *help);

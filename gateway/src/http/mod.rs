@@ -10,6 +10,7 @@ mod rate_limit;
 mod rooms;
 mod tokens;
 mod users;
+mod webhooks;
 
 use crate::state::AppState;
 use axum::Router;
@@ -35,6 +36,7 @@ pub fn app(state: AppState) -> Router {
         .merge(users::router())
         .merge(rooms::router())
         .merge(tokens::router())
+        .merge(webhooks::router())
         .merge(crate::tickets::router())
         .route("/ws", get(crate::ws::upgrade))
         .fallback(|| async { error::ApiError::not_found("not_found", "no such route") })

@@ -69,6 +69,8 @@ pub fn router() -> Router<AppState> {
         super::rooms::messages::direct_history,
         super::rooms::read::mark_read,
         super::rooms::read::receipts,
+        // Integrations
+        super::webhooks::verify,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -78,6 +80,7 @@ pub fn router() -> Router<AppState> {
         (name = "websocket", description = "The real-time connection"),
         (name = "presence", description = "Who is online"),
         (name = "rooms", description = "Rooms, messages and read state"),
+        (name = "webhooks", description = "Signatures of outbound webhooks"),
     ),
 )]
 pub struct ApiDoc;
