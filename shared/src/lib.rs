@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod error_mail;
 pub mod events;
 pub mod ingest;
 pub mod keyspace;

@@ -9,8 +9,11 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `level` is an `EnvFilter` directive such as
 /// `info` or `info,chatter_gateway=debug`; an invalid one falls back to `info`
-/// with a warning rather than refusing to start.
-pub fn init(level: &str, format: LogFormat) {
+/// with a warning rather than refusing to start. `mail` (error e-mail, see
+/// `error_mail`) sees the events the filter lets through.
+pub fn init(level: &str, format: LogFormat, mail: Option<crate::error_mail::MailLayer>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let (filter, bad_filter) = match EnvFilter::try_new(level) {
         Ok(filter) => (filter, None),
         Err(error) => (EnvFilter::new("info"), Some(error)),
@@ -19,8 +22,13 @@ pub fn init(level: &str, format: LogFormat) {
         .with_env_filter(filter)
         .with_target(true);
     let result = match format {
-        LogFormat::Json => builder.json().flatten_event(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(false)
+            .finish()
+            .with(mail)
+            .try_init(),
+        LogFormat::Text => builder.finish().with(mail).try_init(),
     };
     if let Err(error) = result {
         // Tests may install a subscriber first; that is not worth failing over.
@@ -230,6 +238,12 @@ pub fn register(process: Process) {
                 "Rooms a membership re-check joined or left on a socket (a lost or dropped event).",
                 &["joined", "left"],
             ),
+            (
+                ERROR_EMAILS,
+                "outcome",
+                "Error e-mails by outcome.",
+                &["sent", "failed", "dropped"],
+            ),
         ],
         Process::Worker => &[
             (
@@ -243,6 +257,12 @@ pub fn register(process: Process) {
                 "outcome",
                 "Webhook calls by outcome.",
                 &["sent", "dead_lettered"],
+            ),
+            (
+                ERROR_EMAILS,
+                "outcome",
+                "Error e-mails by outcome.",
+                &["sent", "failed", "dropped"],
             ),
         ],
     };
