@@ -1033,6 +1033,46 @@ mod tests {
     }
 
     #[test]
+    fn integration_settings_are_checked_naming_their_key() {
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (&[("WEBHOOK_URL", "http://hooks.test/")], "WEBHOOK_SECRET"),
+            (
+                &[("WEBHOOK_EVENTS", "message.created,room.exploded")],
+                "WEBHOOK_EVENTS",
+            ),
+            (&[("EMAIL_LEVEL", "loud")], "EMAIL_LEVEL"),
+            (&[("EMAIL_TO", "ops@example.com")], "SMTP_HOST"),
+            (&[("SMTP_TLS", "maybe")], "smtp_tls"),
+        ];
+        for (pairs, key) in cases {
+            let error = Config::load(None, env(pairs)).expect_err("invalid");
+            assert!(error.to_string().contains(key), "{pairs:?}: {error}");
+        }
+        let config = Config::load(
+            None,
+            env(&[
+                ("WEBHOOK_URL", "http://hooks.test/"),
+                ("WEBHOOK_SECRET", "s"),
+                ("WEBHOOK_EVENTS", "room.created, member.added"),
+                ("EMAIL_TO", "a@example.com,b@example.com"),
+                ("EMAIL_FROM", "chatter@example.com"),
+                ("SMTP_HOST", "smtp.example.com"),
+                ("SMTP_TLS", "tls"),
+                ("NOTIFICATION_COALESCE_SECS", "0"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.webhook_events.0,
+            vec!["room.created", "member.added"]
+        );
+        assert_eq!(config.email_to.0.len(), 2);
+        assert_eq!(config.smtp_tls, SmtpTls::Tls);
+        assert_eq!(config.notification_coalesce_secs, 0);
+        assert_eq!(Config::default().notification_coalesce_secs, 10);
+    }
+
+    #[test]
     fn rate_limit_settings_load_from_the_environment() {
         let config = Config::load(
             None,

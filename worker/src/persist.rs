@@ -231,10 +231,10 @@ impl Persister {
     ) {
         let mut backoff = RETRY_MIN;
         loop {
-            // XDEL first: a worker killed between the two leaves a pending id whose
-            // entry is gone, which the next XAUTOCLAIM drops from the group. The
-            // other order would leave an acknowledged entry in the stream that
-            // nothing ever deletes (and the backlog gauge counting it forever).
+            // The script runs XDEL before XACK: were it ever cut between the two,
+            // a pending id whose entry is gone is dropped by the next XAUTOCLAIM,
+            // where the other order would leave an acknowledged entry in the
+            // stream that nothing ever deletes.
             match self.outbox.commit(&self.redis, ids, followups).await {
                 Ok(()) => return,
                 Err(error) => {
