@@ -827,3 +827,80 @@ async fn an_error_is_mailed_and_an_info_line_is_not() {
         started.elapsed()
     );
 }
+
+// ----- both backends -----
+
+chatter_tests::for_each_backend!(a_message_reaches_notif_and_the_webhook);
+
+/// The plain path on both deployments: a message to an offline member is one
+/// notification with its `Idempotency-Key`, and `room.created` and
+/// `message.created` reach the webhook, signed so that `/webhook/verify` agrees.
+async fn a_message_reaches_notif_and_the_webhook(backend: chatter_tests::backend::Backend) {
+    let (receiver, url, _server) = Receiver::start().await;
+    let cluster = backend
+        .builder(binaries!())
+        .env("WEBHOOK_URL", &url)
+        .env("WEBHOOK_SECRET", "webhook-secret-for-tests")
+        .start()
+        .await
+        .expect("started");
+    ensure_users(&cluster, &["alice", "bob"])
+        .await
+        .expect("users");
+    let room = create_room(&cluster, 0, "alice", &["bob"])
+        .await
+        .expect("room");
+    let posted = post_message(
+        &cluster,
+        0,
+        "alice",
+        &room,
+        &json!({ "message": "hello bob" }),
+    )
+    .await
+    .expect("posted");
+    let message_id = posted["message_id"].as_str().expect("id").to_owned();
+
+    let calls = cluster
+        .notif()
+        .wait_for_calls(1, Duration::from_secs(20))
+        .await
+        .expect("bob is notified");
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(
+        calls[0].idempotency_key.as_deref(),
+        Some(format!("{message_id}:bob").as_str())
+    );
+    assert_eq!(calls[0].body["message"], "alice messaged you: hello bob");
+
+    let hooks = eventually(Duration::from_secs(20), || async {
+        let hooks = receiver.hooks();
+        let types: HashSet<String> = hooks
+            .iter()
+            .filter_map(|h| serde_json::from_str::<Value>(&h.body).ok())
+            .filter_map(|b| b["type"].as_str().map(str::to_owned))
+            .collect();
+        ensure!(
+            types.contains("room.created") && types.contains("message.created"),
+            "events so far: {types:?}"
+        );
+        Ok(hooks)
+    })
+    .await
+    .expect("the events arrive");
+    for hook in &hooks {
+        assert_eq!(hook.attempt, 1, "{hook:?}");
+        let body: Value = serde_json::from_str(&hook.body).expect("JSON");
+        if body["type"] == "message.created" {
+            assert_eq!(hook.id, message_id);
+            assert_eq!(body["data"]["message"], "hello bob");
+            assert_eq!(body["data"]["room_id"], room.as_str());
+        }
+        let (status, verdict) = verify(
+            &cluster,
+            &json!({ "rawBody": hook.body, "signature": hook.signature }),
+        )
+        .await;
+        assert_eq!((status, verdict["is_valid"].clone()), (200, json!(true)));
+    }
+}
