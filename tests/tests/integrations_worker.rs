@@ -86,6 +86,8 @@ async fn workers_killed_at_random_moments_lose_no_notification() {
     let started = Instant::now();
     let mut cluster = Cluster::builder(binaries!())
         .workers(2)
+        // A sender's message budget is a socket's frame rate, over HTTP too.
+        .env("FRAMES_PER_SEC", "100000")
         .env("REST_RATE_PER_SEC", "100000")
         .env("REST_RATE_BURST", "100000")
         .env("WORKER_BATCH_SIZE", "25")
@@ -222,6 +224,7 @@ async fn a_burst_in_one_room_is_coalesced_into_one_notification_that_counts() {
     let started = Instant::now();
     let cluster = Cluster::builder(binaries!())
         .env("NOTIFICATION_COALESCE_SECS", WINDOW_SECS.to_string())
+        .env("FRAMES_PER_SEC", "1000")
         .env("REST_RATE_BURST", "1000")
         .start()
         .await
@@ -398,6 +401,7 @@ async fn webhooks_reach_a_receiver_that_was_down_each_at_least_once() {
         .env("WEBHOOK_SECRET", "webhook-secret-for-tests")
         .env("WEBHOOK_RETRIES", "6")
         .env("WEBHOOK_BACKOFF_MS", "100")
+        .env("FRAMES_PER_SEC", "1000")
         .env("REST_RATE_BURST", "1000")
         .start()
         .await
