@@ -8,7 +8,8 @@
 use crate::hub::Hub;
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::ingest::{
-    AppendLimits, AppendOutcome, AppendScript, IngestEntry, NewMessage, RecentLog, RecentScript,
+    AppendLimits, AppendOutcome, AppendScript, Ending, IngestEntry, NewMessage, RecentLog,
+    RecentScript,
 };
 use chatter_shared::keyspace;
 use chatter_shared::presence::{PRESENCE_CHANNEL, PresenceScripts, changed_frame};
@@ -90,6 +91,27 @@ impl Bus {
                 .await?),
             Bus::Local(local) => {
                 local.lock().seqs.entry(room_id).or_insert(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks a support chat as ended: from now on the bus refuses its messages
+    /// ([`AppendOutcome::Ended`]). The database holds the same fact; a bus that
+    /// lost the marker learns it again on the room's next cold start.
+    pub async fn end_room(&self, room_id: Uuid, ending: Ending) -> Result<(), BusError> {
+        match self {
+            Bus::Redis { client, .. } => Ok(client
+                .set(
+                    keyspace::room_ended(room_id),
+                    ending.as_str(),
+                    None,
+                    None,
+                    false,
+                )
+                .await?),
+            Bus::Local(local) => {
+                local.lock().ended.insert(room_id, ending);
                 Ok(())
             }
         }
@@ -235,18 +257,16 @@ impl Bus {
         }
     }
 
-    /// The user's last connection on this gateway is gone.
-    pub async fn presence_down(&self, user_id: &str) -> Result<(), BusError> {
+    /// The user's last connection on this gateway is gone; true if that took
+    /// them offline in the whole cluster (decided once, by the script).
+    pub async fn presence_down(&self, user_id: &str) -> Result<bool, BusError> {
         match self {
             Bus::Redis {
                 client,
                 presence,
                 gateway_id,
                 ..
-            } => {
-                presence.down(client, gateway_id, user_id).await?;
-                Ok(())
-            }
+            } => Ok(presence.down(client, gateway_id, user_id).await?),
             Bus::Local(local) => {
                 let now = time::OffsetDateTime::now_utc()
                     .format(&time::format_description::well_known::Rfc3339)
@@ -258,7 +278,7 @@ impl Bus {
                 }
                 let frame = changed_frame(user_id, false, Some(&now));
                 local.hub.route(PRESENCE_CHANNEL, Utf8Bytes::from(frame));
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -316,8 +336,9 @@ impl Bus {
         }
     }
 
-    /// Takes the users of gateways that stopped beating offline.
-    pub async fn reap_dead_gateways(&self) -> Result<usize, BusError> {
+    /// Takes the users of gateways that stopped beating offline; the users who
+    /// went offline (each reaped by exactly one gateway).
+    pub async fn reap_dead_gateways(&self) -> Result<Vec<String>, BusError> {
         match self {
             Bus::Redis {
                 client,
@@ -330,15 +351,19 @@ impl Bus {
                 let dead: Vec<String> = client
                     .zrangebyscore(chatter_shared::presence::GATEWAYS, "-inf", now, false, None)
                     .await?;
-                let mut reaped = 0;
+                let mut offline = Vec::new();
                 for gateway in dead.iter().filter(|g| g.as_str() != gateway_id.as_ref()) {
-                    let offline = presence.reap(client, gateway).await?;
-                    tracing::info!(gateway, offline, "reaped a gateway that stopped beating");
-                    reaped += 1;
+                    let users = presence.reap(client, gateway).await?;
+                    tracing::info!(
+                        gateway,
+                        offline = users.len(),
+                        "reaped a gateway that stopped beating"
+                    );
+                    offline.extend(users);
                 }
-                Ok(reaped)
+                Ok(offline)
             }
-            Bus::Local(_) => Ok(0),
+            Bus::Local(_) => Ok(Vec::new()),
         }
     }
 
@@ -383,6 +408,8 @@ struct LocalState {
     last_seen: HashMap<String, String>,
     /// Each room's newest frames and when it last had one, for `Resume`.
     recent: HashMap<Uuid, (VecDeque<(i64, Utf8Bytes)>, Instant)>,
+    /// Support chats that ended (Redis: their marker keys).
+    ended: HashMap<Uuid, Ending>,
     /// `None` once the bus is closed for shutdown.
     ingest: Option<mpsc::Sender<IngestEntry>>,
 }
@@ -398,6 +425,7 @@ impl LocalBus {
                 online: HashSet::new(),
                 last_seen: HashMap::new(),
                 recent: HashMap::new(),
+                ended: HashMap::new(),
                 ingest: Some(ingest),
             }),
             hub,
@@ -465,6 +493,9 @@ impl LocalBus {
             && seen.elapsed() < Duration::from_secs(limits.dedupe_ttl_secs)
         {
             return Ok(AppendOutcome::Duplicate { id: *id, seq: *seq });
+        }
+        if let Some(ending) = state.ended.get(&message.room_id) {
+            return Ok(AppendOutcome::Ended(*ending));
         }
         let Some(ingest) = state.ingest.as_ref() else {
             return Err(BusError("the gateway is shutting down".into()));

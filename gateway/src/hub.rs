@@ -17,15 +17,20 @@
 //!   reconnect);
 //! - `dispatch`: reads the subscriber's stream and routes each frame, never
 //!   waiting;
+//! - `sequence`: each room's messages in seq order and once, and the repair of
+//!   what a pub/sub reconnect made the gateway miss;
 //! - `membership`: applies membership events in order, and re-checks local
 //!   users' rooms against the database for the events that never came.
 
 mod dispatch;
 pub(crate) mod membership;
+mod sequence;
 mod subscriptions;
 
+pub use sequence::RecentReader;
+
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::keyspace::{self, USER_CHANNEL_PREFIX};
+use chatter_shared::keyspace::{self, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
 use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
@@ -66,6 +71,8 @@ pub struct Conn {
     replaced: AtomicBool,
     /// Whose presence changes this connection receives, once it subscribed.
     presence_scope: Mutex<Option<PresenceScope>>,
+    /// Set for a support agent's socket: it is on the support desk's channel.
+    agent: AtomicBool,
     /// Membership events about this connection's user that the dispatcher has
     /// queued and the membership task not yet applied. The re-check leaves the
     /// connection alone meanwhile: its database read would only race them.
@@ -181,6 +188,10 @@ pub struct Hub {
     /// presence task; a set (bounded by the number of users), not a queue.
     presence_dirty: Arc<Mutex<HashSet<String>>>,
     presence_wake: Arc<Notify>,
+    /// The last seq delivered per room (see `sequence`).
+    cursors: Arc<DashMap<Uuid, sequence::Cursor>>,
+    /// Reads missed frames after a reconnect; `None` without Redis.
+    reader: Option<RecentReader>,
 }
 
 impl Hub {
@@ -190,7 +201,7 @@ impl Hub {
     /// [`Hub::deliver`] and [`Hub::route`]. Either way the membership task and
     /// the re-check (every `recheck_every`, against `store`) run.
     pub fn start(
-        subscriber: Option<SubscriberClient>,
+        subscriber: Option<(SubscriberClient, RecentReader)>,
         store: Store,
         recheck_every: Duration,
         shutdown: CancellationToken,
@@ -203,7 +214,9 @@ impl Hub {
             }
             None => (None, None),
         };
-        let hub = Hub::registry(requests, membership);
+        let (subscriber, reader) = subscriber.unzip();
+        let mut hub = Hub::registry(requests, membership);
+        hub.reader = reader;
         if let (Some(subscriber), Some(request_rx)) = (subscriber, request_rx) {
             // Taken now, after `init`: the first connection's event is not a reconnect.
             let reconnects = subscriber.reconnect_rx();
@@ -254,6 +267,8 @@ impl Hub {
             next_id: Arc::new(AtomicU64::new(1)),
             presence_dirty: Arc::new(Mutex::new(HashSet::new())),
             presence_wake: Arc::new(Notify::new()),
+            cursors: Arc::new(DashMap::new()),
+            reader: None,
         }
     }
 
@@ -285,6 +300,7 @@ impl Hub {
             half_full: Notify::new(),
             replaced: AtomicBool::new(false),
             presence_scope: Mutex::new(None),
+            agent: AtomicBool::new(false),
             pending_events: AtomicU32::new(0),
         });
         let channel = keyspace::user_channel(user_id);
@@ -342,6 +358,16 @@ impl Hub {
             self.recheck_user(&conn.user_id);
         }
         self.sync(wanted).await
+    }
+
+    /// Puts `conn` in a room it was just made a member of, without waiting for
+    /// the `MemberAdded` event (the support desk: the asker's and the claiming
+    /// agent's socket write at once), and waits until Redis delivers the room.
+    pub async fn enter_room(&self, conn: &Arc<Conn>, room_id: Uuid) -> Result<(), Error> {
+        if self.add_room(conn, room_id) {
+            self.sync(vec![keyspace::room_channel(room_id)]).await?;
+        }
+        Ok(())
     }
 
     /// A membership event put `conn` in `room_id`; true if it was not there yet
@@ -456,9 +482,29 @@ impl Hub {
         if let Some(mut members) = self.channels.get_mut(channel) {
             members.retain(|c| c.id != conn_id);
         }
-        self.channels
+        let emptied = self
+            .channels
             .remove_if(channel, |_, members| members.is_empty())
-            .is_some()
+            .is_some();
+        if emptied {
+            self.forget_cursor(channel);
+        }
+        emptied
+    }
+
+    /// After a reconnect: every room parks live frames until repaired.
+    pub(crate) fn begin_repair(&self) {
+        if self.reader.is_some() {
+            self.park_all();
+        }
+    }
+
+    /// Replays what the rooms missed while parked, in a task of its own.
+    pub(crate) fn repair_later(&self) {
+        if let Some(reader) = self.reader.clone() {
+            let hub = self.clone();
+            tokio::spawn(async move { hub.repair(&reader).await });
+        }
     }
 
     fn mark_presence(&self, user_id: &str) {
@@ -523,6 +569,14 @@ impl Hub {
         }
         self.join(conn, PRESENCE_CHANNEL);
         self.sync(vec![PRESENCE_CHANNEL.to_owned()]).await
+    }
+
+    /// Puts an agent's socket on the support desk's channel, so it hears the
+    /// queue (`UserJoined`, `RemoveUser`, …) from every gateway.
+    pub async fn join_agents(&self, conn: &Arc<Conn>) -> Result<(), Error> {
+        conn.agent.store(true, Ordering::Relaxed);
+        self.join(conn, SUPPORT_AGENTS_CHANNEL);
+        self.sync(vec![SUPPORT_AGENTS_CHANNEL.to_owned()]).await
     }
 
     /// Presence events go only to subscribers allowed to see that user.
@@ -629,6 +683,10 @@ impl Drop for Registration {
         if self.conn.watches_presence() {
             self.hub.leave(self.conn.id, PRESENCE_CHANNEL);
             channels.push(PRESENCE_CHANNEL.to_owned());
+        }
+        if self.conn.agent.load(Ordering::Relaxed) {
+            self.hub.leave(self.conn.id, SUPPORT_AGENTS_CHANNEL);
+            channels.push(SUPPORT_AGENTS_CHANNEL.to_owned());
         }
         // Fire and forget: if the queue is full, the periodic reconcile unsubscribes.
         self.hub.sync_later(channels);

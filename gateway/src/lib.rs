@@ -22,6 +22,7 @@ pub mod room_events;
 pub mod server;
 pub mod state;
 pub mod storable;
+pub mod support;
 pub mod tickets;
 pub mod ws;
 
@@ -78,8 +79,13 @@ pub async fn serve(
             let subscriber = chatter_shared::redis::connect_subscriber(&redis_url)
                 .await
                 .context("cannot connect to Redis (REDIS_URL)")?;
+            let reader = hub::RecentReader {
+                client: redis.clone(),
+                script: chatter_shared::ingest::RecentScript::default(),
+                limit: config.recent_log_size,
+            };
             let hub = hub::Hub::start(
-                Some(subscriber),
+                Some((subscriber, reader)),
                 store.clone(),
                 Duration::from_secs(config.membership_recheck_secs),
                 hub_stop.clone(),
@@ -152,10 +158,12 @@ pub async fn serve(
             )
         }
     };
+    let (departures, departed) = support::departures::Departures::channel();
     let presence = tokio::spawn(presence::run(
         hub.clone(),
         bus.clone(),
         Duration::from_secs(config.presence_ttl_secs),
+        departures,
         hub_stop.clone(),
     ));
     chatter_shared::telemetry::register(chatter_shared::telemetry::Process::Gateway);
@@ -169,6 +177,13 @@ pub async fn serve(
     let state = Arc::new(app);
     // Like the hub, the limiter sweep runs until the sockets are gone.
     let sweep = tokio::spawn(limits::sweep(state.limits.clone(), hub_stop.clone()));
+    // The support desk's expiry sweep and departure notices, like presence.
+    tokio::spawn(support::expiry::run(state.clone(), hub_stop.clone()));
+    tokio::spawn(support::departures::run(
+        state.clone(),
+        departed,
+        hub_stop.clone(),
+    ));
     tracing::info!(addr = %listener.local_addr()?, "listening");
     // The listener stays open through the drain (probes and REST keep answering,
     // upgrades get 503 `draining`); it closes once the last socket is gone.

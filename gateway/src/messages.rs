@@ -1,7 +1,9 @@
-//! Accepting a message: validation, membership, and the single Redis round trip.
+//! Accepting a message: validation, policy, and the single Redis round trip.
 //!
-//! WebSocket `SendMessage` and the HTTP publish route both come through here, so
-//! both get the same ordering, deduplication and answers.
+//! [`send`] is the one seam every way of sending goes through (WebSocket
+//! `SendMessage` and its `ChatMessage` alias, the HTTP publish route, the support
+//! desk), so all of them get the same checks, ordering, deduplication and answers.
+//! A check that applies to every message belongs in [`send`], nowhere else.
 //!
 //! Messages are stored by the worker a few milliseconds after they are accepted.
 //! Whatever refers to an earlier message (a reply's `parent_id`, an edit, a
@@ -9,8 +11,9 @@
 
 use crate::state::App;
 use crate::storable;
-use chatter_shared::ingest::{AppendOutcome, NewMessage};
+use chatter_shared::ingest::{AppendOutcome, Ending, NewMessage};
 use chatter_shared::protocol::{MessageView, now_micros};
+use chatter_shared::store::SupportState;
 use chatter_shared::telemetry::metric;
 use std::time::Duration;
 use uuid::Uuid;
@@ -35,6 +38,10 @@ pub enum Refusal {
     BadTempId,
     Backlogged,
     Unavailable,
+    /// A support chat that expired (`SUPPORT_EXPIRY_SECS` without a message).
+    ChatExpired,
+    /// A support chat that was closed.
+    ChatClosed,
 }
 
 impl Refusal {
@@ -49,6 +56,8 @@ impl Refusal {
             Refusal::BadTempId => "bad_temp_id",
             Refusal::Backlogged => "server_busy",
             Refusal::Unavailable => "unavailable",
+            Refusal::ChatExpired => "chat_expired",
+            Refusal::ChatClosed => "chat_closed",
         }
     }
 
@@ -66,6 +75,8 @@ impl Refusal {
             Refusal::BadTempId => "the temp id contains a control character",
             Refusal::Backlogged => "the server is busy; retry later",
             Refusal::Unavailable => "the service is unavailable; retry later",
+            Refusal::ChatExpired => "the support chat has expired; ask for help again",
+            Refusal::ChatClosed => "the support chat was closed; ask for help again",
         }
     }
 }
@@ -83,6 +94,17 @@ pub struct Draft<'a> {
     pub body: &'a str,
     pub temp_id: Option<&'a str>,
     pub parent_id: Option<Uuid>,
+}
+
+/// Sends a message: checks its shape, its parent, then appends it to the bus.
+///
+/// Membership is the caller's to check first, because the callers know it in
+/// different ways (a socket holds its rooms, HTTP asks the database) and answer a
+/// non-member differently.
+pub async fn send(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
+    validate(app, draft)?;
+    check_parent(app, draft).await?;
+    accept(app, draft).await
 }
 
 /// Checks the draft's shape; membership is the caller's to check (a socket knows
@@ -114,7 +136,7 @@ pub fn validate(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
 
 /// A reply's parent must be a message of the same room (deleted ones included:
 /// a thread outlives its first message).
-pub async fn check_parent(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
+async fn check_parent(app: &App, draft: &Draft<'_>) -> Result<(), Refusal> {
     let Some(parent_id) = draft.parent_id else {
         return Ok(());
     };
@@ -154,7 +176,7 @@ pub async fn stored_message(
 }
 
 /// Appends the message to Redis: sequence, stream, dedupe and publish in one call.
-pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
+async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
     let message = NewMessage {
         id: Uuid::now_v7(),
         room_id: draft.room_id,
@@ -186,16 +208,45 @@ pub async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
             }
             AppendOutcome::Duplicate { id, seq } => return Ok(Accepted { id, seq }),
             AppendOutcome::BacklogFull => return Err(Refusal::Backlogged),
+            AppendOutcome::Ended(ending) => return Err(ended(ending)),
             AppendOutcome::Cold if floor.is_none() => {
                 // The room's counter is gone (new room, or Redis lost its data):
-                // resume above what is persisted so seqs never go backwards.
-                let persisted = app.store.max_seq(draft.room_id).await.map_err(|error| {
+                // resume above what is persisted so seqs never go backwards. A
+                // support chat that ended meanwhile is told to the bus again.
+                let unavailable = |error: sqlx::Error| {
                     tracing::warn!(%error, "cannot read the persisted seq floor");
                     Refusal::Unavailable
-                })?;
+                };
+                if let Some(ending) = ended_chat(app, draft.room_id).await.map_err(unavailable)? {
+                    if let Err(error) = app.bus.end_room(draft.room_id, ending).await {
+                        tracing::warn!(%error, "cannot mark an ended chat on the bus");
+                    }
+                    return Err(self::ended(ending));
+                }
+                let persisted = app
+                    .store
+                    .max_seq(draft.room_id)
+                    .await
+                    .map_err(unavailable)?;
                 floor = Some(persisted);
             }
             AppendOutcome::Cold => return Err(Refusal::Unavailable),
         }
     }
+}
+
+fn ended(ending: Ending) -> Refusal {
+    match ending {
+        Ending::Expired => Refusal::ChatExpired,
+        Ending::Closed => Refusal::ChatClosed,
+    }
+}
+
+/// How the room's support chat ended, if it is one that did.
+async fn ended_chat(app: &App, room_id: Uuid) -> Result<Option<Ending>, sqlx::Error> {
+    Ok(match app.store.support_request(room_id).await? {
+        Some(request) if request.state == SupportState::Expired => Some(Ending::Expired),
+        Some(request) if request.state == SupportState::Closed => Some(Ending::Closed),
+        _ => None,
+    })
 }

@@ -9,6 +9,7 @@
 
 use crate::bus::Bus;
 use crate::hub::Hub;
+use crate::support::departures::Departures;
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +17,15 @@ use tokio_util::sync::CancellationToken;
 /// How often users whose Redis call failed are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-pub async fn run(hub: Hub, bus: Bus, ttl: Duration, stop: CancellationToken) {
+/// `departures` hears of every user this gateway saw go offline in the whole
+/// cluster (for the support desk's `UserLeft` / `SupportLeft`).
+pub async fn run(
+    hub: Hub,
+    bus: Bus,
+    ttl: Duration,
+    departures: Departures,
+    stop: CancellationToken,
+) {
     let mut registered: HashSet<String> = HashSet::new();
     let mut heartbeat = tokio::time::interval(ttl / 3);
     let mut reap = tokio::time::interval((ttl / 6).max(Duration::from_millis(100)));
@@ -36,11 +45,10 @@ pub async fn run(hub: Hub, bus: Bus, ttl: Duration, stop: CancellationToken) {
                 Ok(_) => {}
                 Err(error) => tracing::warn!(%error, "presence heartbeat failed"),
             },
-            _ = reap.tick() => {
-                if let Err(error) = bus.reap_dead_gateways().await {
-                    tracing::warn!(%error, "cannot reap dead gateways");
-                }
-            }
+            _ = reap.tick() => match bus.reap_dead_gateways().await {
+                Ok(offline) => offline.iter().for_each(|user| departures.went_offline(user)),
+                Err(error) => tracing::warn!(%error, "cannot reap dead gateways"),
+            },
             _ = retry.tick() => {}
         }
         for user in hub.take_presence_changes() {
@@ -50,10 +58,12 @@ pub async fn run(hub: Hub, bus: Bus, ttl: Duration, stop: CancellationToken) {
                     .presence_up(&user)
                     .await
                     .map(|()| registered.insert(user.clone())),
-                (false, true) => bus
-                    .presence_down(&user)
-                    .await
-                    .map(|()| registered.remove(&user)),
+                (false, true) => bus.presence_down(&user).await.map(|offline| {
+                    if offline {
+                        departures.went_offline(&user);
+                    }
+                    registered.remove(&user)
+                }),
                 _ => Ok(false),
             };
             if let Err(error) = result {

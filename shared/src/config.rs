@@ -194,6 +194,10 @@ pub struct Config {
     /// Log events are collected for this long into one mail.
     pub email_batch_secs: u64,
     pub email_max_per_hour: u32,
+    // --- support desk ---
+    /// A support chat expires after this many seconds without a message
+    /// (counted from the request while nobody has claimed it).
+    pub support_expiry_secs: u64,
 }
 
 impl Default for Config {
@@ -284,6 +288,7 @@ impl Default for Config {
             smtp_tls: SmtpTls::Starttls,
             email_batch_secs: 60,
             email_max_per_hour: 10,
+            support_expiry_secs: 120,
         }
     }
 }
@@ -467,6 +472,7 @@ impl Config {
             ("MAX_HTTP_CONNECTIONS", self.max_http_connections as u64),
             ("MEMBERSHIP_RECHECK_SECS", self.membership_recheck_secs),
             ("RESUME_MAX_ROOMS", self.resume_max_rooms as u64),
+            ("SUPPORT_EXPIRY_SECS", self.support_expiry_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -653,6 +659,7 @@ impl std::fmt::Debug for Config {
             smtp_tls,
             email_batch_secs,
             email_max_per_hour,
+            support_expiry_secs,
         } = self;
         let secret = |value: &Option<String>| value.as_ref().map(|_| Redacted);
         let url = |value: &Option<String>| value.as_deref().map(redact_url);
@@ -742,6 +749,7 @@ impl std::fmt::Debug for Config {
             .field("smtp_tls", smtp_tls)
             .field("email_batch_secs", email_batch_secs)
             .field("email_max_per_hour", email_max_per_hour)
+            .field("support_expiry_secs", support_expiry_secs)
             .finish()
     }
 }
@@ -877,6 +885,7 @@ const KNOWN_KEYS: &[&str] = &[
     "smtp_tls",
     "email_batch_secs",
     "email_max_per_hour",
+    "support_expiry_secs",
 ];
 
 /// Whether `name` is an environment variable chatter reads: a configuration key

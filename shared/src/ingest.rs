@@ -7,6 +7,10 @@
 //! 4. the finished `MessageReceived` frame is published on the room's channel and
 //!    kept in the room's recent log (a capped sorted set) for `Resume`.
 //!
+//! A support chat that has ended (expired or closed) has a marker key the script
+//! checks after the dedupe (a resend of a message accepted before the end still
+//! gets its original answer), so ending a chat costs the hot path no round trip.
+//!
 //! Because the frame is spliced together inside Redis (`HEAD .. seq .. tail`),
 //! receiving gateways forward the published bytes to their sockets untouched.
 //!
@@ -25,7 +29,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 const APPEND_LUA: &str = r#"
--- KEYS: 1 seq counter, 2 dedupe key, 3 ingest stream, 4 recent log
+-- KEYS: 1 seq counter, 2 dedupe key, 3 ingest stream, 4 recent log, 5 ended marker
 -- ARGV: 1 room channel, 2 message id, 3 room id, 4 sender, 5 body, 6 temp id ('' = none),
 --       7 parent id ('' = none), 8 created_at (unix micros), 9 frame head, 10 frame tail,
 --       11 dedupe ttl secs, 12 max backlog (0 = unbounded), 13 seq floor ('' = unknown),
@@ -34,6 +38,8 @@ if ARGV[6] ~= '' then
   local seen = redis.call('GET', KEYS[2])
   if seen then return {'dup', seen} end
 end
+local ended = redis.call('GET', KEYS[5])
+if ended then return {'ended', ended} end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   if ARGV[13] == '' then return {'cold'} end
   redis.call('SET', KEYS[1], ARGV[13], 'NX')
@@ -86,6 +92,24 @@ pub enum AppendOutcome {
     Cold,
     /// The ingest stream is at `INGEST_MAX_BACKLOG`.
     BacklogFull,
+    /// The room is a support chat that has ended.
+    Ended(Ending),
+}
+
+/// How a support chat ended; the value of its marker key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Expired,
+    Closed,
+}
+
+impl Ending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ending::Expired => "expired",
+            Ending::Closed => "closed",
+        }
+    }
 }
 
 pub struct AppendLimits {
@@ -121,6 +145,7 @@ impl AppendScript {
             keyspace::dedupe(message.room_id, message.sender_id, temp_id),
             keyspace::INGEST_STREAM.to_owned(),
             keyspace::recent_log(message.room_id),
+            keyspace::room_ended(message.room_id),
         ];
         let args: Vec<Value> = vec![
             keyspace::room_channel(message.room_id).into(),
@@ -258,6 +283,10 @@ fn parse_reply(reply: &[String]) -> Result<AppendOutcome, Error> {
         }
         Some("cold") => Ok(AppendOutcome::Cold),
         Some("full") => Ok(AppendOutcome::BacklogFull),
+        Some("ended") => match reply.get(1).map(String::as_str) {
+            Some("closed") => Ok(AppendOutcome::Ended(Ending::Closed)),
+            _ => Ok(AppendOutcome::Ended(Ending::Expired)),
+        },
         _ => Err(bad()),
     }
 }

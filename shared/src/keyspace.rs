@@ -15,7 +15,9 @@
 //! | `chatter:webhooks:dead` | stream | webhook calls that failed after every retry (`MAXLEN ~ DEAD_LETTER_MAX_LEN`) |
 //! | `chatter:recent:<room>` | sorted set, score = seq | the newest `RECENT_LOG_SIZE` frames of the room, for `Resume`; expires after `RECENT_LOG_TTL_SECS` of quiet |
 //! | `chatter:ticket:<token>` | string (JSON identity) | single-use WebSocket ticket, `TICKET_TTL_SECS` |
+//! | `chatter:ended:<room>` | string `expired` / `closed` | a support chat that ended: the ingest script refuses its messages; no TTL |
 //! | channel `chatter:room:<room>` | pub/sub | ready-to-send frames for a room's members |
+//! | channel `chatter:support:agents` | pub/sub | the support desk's queue events, for agents' sockets only |
 //! | channel `chatter:user:<user>` | pub/sub | frames and membership events for one user |
 //!
 //! The sender id in dedupe keys is length-prefixed so that two different
@@ -39,6 +41,14 @@ pub const WEBHOOK_DEAD_LETTER: &str = "chatter:webhooks:dead";
 /// Prefix of room channels; the dispatcher tells rooms from users by it.
 pub const ROOM_CHANNEL_PREFIX: &str = "chatter:room:";
 pub const USER_CHANNEL_PREFIX: &str = "chatter:user:";
+
+/// The support desk's queue events (`UserJoined`, `RemoveUser`, …): only agents'
+/// sockets subscribe, so no other user ever receives them.
+pub const SUPPORT_AGENTS_CHANNEL: &str = "chatter:support:agents";
+
+pub fn room_ended(room_id: Uuid) -> String {
+    format!("chatter:ended:{room_id}")
+}
 
 pub fn room_channel(room_id: Uuid) -> String {
     format!("{ROOM_CHANNEL_PREFIX}{room_id}")

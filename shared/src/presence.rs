@@ -63,8 +63,8 @@ return 0
 
 const REAP_LUA: &str = r#"
 -- KEYS: 1 gateways, 2 dead gateway's users, 3 last seen hash. ARGV: 1 dead gateway, 2 now (RFC 3339)
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local offline = 0
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {} end
+local offline = {}
 for _, user in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local key = 'chatter:presence:' .. user
   redis.call('ZREM', key, ARGV[1])
@@ -72,7 +72,7 @@ for _, user in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     redis.call('HSET', KEYS[3], user, ARGV[2])
     redis.call('PUBLISH', 'chatter:presence', '{"type":"PresenceChanged","data":{"user_id":' ..
       cjson.encode(user) .. ',"online":false,"last_seen_at":"' .. ARGV[2] .. '"}}')
-    offline = offline + 1
+    table.insert(offline, user)
   end
 end
 redis.call('DEL', KEYS[2])
@@ -142,8 +142,9 @@ impl PresenceScripts {
         Ok(went_offline == 1)
     }
 
-    /// Takes a dead gateway's users offline (once, whoever calls first).
-    pub async fn reap(&self, client: &Client, dead_gateway: &str) -> Result<i64, Error> {
+    /// Takes a dead gateway's users offline (once, whoever calls first); the
+    /// users who went offline.
+    pub async fn reap(&self, client: &Client, dead_gateway: &str) -> Result<Vec<String>, Error> {
         let keys = vec![
             GATEWAYS.to_owned(),
             gateway_users(dead_gateway),

@@ -48,6 +48,13 @@ pub enum ClientFrame {
     Ping,
     Typing(Typing),
     MarkRead(MarkRead),
+    /// Support desk: a user asks for help (or re-joins their chat); an agent
+    /// re-joins a chat they claimed.
+    Join(Join),
+    /// Support desk: a dashboard asks for the queue (`PendingUsers`).
+    Load,
+    /// Support desk: an agent claims a pending request.
+    JoinUser(JoinUser),
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -81,6 +88,57 @@ pub struct Typing {
 pub struct MarkRead {
     pub room_id: Uuid,
     pub seq: i64,
+}
+
+/// Which side of the support desk a `Join` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum JoinSide {
+    #[default]
+    User,
+    Support,
+}
+
+/// `Join`. Unknown fields are ignored (not refused) because dashboards written
+/// against the older support protocol send `userId`, `username` and the like.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Join {
+    #[serde(default)]
+    pub from: JoinSide,
+    /// Re-join this chat; without it a user asks for help (or re-joins their
+    /// open chat) and an agent gets an `Error`.
+    #[serde(default, alias = "chatId")]
+    pub room_id: Option<Uuid>,
+    #[serde(default)]
+    pub topic: Option<String>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `JoinUser`: claim the request whose room is `room_id`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct JoinUser {
+    #[serde(alias = "chatId")]
+    pub room_id: Uuid,
+}
+
+/// `ChatMessage`, the older support protocol's name for `SendMessage`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+struct ChatMessage {
+    room_id: Uuid,
+    content: String,
+    #[serde(default)]
+    message_temp_id: Option<String>,
+}
+
+impl From<ChatMessage> for SendMessage {
+    fn from(chat: ChatMessage) -> SendMessage {
+        SendMessage {
+            room_id: chat.room_id,
+            message: chat.content,
+            message_temp_id: chat.message_temp_id,
+            parent_id: None,
+        }
+    }
 }
 
 /// Why a client frame was not understood; becomes an `Error` frame.
@@ -127,6 +185,19 @@ impl ClientFrame {
             "Typing" => data(envelope.data).map(ClientFrame::Typing),
             "MarkRead" => data(envelope.data).map(ClientFrame::MarkRead),
             "SubscribePresence" => Ok(ClientFrame::SubscribePresence),
+            "ChatMessage" => {
+                data::<ChatMessage>(envelope.data).map(|chat| ClientFrame::SendMessage(chat.into()))
+            }
+            "Join" => data::<Option<Join>>(envelope.data).map(|join| {
+                ClientFrame::Join(join.unwrap_or(Join {
+                    from: JoinSide::User,
+                    room_id: None,
+                    topic: None,
+                    metadata: None,
+                }))
+            }),
+            "Load" => Ok(ClientFrame::Load),
+            "JoinUser" => data(envelope.data).map(ClientFrame::JoinUser),
             "Ping" => Ok(ClientFrame::Ping),
             other => {
                 return Err(FrameError {
@@ -216,6 +287,101 @@ pub enum ServerFrame<'a> {
     ResyncRequired {
         room_id: Uuid,
     },
+    /// Support desk, to agents: a user asked for help. Also the answer to the
+    /// user's own `Join` that created the request.
+    UserJoined(&'a SupportRequestView),
+    /// Support desk: the queue, oldest first (the answer to `Load`).
+    PendingUsers {
+        requests: &'a [SupportRequestView],
+    },
+    /// Support desk, to agents: the request left the queue (claimed, expired,
+    /// closed).
+    RemoveUser {
+        user_id: &'a str,
+        room_id: Uuid,
+    },
+    /// Support desk, to the user: an agent took the chat.
+    SupportJoinedUser {
+        support_id: &'a str,
+        support_name: &'a str,
+        room_id: Uuid,
+    },
+    /// Support desk: the answer to a re-`Join` of an open chat.
+    ChatHistory {
+        room_id: Uuid,
+        messages: &'a [MessageView],
+    },
+    /// Support desk: the chat went `SUPPORT_EXPIRY_SECS` without a message.
+    ChatExpired {
+        room_id: Uuid,
+    },
+    /// Support desk: the chat was closed on purpose.
+    ChatClosed {
+        room_id: Uuid,
+    },
+    /// Support desk: the user who asked has no connection left anywhere.
+    UserLeft {
+        room_id: Uuid,
+        user_id: &'a str,
+    },
+    /// Support desk: the agent has no connection left anywhere.
+    SupportLeft {
+        room_id: Uuid,
+        user_id: &'a str,
+    },
+}
+
+/// A support request as dashboards see it (`UserJoined`, `PendingUsers`,
+/// `GET /support/requests`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SupportRequestView {
+    pub user_id: String,
+    pub username: String,
+    pub room_id: Uuid,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    /// Seconds since the request was made.
+    pub waiting_secs: i64,
+    pub state: crate::store::SupportState,
+    #[schema(required)]
+    pub topic: Option<String>,
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// The agent who claimed it.
+    #[schema(required)]
+    pub agent_id: Option<String>,
+    /// When the chat expires unless someone writes (pending and active only).
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime, required)]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl SupportRequestView {
+    pub fn new(request: &crate::store::SupportRequest, now: OffsetDateTime) -> SupportRequestView {
+        let expires_at = request
+            .state
+            .is_open()
+            .then(|| {
+                OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(request.deadline_ms) * 1_000_000,
+                )
+                .ok()
+            })
+            .flatten();
+        SupportRequestView {
+            user_id: request.user_id.clone(),
+            username: request.username.clone(),
+            room_id: request.room_id,
+            created_at: request.created_at,
+            waiting_secs: (now - request.created_at).whole_seconds().max(0),
+            state: request.state,
+            topic: request.topic.clone(),
+            metadata: request.metadata.clone(),
+            agent_id: request.agent_id.clone(),
+            expires_at,
+        }
+    }
 }
 
 /// `RoomUpdated`'s data: the room's own fields, its member count and the change

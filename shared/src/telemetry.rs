@@ -100,6 +100,12 @@ pub mod metric {
     /// Error e-mails by outcome (`sent`, `failed`, `dropped`: over
     /// `EMAIL_MAX_PER_HOUR` or the queue was full).
     pub const ERROR_EMAILS: &str = "chatter_error_emails_total";
+    /// Support desk: requests created, claims won, chats expired.
+    pub const SUPPORT_REQUESTS: &str = "chatter_support_requests_total";
+    pub const SUPPORT_CLAIMS: &str = "chatter_support_claims_total";
+    pub const SUPPORT_EXPIRED: &str = "chatter_support_expired_total";
+    /// `UserLeft` / `SupportLeft` look-ups dropped because their queue was full.
+    pub const SUPPORT_DEPARTURES_DROPPED: &str = "chatter_support_departures_dropped_total";
 }
 
 /// Describes every metric a process serves and records it once at its zero
@@ -130,6 +136,16 @@ pub fn register(process: Process) {
             (
                 MEMBERSHIP_EVENTS_DROPPED,
                 "Membership events dropped because the membership task was behind (each user re-checked).",
+            ),
+            (SUPPORT_REQUESTS, "Support requests created."),
+            (SUPPORT_CLAIMS, "Support requests claimed by an agent."),
+            (
+                SUPPORT_EXPIRED,
+                "Support chats expired by this gateway's sweep.",
+            ),
+            (
+                SUPPORT_DEPARTURES_DROPPED,
+                "UserLeft/SupportLeft notices dropped because their queue was full.",
             ),
         ],
         Process::Worker => &[

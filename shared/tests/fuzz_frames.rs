@@ -37,6 +37,9 @@ fn outcome(parsed: &Result<ClientFrame, FrameError>) -> String {
                 ClientFrame::Ping => "Ping",
                 ClientFrame::Typing(_) => "Typing",
                 ClientFrame::MarkRead(_) => "MarkRead",
+                ClientFrame::Join(_) => "Join",
+                ClientFrame::Load => "Load",
+                ClientFrame::JoinUser(_) => "JoinUser",
             }
         ),
         Err(error) => format!("err:{}", error.code),
@@ -111,6 +114,10 @@ fn frame_type() -> impl Strategy<Value = String> {
         Just("MarkRead".to_owned()),
         Just("Ping".to_owned()),
         Just("SubscribePresence".to_owned()),
+        Just("Join".to_owned()),
+        Just("Load".to_owned()),
+        Just("JoinUser".to_owned()),
+        Just("ChatMessage".to_owned()),
         Just("sendmessage".to_owned()),
         Just("SendMessage\u{0}".to_owned()),
         any::<String>(),
@@ -135,6 +142,16 @@ fn valid_frame() -> impl Strategy<Value = String> {
         Just(serde_json::json!({"type": "Typing", "data": {"room_id": ROOM}}).to_string()),
         Just(r#"{"type":"Ping"}"#.to_owned()),
         Just(r#"{"type":"SubscribePresence","ref":"r1"}"#.to_owned()),
+        "\\PC{0,30}".prop_map(|topic| {
+            serde_json::json!({"type": "Join", "data": {"from": "User", "topic": topic}}).to_string()
+        }),
+        Just(serde_json::json!({"type": "Join", "data": {"from": "Support", "room_id": ROOM}}).to_string()),
+        Just(r#"{"type":"Load","data":{}}"#.to_owned()),
+        Just(serde_json::json!({"type": "JoinUser", "data": {"room_id": ROOM}}).to_string()),
+        "\\PC{1,30}".prop_map(|content| {
+            serde_json::json!({"type": "ChatMessage", "data": {"room_id": ROOM, "content": content}})
+                .to_string()
+        }),
     ]
 }
 

@@ -8,6 +8,7 @@ mod health;
 pub mod openapi;
 mod rate_limit;
 mod rooms;
+mod support;
 mod tokens;
 mod users;
 mod webhooks;
@@ -37,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         .merge(rooms::router())
         .merge(tokens::router())
         .merge(webhooks::router())
+        .merge(support::router())
         .merge(crate::tickets::router())
         .route("/ws", get(crate::ws::upgrade))
         .fallback(|| async { error::ApiError::not_found("not_found", "no such route") })

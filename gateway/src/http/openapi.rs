@@ -71,6 +71,12 @@ pub fn router() -> Router<AppState> {
         super::rooms::read::receipts,
         // Integrations
         super::webhooks::verify,
+        // Support desk (README "Support desk")
+        super::support::ask,
+        super::support::list,
+        super::support::claim,
+        super::support::close,
+        super::support::agents,
     ),
     components(schemas(ErrorBody)),
     tags(
@@ -81,6 +87,7 @@ pub fn router() -> Router<AppState> {
         (name = "presence", description = "Who is online"),
         (name = "rooms", description = "Rooms, messages and read state"),
         (name = "webhooks", description = "Signatures of outbound webhooks"),
+        (name = "support", description = "The live support desk: requests, claims, agents"),
     ),
 )]
 pub struct ApiDoc;

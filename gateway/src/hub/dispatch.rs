@@ -8,9 +8,9 @@
 
 use super::{Hub, membership};
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, USER_CHANNEL_PREFIX};
+use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
-use chatter_shared::protocol::MESSAGE_RECEIVED_HEAD;
+use chatter_shared::protocol::{MESSAGE_RECEIVED_HEAD, peek_message_received};
 use chatter_shared::telemetry::metric;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -32,7 +32,10 @@ impl Hub {
         if channel.starts_with(ROOM_CHANNEL_PREFIX) {
             let text = frame.as_str();
             if text.starts_with(MESSAGE_RECEIVED_HEAD) {
-                self.deliver(channel, &frame);
+                match peek_message_received(text) {
+                    Some((room_id, seq)) => self.deliver_in_order(channel, room_id, seq, frame),
+                    None => self.deliver(channel, &frame),
+                }
             } else if text.starts_with(TYPING_HEAD) {
                 self.deliver_typing(channel, &frame);
             } else if is_membership_event(&frame) {
@@ -42,6 +45,8 @@ impl Hub {
             }
         } else if channel == PRESENCE_CHANNEL {
             self.deliver_presence(&frame);
+        } else if channel == SUPPORT_AGENTS_CHANNEL {
+            self.deliver(channel, &frame);
         } else if let Some(user_id) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
             if !is_membership_event(&frame) {
                 self.deliver(channel, &frame);
@@ -92,12 +97,14 @@ pub(super) async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: C
                 hub.route(&message.channel, frame);
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
-                // Clients recover messages with Resume; membership events may be
-                // among the missed, so every local user is re-checked.
                 tracing::error!(
                     missed,
                     "gateway fell behind the pub/sub stream; frames were dropped"
                 );
+                // Messages are replayed from the recent logs; membership
+                // events may be among the missed, so every user is re-checked.
+                hub.begin_repair();
+                hub.repair_later();
                 hub.recheck_everyone();
             }
             Err(broadcast::error::RecvError::Closed) => return,

@@ -4,8 +4,9 @@
 //! a reconcile; the manager batches those requests and compares the registry
 //! with what Redis has, so a leave racing a join can never leave a wanted
 //! channel unsubscribed. It also reconciles everything every few seconds, and
-//! after the subscriber reconnects it subscribes everything again and asks for
-//! a membership re-check of every local user.
+//! after the subscriber reconnects it subscribes everything again, has the
+//! rooms' missed messages replayed (`sequence`) and asks for a membership
+//! re-check of every local user.
 
 use super::Hub;
 use fred::clients::SubscriberClient;
@@ -64,10 +65,12 @@ pub(super) async fn manage_subscriptions(
                     tracing::info!(%server, "pub/sub connection re-established; subscribing again");
                     subscribed.clear();
                     resubscribing = true;
+                    hub.begin_repair();
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     subscribed.clear();
                     resubscribing = true;
+                    hub.begin_repair();
                 }
                 Err(broadcast::error::RecvError::Closed) => listening = false,
             },
@@ -104,6 +107,9 @@ pub(super) async fn manage_subscriptions(
         }
         if resubscribing && result.is_ok() {
             resubscribing = false;
+            // Every channel carries live frames again: replay what each room
+            // missed meanwhile, and re-check memberships.
+            hub.repair_later();
             hub.recheck_everyone();
         }
         for reply in replies {

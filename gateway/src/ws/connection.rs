@@ -7,12 +7,15 @@ use crate::messages::{self, Draft, Refusal};
 use crate::read_state::{self, ReadError};
 use crate::resume::{self, Watch};
 use crate::room_events;
-use crate::state::AppState;
+use crate::state::{App, AppState};
+use crate::support::{self, DeskError, Rejoined};
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use chatter_shared::auth::Identity;
 use chatter_shared::protocol::{
-    ClientFrame, CloseCode, Confirmation, MarkRead, Resume, SendMessage, ServerFrame, Typing,
+    ClientFrame, CloseCode, Confirmation, Join, JoinSide, MarkRead, Resume, SendMessage,
+    ServerFrame, SupportRequestView, Typing,
 };
+use chatter_shared::store::SupportState;
 use chatter_shared::telemetry::metric;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -197,6 +200,9 @@ impl Connection {
                     ClientFrame::Ping => reply(&mut self.socket, &ServerFrame::Pong {}).await,
                     ClientFrame::Typing(typing) => self.typing(typing, conn).await,
                     ClientFrame::MarkRead(mark) => self.mark_read(mark, conn).await,
+                    ClientFrame::Join(join) => self.join(join, conn).await,
+                    ClientFrame::Load => self.load().await,
+                    ClientFrame::JoinUser(claim) => self.claim(claim.room_id, conn).await,
                 }
             }
             Err(error) => {
@@ -218,9 +224,7 @@ impl Connection {
             if !conn.is_member(send.room_id) {
                 return Err(Refusal::NotMember);
             }
-            messages::validate(&self.state, &draft)?;
-            messages::check_parent(&self.state, &draft).await?;
-            messages::accept(&self.state, &draft).await
+            messages::send(&self.state, &draft).await
         }
         .await;
         let confirmation = match outcome {
@@ -409,6 +413,91 @@ impl Connection {
         }
     }
 
+    /// Support desk `Join`: a user asks for help (answered with `UserJoined`) or
+    /// re-joins their open chat (`ChatHistory`); either side re-joins a chat by
+    /// its `room_id` (`ChatHistory`, or `ChatExpired` / `ChatClosed`).
+    async fn join(&mut self, join: Join, conn: &Arc<Conn>) -> Next {
+        let room = join.room_id;
+        let answer = match (join.from, join.room_id) {
+            (_, Some(room_id)) => support::rejoin(&self.state, &self.identity, room_id)
+                .await
+                .map(Answer::Rejoined),
+            (JoinSide::User, None) => ask(&self.state, &self.identity, join, conn).await,
+            (JoinSide::Support, None) => Err(DeskError::BadInput(
+                "an agent's Join names the chat's room_id; claim requests with JoinUser",
+            )),
+        };
+        self.desk_answer(answer, room).await
+    }
+
+    /// Support desk `Load`: the queue, for agents.
+    async fn load(&mut self) -> Next {
+        let answer = support::queue(&self.state, &self.identity)
+            .await
+            .map(Answer::Queue);
+        self.desk_answer(answer, None).await
+    }
+
+    /// Support desk `JoinUser`: claim a request. The winner gets the chat's
+    /// history, a loser `Error {code: "already_claimed"}`.
+    async fn claim(&mut self, room_id: uuid::Uuid, conn: &Arc<Conn>) -> Next {
+        let answer = match support::claim(&self.state, &self.identity, room_id).await {
+            Ok(_) => match enter(&self.state, conn, room_id).await {
+                Ok(()) => support::history(&self.state, room_id)
+                    .await
+                    .map(Answer::Rejoined),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        self.desk_answer(answer, Some(room_id)).await
+    }
+
+    async fn desk_answer(
+        &mut self,
+        answer: Result<Answer, DeskError>,
+        room: Option<uuid::Uuid>,
+    ) -> Next {
+        let reference = room.map(|id| id.to_string());
+        match answer {
+            Ok(Answer::Created(view)) => {
+                reply(&mut self.socket, &ServerFrame::UserJoined(&view)).await
+            }
+            Ok(Answer::Queue(requests)) => {
+                reply(
+                    &mut self.socket,
+                    &ServerFrame::PendingUsers {
+                        requests: &requests,
+                    },
+                )
+                .await
+            }
+            Ok(Answer::Rejoined(Rejoined::History(room_id, messages))) => {
+                let frame = ServerFrame::ChatHistory {
+                    room_id,
+                    messages: &messages,
+                };
+                reply(&mut self.socket, &frame).await
+            }
+            Ok(Answer::Rejoined(Rejoined::Ended(room_id, state))) => {
+                let frame = if state == SupportState::Closed {
+                    ServerFrame::ChatClosed { room_id }
+                } else {
+                    ServerFrame::ChatExpired { room_id }
+                };
+                reply(&mut self.socket, &frame).await
+            }
+            Err(error) => {
+                let frame = ServerFrame::Error {
+                    code: error.code(),
+                    message: error.message(),
+                    reference: reference.as_deref(),
+                };
+                reply(&mut self.socket, &frame).await
+            }
+        }
+    }
+
     /// Answers a frame that was not understood; too many in a row close the socket.
     async fn bad_frame(&mut self, code: &str, message: &str, reference: Option<&str>) -> Next {
         self.bad_frames += 1;
@@ -425,6 +514,39 @@ impl Connection {
         )
         .await
     }
+}
+
+/// A user's `Join` without a room: their open chat's history, or a new request.
+async fn ask(
+    app: &App,
+    identity: &Identity,
+    join: Join,
+    conn: &Arc<Conn>,
+) -> Result<Answer, DeskError> {
+    let asked = support::ask(app, identity, join.topic.as_deref(), join.metadata).await?;
+    let room_id = asked.request.room_id;
+    enter(app, conn, room_id).await?;
+    if asked.created {
+        Ok(Answer::Created(support::view(&asked.request)))
+    } else {
+        support::history(app, room_id).await.map(Answer::Rejoined)
+    }
+}
+
+/// Makes this socket a member of a support room at once, so its next
+/// `SendMessage` is accepted (the `MemberAdded` event follows anyway).
+async fn enter(app: &App, conn: &Arc<Conn>, room_id: uuid::Uuid) -> Result<(), DeskError> {
+    app.hub
+        .enter_room(conn, room_id)
+        .await
+        .map_err(|error| DeskError::Unavailable(error.to_string()))
+}
+
+/// What a support desk frame is answered with.
+enum Answer {
+    Created(SupportRequestView),
+    Queue(Vec<SupportRequestView>),
+    Rejoined(Rejoined),
 }
 
 async fn reply(socket: &mut WebSocket, frame: &ServerFrame<'_>) -> Next {

@@ -145,6 +145,14 @@ pub async fn upgrade(
             .join_rooms(&registration.conn, rooms)
             .await
             .map_err(|e| e.to_string())?;
+        // Agents hear the support desk's queue from every gateway.
+        if crate::support::is_agent(&identity) {
+            state
+                .hub
+                .join_agents(&registration.conn)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         Ok::<_, String>((registration, inbox))
     };
     match prepared.await {

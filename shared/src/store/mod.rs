@@ -31,10 +31,12 @@ macro_rules! on_pool {
 
 mod messages;
 mod rooms;
+mod support;
 mod users;
 
 pub use messages::{HistoryPage, MemberOfRoom};
 pub use rooms::{MembersChange, NewRoom, Receipt, Room, RoomCursor, RoomKind, RoomSummary};
+pub use support::{Agent, Claim, NewRequest, OpenChat, SupportRequest, SupportState};
 pub use users::Contact;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

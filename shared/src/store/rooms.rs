@@ -167,7 +167,7 @@ fn direct_key(a: &str, b: &str) -> String {
 
 /// Both dialects insert a room alike; its members differ (one `unnest` statement
 /// in Postgres, one statement per member in SQLite).
-const INSERT_ROOM: &str =
+pub(super) const INSERT_ROOM: &str =
     "INSERT INTO rooms (id, kind, name, owner_id, metadata, created_at, direct_key)
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 

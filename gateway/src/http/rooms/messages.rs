@@ -344,13 +344,9 @@ async fn publish(
         temp_id: body.message_temp_id.as_deref(),
         parent_id: body.parent_id,
     };
-    let accepted = async {
-        messages::validate(&state, &draft)?;
-        messages::check_parent(&state, &draft).await?;
-        messages::accept(&state, &draft).await
-    }
-    .await
-    .map_err(refusal_error)?;
+    let accepted = messages::send(&state, &draft)
+        .await
+        .map_err(refusal_error)?;
     Ok((
         StatusCode::CREATED,
         Json(Published {
@@ -366,6 +362,7 @@ fn refusal_error(refusal: Refusal) -> ApiError {
     let status = match refusal {
         Refusal::NotMember => return room_not_found(),
         Refusal::Backlogged | Refusal::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::ChatExpired | Refusal::ChatClosed => StatusCode::CONFLICT,
         Refusal::BadParent
         | Refusal::EmptyMessage
         | Refusal::MessageTooLong
