@@ -834,7 +834,10 @@ async fn an_error_is_mailed_and_an_info_line_is_not() {
 
 // ----- both backends -----
 
-chatter_tests::for_each_backend!(a_message_reaches_notif_and_the_webhook);
+chatter_tests::for_each_backend!(
+    a_message_reaches_notif_and_the_webhook,
+    the_support_desk_sends_its_events
+);
 
 /// The plain path on both deployments: a message to an offline member is one
 /// notification with its `Idempotency-Key`, and `room.created` and
@@ -907,4 +910,82 @@ async fn a_message_reaches_notif_and_the_webhook(backend: chatter_tests::backend
         .await;
         assert_eq!((status, verdict["is_valid"].clone()), (200, json!(true)));
     }
+}
+
+/// `support.requested`, `support.claimed` and `support.expired` reach the
+/// webhook: two requests, one claimed, the other left to expire.
+async fn the_support_desk_sends_its_events(backend: chatter_tests::backend::Backend) {
+    let (receiver, url, _server) = Receiver::start().await;
+    let cluster = backend
+        .builder(binaries!())
+        .env("WEBHOOK_URL", &url)
+        .env("WEBHOOK_SECRET", "webhook-secret-for-tests")
+        .env(
+            "WEBHOOK_EVENTS",
+            "support.requested,support.claimed,support.expired",
+        )
+        .env("SUPPORT_EXPIRY_SECS", "2")
+        .start()
+        .await
+        .expect("started");
+    let agent = cluster.token_with_roles("agnes", &["support"]);
+    let mut rooms = Vec::new();
+    for user in ["uma", "ulf"] {
+        let (status, body) = cluster
+            .api(0)
+            .post_json("/support/requests", cluster.token(user), &json!({}))
+            .await
+            .expect("ask");
+        assert_eq!(status.as_u16(), 201, "{body}");
+        rooms.push(body["room_id"].as_str().expect("room_id").to_owned());
+    }
+    let (status, body) = cluster
+        .api(0)
+        .post_json(
+            &format!("/support/requests/{}/claim", rooms[0]),
+            agent.as_str(),
+            &json!({}),
+        )
+        .await
+        .expect("claim");
+    assert!(status.is_success(), "{status} {body}");
+    let events = eventually(Duration::from_secs(30), || async {
+        let events: Vec<Value> = receiver
+            .hooks()
+            .iter()
+            .filter_map(|h| serde_json::from_str(&h.body).ok())
+            .collect();
+        let of = |kind: &str| {
+            events
+                .iter()
+                .filter(|e| e["type"] == kind)
+                .map(|e| {
+                    e["data"]["request"]["room_id"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .collect::<HashSet<String>>()
+        };
+        ensure!(
+            of("support.requested") == HashSet::from([rooms[0].clone(), rooms[1].clone()])
+                && of("support.claimed").contains(&rooms[0])
+                && of("support.expired").contains(&rooms[1]),
+            "events so far: {events:?}"
+        );
+        Ok(events)
+    })
+    .await
+    .expect("the desk's events arrive");
+    let claimed = events
+        .iter()
+        .find(|e| e["type"] == "support.claimed")
+        .expect("claimed");
+    assert_eq!(claimed["data"]["agent_id"], "agnes");
+    assert!(
+        events.iter().all(|e| e["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("support."))),
+        "WEBHOOK_EVENTS filters: {events:?}"
+    );
 }
