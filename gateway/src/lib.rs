@@ -32,6 +32,7 @@ pub mod ws;
 use anyhow::Context;
 use chatter_shared::auth::Tokens;
 use chatter_shared::config::{Config, Mode};
+use chatter_shared::events::Events;
 use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
 use chatter_worker::batch::{Batches, Presence};
@@ -64,7 +65,7 @@ pub async fn serve(
     http::extract::log_service_secret_use(&config);
     // The hub keeps delivering while sockets drain; it stops after they are gone.
     let hub_stop = CancellationToken::new();
-    let (store, bus, hub, embedded_worker, redis_risks) = match mode {
+    let (store, bus, hub, embedded_worker, redis_risks, events) = match mode {
         Mode::Cluster {
             redis_url,
             database_url,
@@ -92,7 +93,15 @@ pub async fn serve(
                 Duration::from_secs(config.membership_recheck_secs),
                 hub_stop.clone(),
             );
-            (store, bus::Bus::redis(redis), hub, None, redis_risks)
+            let events = Events::redis(&config, redis.clone());
+            (
+                store,
+                bus::Bus::redis(redis),
+                hub,
+                None,
+                redis_risks,
+                events,
+            )
         }
         Mode::Embedded { data_dir } => {
             let path = embedded::prepare_database(&data_dir)
@@ -112,7 +121,20 @@ pub async fn serve(
                 .max(1);
             let (ingest, entries) = tokio::sync::mpsc::channel(backlog);
             // The worker's notifier must outlive `shutdown` long enough to drain.
-            let notifier = Notifier::start(&config, DeadLetters::Log, CancellationToken::new())?;
+            let notifier =
+                Notifier::start(&config, true, DeadLetters::Log, CancellationToken::new())?;
+            let (events, queued_events) = Events::in_process(&config);
+            if let (Some(target), Some(queued)) = (
+                chatter_worker::webhook::WebhookTarget::from_config(&config)?,
+                queued_events,
+            ) {
+                // Stops when the queue's senders are gone (the process ends).
+                tokio::spawn(chatter_worker::webhook::run_in_process(
+                    target,
+                    queued,
+                    CancellationToken::new(),
+                ));
+            }
             let bus = bus::LocalBus::new(hub.clone(), ingest);
             let presence_view = bus.clone();
             let batches = Batches {
@@ -122,13 +144,21 @@ pub async fn serve(
                 presence: Presence::Local(Arc::new(move |user: &str| {
                     presence_view.is_online(user)
                 })),
+                events: events.clone(),
             };
             let worker = tokio::spawn(chatter_worker::embedded::run(
                 entries,
                 batches,
                 config.worker_batch_size,
             ));
-            (store, bus::Bus::Local(bus), hub, Some(worker), Vec::new())
+            (
+                store,
+                bus::Bus::Local(bus),
+                hub,
+                Some(worker),
+                Vec::new(),
+                events,
+            )
         }
     };
     let (departures, departed) = support::departures::Departures::channel();
@@ -148,6 +178,7 @@ pub async fn serve(
     app.redis_risks = redis_risks;
     app.identity_service = identity_service::IdentityService::from_config(&app.config)?;
     app.client_configs = http::client_config::ClientConfigs::from_config(&app.config)?;
+    app.events = events;
     let state = Arc::new(app);
     // Like the hub, the limiter sweep runs until the sockets are gone.
     let sweep = tokio::spawn(limits::sweep(state.limits.clone(), hub_stop.clone()));

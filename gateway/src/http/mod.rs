@@ -15,6 +15,7 @@ mod rooms;
 mod support;
 mod tokens;
 mod users;
+mod webhooks;
 
 use crate::state::AppState;
 use axum::Router;
@@ -40,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .merge(users::router())
         .merge(rooms::router())
         .merge(tokens::router())
+        .merge(webhooks::router())
         .merge(support::router())
         .merge(pages::router())
         .merge(crate::tickets::router())

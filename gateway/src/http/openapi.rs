@@ -73,6 +73,8 @@ pub fn router() -> Router<AppState> {
         super::rooms::messages::direct_history,
         super::rooms::read::mark_read,
         super::rooms::read::receipts,
+        // Integrations
+        super::webhooks::verify,
         // Support desk (README "Support desk")
         super::support::ask,
         super::support::list,
@@ -88,6 +90,7 @@ pub fn router() -> Router<AppState> {
         (name = "websocket", description = "The real-time connection"),
         (name = "presence", description = "Who is online"),
         (name = "rooms", description = "Rooms, messages and read state"),
+        (name = "webhooks", description = "Signatures of outbound webhooks"),
         (name = "support", description = "The live support desk: requests, claims, agents"),
     ),
 )]
