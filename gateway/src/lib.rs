@@ -136,6 +136,14 @@ pub async fn serve(
                 ));
             }
             let bus = bus::LocalBus::new(hub.clone(), ingest);
+            // The in-memory dedupe starts from what was stored before a restart.
+            let since = time::OffsetDateTime::now_utc()
+                - Duration::from_secs(config.dedupe_ttl_secs.min(30 * 24 * 3600));
+            let sent = store
+                .recent_temp_ids(since)
+                .await
+                .context("cannot read recent temp ids for the dedupe")?;
+            bus.remember_sent(&sent);
             let presence_view = bus.clone();
             let batches = Batches {
                 store: store.clone(),
