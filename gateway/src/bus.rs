@@ -442,6 +442,28 @@ impl LocalBus {
         bus
     }
 
+    /// Remembers the temp ids of messages stored before a restart (see
+    /// `Store::recent_temp_ids`), each as seen when it was created, so the
+    /// dedupe window runs from the original send.
+    pub fn remember_sent(&self, messages: &[chatter_shared::protocol::MessageView]) {
+        let now_utc = time::OffsetDateTime::now_utc();
+        let now = Instant::now();
+        let mut state = self.lock();
+        for message in messages {
+            let Some(temp_id) = &message.message_temp_id else {
+                continue;
+            };
+            let age = (now_utc - message.created_at).max(time::Duration::ZERO);
+            let seen = now
+                .checked_sub(Duration::try_from(age).unwrap_or_default())
+                .unwrap_or(now);
+            state.dedupe.insert(
+                (message.room_id, message.sender_id.clone(), temp_id.clone()),
+                (message.id, message.seq, seen),
+            );
+        }
+    }
+
     /// Whether `user_id` has a connection (the embedded mode has one gateway).
     pub fn is_online(&self, user_id: &str) -> bool {
         self.lock().online.contains(user_id)

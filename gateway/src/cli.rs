@@ -16,7 +16,8 @@ use std::process::ExitCode;
 #[command(name = "chatter-gateway", version)]
 struct Args {
     /// A TOML file with configuration keys (lower-case env names, e.g. `port = 8080`).
-    #[arg(long, value_name = "PATH")]
+    /// Also `CHATTER_CONFIG` (a container image cannot take arguments as easily).
+    #[arg(long, value_name = "PATH", env = "CHATTER_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,

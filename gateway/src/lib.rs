@@ -33,6 +33,7 @@ pub mod ws;
 use anyhow::Context;
 use chatter_shared::auth::Tokens;
 use chatter_shared::config::{Config, Mode};
+use chatter_shared::events::Events;
 use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
 use chatter_worker::batch::{Batches, Presence};
@@ -65,7 +66,7 @@ pub async fn serve(
     http::extract::log_service_secret_use(&config);
     // The hub keeps delivering while sockets drain; it stops after they are gone.
     let hub_stop = CancellationToken::new();
-    let (store, bus, hub, embedded_worker, redis_risks, notices) = match mode {
+    let (store, bus, hub, embedded_worker, redis_risks, notices, events) = match mode {
         Mode::Cluster {
             redis_url,
             database_url,
@@ -96,6 +97,7 @@ pub async fn serve(
                 Duration::from_secs(config.membership_recheck_secs),
                 hub_stop.clone(),
             );
+            let events = Events::redis(&config, redis.clone());
             (
                 store,
                 bus::Bus::redis(redis),
@@ -103,6 +105,7 @@ pub async fn serve(
                 None,
                 redis_risks,
                 Some(notices),
+                events,
             )
         }
         Mode::Embedded { data_dir } => {
@@ -123,8 +126,29 @@ pub async fn serve(
                 .max(1);
             let (ingest, entries) = tokio::sync::mpsc::channel(backlog);
             // The worker's notifier must outlive `shutdown` long enough to drain.
-            let notifier = Notifier::start(&config, DeadLetters::Log, CancellationToken::new())?;
+            let notifier =
+                Notifier::start(&config, true, DeadLetters::Log, CancellationToken::new())?;
+            let (events, queued_events) = Events::in_process(&config);
+            if let (Some(target), Some(queued)) = (
+                chatter_worker::webhook::WebhookTarget::from_config(&config)?,
+                queued_events,
+            ) {
+                // Stops when the queue's senders are gone (the process ends).
+                tokio::spawn(chatter_worker::webhook::run_in_process(
+                    target,
+                    queued,
+                    CancellationToken::new(),
+                ));
+            }
             let bus = bus::LocalBus::new(hub.clone(), ingest);
+            // The in-memory dedupe starts from what was stored before a restart.
+            let since = time::OffsetDateTime::now_utc()
+                - Duration::from_secs(config.dedupe_ttl_secs.min(30 * 24 * 3600));
+            let sent = store
+                .recent_temp_ids(since)
+                .await
+                .context("cannot read recent temp ids for the dedupe")?;
+            bus.remember_sent(&sent);
             let presence_view = bus.clone();
             let batches = Batches {
                 store: store.clone(),
@@ -133,6 +157,7 @@ pub async fn serve(
                 presence: Presence::Local(Arc::new(move |user: &str| {
                     presence_view.is_online(user)
                 })),
+                events: events.clone(),
             };
             let worker = tokio::spawn(chatter_worker::embedded::run(
                 entries,
@@ -146,6 +171,7 @@ pub async fn serve(
                 Some(worker),
                 Vec::new(),
                 None,
+                events,
             )
         }
     };
@@ -171,6 +197,7 @@ pub async fn serve(
         .context("cannot read bans and restrictions from the database")?;
     app.identity_service = identity_service::IdentityService::from_config(&app.config)?;
     app.client_configs = http::client_config::ClientConfigs::from_config(&app.config)?;
+    app.events = events;
     let state = Arc::new(app);
     if let Some(content) = &state.moderation.content {
         content.start(hub_stop.clone());

@@ -51,6 +51,9 @@ pub struct App {
     pub identity_service: Option<IdentityService>,
     /// What `GET /config` serves, per client type.
     pub client_configs: ClientConfigs,
+    /// Where webhook events are recorded (`chatter_shared::events`); off
+    /// unless `WEBHOOK_URL` is set.
+    pub events: chatter_shared::events::Events,
 }
 
 impl App {
@@ -84,6 +87,7 @@ impl App {
             recently_seen: DashMap::new(),
             identity_service: None,
             client_configs: ClientConfigs::default(),
+            events: chatter_shared::events::Events::off(),
         }
     }
 

@@ -185,6 +185,35 @@ pub struct Config {
     /// `multi` (any number of connections per user) or `single` (a new
     /// connection closes the user's older ones, on every gateway, with 4008).
     pub session_policy: SessionPolicy,
+    // --- integrations: outbox, webhooks, error e-mail (README "Integrations") ---
+    /// At most one notification per recipient and room in this many seconds;
+    /// the rest of the window's messages go out as one that says how many (0: off).
+    pub notification_coalesce_secs: u64,
+    /// Where the worker POSTs events (none: outbound webhooks are off).
+    pub webhook_url: Option<String>,
+    /// Signs outbound webhooks (`X-Signature`) and checks `POST /webhook/verify`.
+    pub webhook_secret: Option<String>,
+    /// The event types sent to `WEBHOOK_URL` (empty: all of them).
+    pub webhook_events: StringList,
+    pub webhook_retries: u32,
+    pub webhook_backoff_ms: u64,
+    pub webhook_timeout_ms: u64,
+    /// The notification and webhook dead-letter streams keep about this many entries.
+    pub dead_letter_max_len: u64,
+    /// Error e-mail: the sender address (and SMTP user name).
+    pub email_from: Option<String>,
+    pub email_password: Option<String>,
+    /// Log events at or above this level are mailed (`error`, `warn`, …).
+    pub email_level: String,
+    /// Recipients of error e-mail (none: error e-mail is off).
+    pub email_to: StringList,
+    pub smtp_host: Option<String>,
+    /// Default by `SMTP_TLS`: 25 (off), 587 (starttls), 465 (tls).
+    pub smtp_port: Option<u16>,
+    pub smtp_tls: SmtpTls,
+    /// Log events are collected for this long into one mail.
+    pub email_batch_secs: u64,
+    pub email_max_per_hour: u32,
     // --- support desk ---
     /// A support chat expires after this many seconds without a message
     /// (counted from the request while nobody has claimed it).
@@ -304,6 +333,23 @@ impl Default for Config {
             content_strikes: 3,
             content_strike_window_secs: 600,
             session_policy: SessionPolicy::Multi,
+            notification_coalesce_secs: 10,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_events: StringList::default(),
+            webhook_retries: 5,
+            webhook_backoff_ms: 500,
+            webhook_timeout_ms: 5_000,
+            dead_letter_max_len: 100_000,
+            email_from: None,
+            email_password: None,
+            email_level: "error".into(),
+            email_to: StringList::default(),
+            smtp_host: None,
+            smtp_port: None,
+            smtp_tls: SmtpTls::Starttls,
+            email_batch_secs: 60,
+            email_max_per_hour: 10,
             support_expiry_secs: 120,
             verification_url: None,
             verification_timeout_ms: 2000,
@@ -369,6 +415,16 @@ pub enum ModerationFail {
 pub enum SessionPolicy {
     Multi,
     Single,
+}
+
+/// How error e-mail reaches `SMTP_HOST`: plain, upgraded with STARTTLS, or TLS
+/// from the first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    Off,
+    Starttls,
+    Tls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -538,7 +594,8 @@ impl Config {
             }
         }
         self.validate_secrets()?;
-        self.validate_integrations()?;
+        self.validate_identity_settings()?;
+        self.validate_delivery_settings()?;
         if self.page_size_default > self.page_size_max {
             return Err(ConfigError::Key {
                 key: "PAGE_SIZE_DEFAULT",
@@ -561,7 +618,7 @@ impl Config {
     }
 
     /// Delegated verification needs somewhere to delegate to.
-    fn validate_integrations(&self) -> Result<(), ConfigError> {
+    fn validate_identity_settings(&self) -> Result<(), ConfigError> {
         if self.auth_mode() != AuthMode::Jwt && self.verification_url.is_none() {
             return Err(ConfigError::Key {
                 key: "VERIFICATION_URL",
@@ -596,6 +653,59 @@ impl Config {
                      (unset it for tokens without expiry)"
                 ),
             });
+        }
+        Ok(())
+    }
+
+    /// Webhooks need a signing secret and known event names; error e-mail needs
+    /// a server, a sender and a level that means something.
+    fn validate_delivery_settings(&self) -> Result<(), ConfigError> {
+        let key = |key: &'static str, problem: String| Err(ConfigError::Key { key, problem });
+        if self.webhook_url.is_some() && self.webhook_secret.as_deref().is_none_or(str::is_empty) {
+            return key(
+                "WEBHOOK_SECRET",
+                "WEBHOOK_URL is set: outbound webhooks are signed, so a secret is needed".into(),
+            );
+        }
+        if let Some(unknown) = self
+            .webhook_events
+            .0
+            .iter()
+            .find(|name| !crate::events::EVENT_TYPES.contains(&name.as_str()))
+        {
+            return key(
+                "WEBHOOK_EVENTS",
+                format!(
+                    "unknown event type {unknown:?}; known: {}",
+                    crate::events::EVENT_TYPES.join(", ")
+                ),
+            );
+        }
+        if self.email_level.parse::<tracing::Level>().is_err() {
+            return key(
+                "EMAIL_LEVEL",
+                format!(
+                    "{:?} is not one of error, warn, info, debug, trace",
+                    self.email_level
+                ),
+            );
+        }
+        if !self.email_to.0.is_empty() {
+            if self.smtp_host.is_none() {
+                return key(
+                    "SMTP_HOST",
+                    "EMAIL_TO is set: error e-mail needs an SMTP server".into(),
+                );
+            }
+            if self.email_from.is_none() {
+                return key(
+                    "EMAIL_FROM",
+                    "EMAIL_TO is set: error e-mail needs a sender".into(),
+                );
+            }
+            if self.email_batch_secs == 0 {
+                return key("EMAIL_BATCH_SECS", "must be greater than 0".into());
+            }
         }
         Ok(())
     }
@@ -701,6 +811,23 @@ impl std::fmt::Debug for Config {
             content_strikes,
             content_strike_window_secs,
             session_policy,
+            notification_coalesce_secs,
+            webhook_url,
+            webhook_secret,
+            webhook_events,
+            webhook_retries,
+            webhook_backoff_ms,
+            webhook_timeout_ms,
+            dead_letter_max_len,
+            email_from,
+            email_password,
+            email_level,
+            email_to,
+            smtp_host,
+            smtp_port,
+            smtp_tls,
+            email_batch_secs,
+            email_max_per_hour,
             support_expiry_secs,
             verification_url,
             verification_timeout_ms,
@@ -796,6 +923,23 @@ impl std::fmt::Debug for Config {
             .field("content_strikes", content_strikes)
             .field("content_strike_window_secs", content_strike_window_secs)
             .field("session_policy", session_policy)
+            .field("notification_coalesce_secs", notification_coalesce_secs)
+            .field("webhook_url", webhook_url)
+            .field("webhook_secret", &secret(webhook_secret))
+            .field("webhook_events", webhook_events)
+            .field("webhook_retries", webhook_retries)
+            .field("webhook_backoff_ms", webhook_backoff_ms)
+            .field("webhook_timeout_ms", webhook_timeout_ms)
+            .field("dead_letter_max_len", dead_letter_max_len)
+            .field("email_from", email_from)
+            .field("email_password", &secret(email_password))
+            .field("email_level", email_level)
+            .field("email_to", email_to)
+            .field("smtp_host", smtp_host)
+            .field("smtp_port", smtp_port)
+            .field("smtp_tls", smtp_tls)
+            .field("email_batch_secs", email_batch_secs)
+            .field("email_max_per_hour", email_max_per_hour)
             .field("support_expiry_secs", support_expiry_secs)
             .field("verification_url", &url(verification_url))
             .field("verification_timeout_ms", verification_timeout_ms)
@@ -937,6 +1081,23 @@ const KNOWN_KEYS: &[&str] = &[
     "content_strikes",
     "content_strike_window_secs",
     "session_policy",
+    "notification_coalesce_secs",
+    "webhook_url",
+    "webhook_secret",
+    "webhook_events",
+    "webhook_retries",
+    "webhook_backoff_ms",
+    "webhook_timeout_ms",
+    "dead_letter_max_len",
+    "email_from",
+    "email_password",
+    "email_level",
+    "email_to",
+    "smtp_host",
+    "smtp_port",
+    "smtp_tls",
+    "email_batch_secs",
+    "email_max_per_hour",
     "support_expiry_secs",
     "verification_url",
     "verification_timeout_ms",
@@ -1070,6 +1231,8 @@ mod tests {
                 ("JWT_PRIVATE_KEY", "private-key-value"),
                 ("SERVICE_SECRET", "service-secret-value"),
                 ("NOTIFICATION_AUTH", "notification-auth-value"),
+                ("WEBHOOK_SECRET", "webhook-secret-value"),
+                ("EMAIL_PASSWORD", "email-password-value"),
                 (
                     "DATABASE_URL",
                     "postgres://chat:db-password@db.internal:5432/chat?sslmode=require&password=query-password",
@@ -1088,6 +1251,8 @@ mod tests {
             "private-key-value",
             "service-secret-value",
             "notification-auth-value",
+            "webhook-secret-value",
+            "email-password-value",
             "db-password",
             "query-password",
             "redis-password",
@@ -1139,6 +1304,46 @@ mod tests {
             error.to_string().contains("EXPIRATION_TOKEN_DURATION"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn integration_settings_are_checked_naming_their_key() {
+        let cases: [(&[(&str, &str)], &str); 5] = [
+            (&[("WEBHOOK_URL", "http://hooks.test/")], "WEBHOOK_SECRET"),
+            (
+                &[("WEBHOOK_EVENTS", "message.created,room.exploded")],
+                "WEBHOOK_EVENTS",
+            ),
+            (&[("EMAIL_LEVEL", "loud")], "EMAIL_LEVEL"),
+            (&[("EMAIL_TO", "ops@example.com")], "SMTP_HOST"),
+            (&[("SMTP_TLS", "maybe")], "smtp_tls"),
+        ];
+        for (pairs, key) in cases {
+            let error = Config::load(None, env(pairs)).expect_err("invalid");
+            assert!(error.to_string().contains(key), "{pairs:?}: {error}");
+        }
+        let config = Config::load(
+            None,
+            env(&[
+                ("WEBHOOK_URL", "http://hooks.test/"),
+                ("WEBHOOK_SECRET", "s"),
+                ("WEBHOOK_EVENTS", "room.created, member.added"),
+                ("EMAIL_TO", "a@example.com,b@example.com"),
+                ("EMAIL_FROM", "chatter@example.com"),
+                ("SMTP_HOST", "smtp.example.com"),
+                ("SMTP_TLS", "tls"),
+                ("NOTIFICATION_COALESCE_SECS", "0"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.webhook_events.0,
+            vec!["room.created", "member.added"]
+        );
+        assert_eq!(config.email_to.0.len(), 2);
+        assert_eq!(config.smtp_tls, SmtpTls::Tls);
+        assert_eq!(config.notification_coalesce_secs, 0);
+        assert_eq!(Config::default().notification_coalesce_secs, 10);
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //! | `chatter:ingest` | stream | accepted messages waiting to be persisted (consumer group `persisters`) |
 //! | `chatter:ingest:dead` | stream | entries the worker could not store (bad data), kept for inspection |
 //! | `chatter:notify:dead` | stream | notifications that failed after every retry |
+//! | `chatter:notify:outbox` | stream | notifications to send, written with the batch's acknowledgement (consumer group `notifiers`) |
+//! | `chatter:notify:window:<room>:<len>:<user>` | string | a notification went to the user for the room: the coalescing window, `NOTIFICATION_COALESCE_SECS` |
+//! | `chatter:notify:held:<room>:<len>:<user>` | hash `count`, `last`, `window` | messages of the open window not notified yet |
+//! | `chatter:notify:due` | sorted set, score = unix ms | held notifications by the end of their window |
+//! | `chatter:events` | stream | events for the outbound webhook (consumer group `webhooks`) |
+//! | `chatter:webhooks:dead` | stream | webhook calls that failed after every retry (`MAXLEN ~ DEAD_LETTER_MAX_LEN`) |
 //! | `chatter:recent:<room>` | sorted set, score = seq | the newest `RECENT_LOG_SIZE` frames of the room, for `Resume`; expires after `RECENT_LOG_TTL_SECS` of quiet |
 //! | `chatter:ticket:<token>` | string (JSON identity) | single-use WebSocket ticket, `TICKET_TTL_SECS` |
 //! | `chatter:ended:<room>` | string `expired` / `closed` | a support chat that ended: the ingest script refuses its messages; no TTL |
@@ -26,6 +32,12 @@ pub const INGEST_STREAM: &str = "chatter:ingest";
 pub const INGEST_GROUP: &str = "persisters";
 pub const INGEST_DEAD_LETTER: &str = "chatter:ingest:dead";
 pub const NOTIFY_DEAD_LETTER: &str = "chatter:notify:dead";
+pub const NOTIFY_OUTBOX: &str = "chatter:notify:outbox";
+pub const NOTIFY_GROUP: &str = "notifiers";
+pub const NOTIFY_DUE: &str = "chatter:notify:due";
+pub const EVENTS_STREAM: &str = "chatter:events";
+pub const EVENTS_GROUP: &str = "webhooks";
+pub const WEBHOOK_DEAD_LETTER: &str = "chatter:webhooks:dead";
 
 /// Prefix of room channels; the dispatcher tells rooms from users by it.
 pub const ROOM_CHANNEL_PREFIX: &str = "chatter:room:";
@@ -66,4 +78,17 @@ pub fn dedupe(room_id: Uuid, sender_id: &str, temp_id: &str) -> String {
 
 pub fn ticket(token: &str) -> String {
     format!("chatter:ticket:{token}")
+}
+
+/// The coalescing window of `user`'s notifications for `room_id`.
+pub fn notify_window(room_id: Uuid, user_id: &str) -> String {
+    format!(
+        "chatter:notify:window:{room_id}:{}:{user_id}",
+        user_id.len()
+    )
+}
+
+/// The messages of an open window that are not notified yet.
+pub fn notify_held(room_id: Uuid, user_id: &str) -> String {
+    format!("chatter:notify:held:{room_id}:{}:{user_id}", user_id.len())
 }

@@ -6,12 +6,15 @@
 
 pub mod auth;
 pub mod config;
+pub mod error_mail;
+pub mod events;
 pub mod ingest;
 pub mod keyspace;
 pub mod presence;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;
+pub mod signature;
 pub mod store;
 pub mod telemetry;
 

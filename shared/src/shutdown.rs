@@ -53,7 +53,15 @@ where
     Work: FnOnce(crate::config::Config, CancellationToken) -> Done,
     Done: std::future::Future<Output = anyhow::Result<()>>,
 {
-    crate::telemetry::init(&config.log_level, config.log_format);
+    let (mail, mailer) = match crate::error_mail::from_config(&config, name) {
+        Ok(Some((mail, mailer))) => (Some(mail), Some(mailer)),
+        Ok(None) => (None, None),
+        Err(problem) => {
+            eprintln!("{name}: invalid configuration: {problem}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    crate::telemetry::init(&config.log_level, config.log_format, mail);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -64,12 +72,22 @@ where
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
-        work(config, shutdown).await
+        // The mailer outlives `work`, so the errors of a failed start are mailed.
+        let mail_stop = CancellationToken::new();
+        let mailer = mailer.map(|mailer| tokio::spawn(mailer.run(mail_stop.clone())));
+        let result = work(config, shutdown).await;
+        if let Err(error) = &result {
+            tracing::error!("{error:#}");
+        }
+        mail_stop.cancel();
+        if let Some(mailer) = mailer {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), mailer).await;
+        }
+        result
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error:#}");
             eprintln!("{name}: {error:#}");
             std::process::ExitCode::FAILURE
         }

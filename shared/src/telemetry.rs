@@ -9,8 +9,11 @@ use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. `level` is an `EnvFilter` directive such as
 /// `info` or `info,chatter_gateway=debug`; an invalid one falls back to `info`
-/// with a warning rather than refusing to start.
-pub fn init(level: &str, format: LogFormat) {
+/// with a warning rather than refusing to start. `mail` (error e-mail, see
+/// `error_mail`) sees the events the filter lets through.
+pub fn init(level: &str, format: LogFormat, mail: Option<crate::error_mail::MailLayer>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let (filter, bad_filter) = match EnvFilter::try_new(level) {
         Ok(filter) => (filter, None),
         Err(error) => (EnvFilter::new("info"), Some(error)),
@@ -19,8 +22,13 @@ pub fn init(level: &str, format: LogFormat) {
         .with_env_filter(filter)
         .with_target(true);
     let result = match format {
-        LogFormat::Json => builder.json().flatten_event(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(false)
+            .finish()
+            .with(mail)
+            .try_init(),
+        LogFormat::Text => builder.finish().with(mail).try_init(),
     };
     if let Err(error) = result {
         // Tests may install a subscriber first; that is not worth failing over.
@@ -86,6 +94,13 @@ pub mod metric {
     /// Rooms a membership re-check joined or left on a socket: each is an event
     /// that was lost or dropped (label `change`: `joined`, `left`).
     pub const MEMBERSHIP_RECHECK_FIXES: &str = "chatter_membership_recheck_fixes_total";
+    /// Webhook calls by outcome (`sent`, `dead_lettered`).
+    pub const WEBHOOKS: &str = "chatter_webhooks_total";
+    /// Notifications in the durable outbox, not yet delivered (sampled by workers).
+    pub const NOTIFY_OUTBOX_BACKLOG: &str = "chatter_notify_outbox_backlog";
+    /// Error e-mails by outcome (`sent`, `failed`, `dropped`: over
+    /// `EMAIL_MAX_PER_HOUR` or the queue was full).
+    pub const ERROR_EMAILS: &str = "chatter_error_emails_total";
     /// Support desk: requests created, claims won, chats expired.
     pub const SUPPORT_REQUESTS: &str = "chatter_support_requests_total";
     pub const SUPPORT_CLAIMS: &str = "chatter_support_claims_total";
@@ -176,6 +191,10 @@ pub fn register(process: Process) {
                 "Ingest entries read by a worker, not yet acknowledged (sampled).",
             ),
             (DRAINING, "1 while the worker drains after SIGTERM, else 0."),
+            (
+                NOTIFY_OUTBOX_BACKLOG,
+                "Notifications in the durable outbox, not yet delivered (sampled).",
+            ),
         ],
     };
     for (name, help) in gauges {
@@ -245,13 +264,33 @@ pub fn register(process: Process) {
                 "Delegated verifications (VERIFICATION_URL) by outcome.",
                 &["cached", "vouched", "refused", "unavailable"],
             ),
+            (
+                ERROR_EMAILS,
+                "outcome",
+                "Error e-mails by outcome.",
+                &["sent", "failed", "dropped"],
+            ),
         ],
-        Process::Worker => &[(
-            NOTIFICATIONS,
-            "outcome",
-            "Notification calls by outcome.",
-            &["sent", "dead_lettered"],
-        )],
+        Process::Worker => &[
+            (
+                NOTIFICATIONS,
+                "outcome",
+                "Notification calls by outcome.",
+                &["sent", "dead_lettered"],
+            ),
+            (
+                WEBHOOKS,
+                "outcome",
+                "Webhook calls by outcome.",
+                &["sent", "dead_lettered"],
+            ),
+            (
+                ERROR_EMAILS,
+                "outcome",
+                "Error e-mails by outcome.",
+                &["sent", "failed", "dropped"],
+            ),
+        ],
     };
     for (name, label, help, values) in labelled {
         describe_counter!(*name, Unit::Count, *help);

@@ -106,6 +106,9 @@ impl ClusterBuilder {
             ("NOTIFICATION_URL", &notif.url()),
             ("NOTIFICATION_AUTH", &notif_auth),
             ("APP_URL", "http://app.test/"),
+            // One notification per message, as most tests count them; the
+            // coalescing tests turn it back on.
+            ("NOTIFICATION_COALESCE_SECS", "0"),
             ("ALLOWED_ORIGINS", "http://allowed.test"),
             ("LOG_FORMAT", "json"),
             (

@@ -27,6 +27,8 @@ pub struct NotifCall {
     pub path: String,
     /// The `Authorization` header as sent (the product sends `NOTIFICATION_AUTH` verbatim).
     pub authorization: Option<String>,
+    /// The `Idempotency-Key` header (`<message id>:<recipient>`).
+    pub idempotency_key: Option<String>,
     /// The body parsed as JSON, or `Value::String` holding the raw text if it isn't JSON.
     pub body: Value,
     pub at: Instant,
@@ -166,6 +168,9 @@ async fn record(
             .map_or_else(|| uri.path().to_owned(), ToString::to_string),
         authorization: headers
             .get(header::AUTHORIZATION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        idempotency_key: headers
+            .get("idempotency-key")
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
         body,
         at: Instant::now(),

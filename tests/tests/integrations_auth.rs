@@ -33,6 +33,7 @@ chatter_tests::for_each_backend!(
     both_mode_checks_the_local_jwt_first,
     the_token_provider_speaks_the_older_shape,
     client_config_comes_from_a_json_file,
+    client_config_comes_from_the_config_files_tables,
     permissions_gate_every_rest_route_and_websocket_action,
     the_identity_service_can_carry_permissions,
     garbage_tokens_cannot_flood_the_identity_service,
@@ -618,6 +619,51 @@ fn client_config_file(dir: &std::path::Path) -> String {
     });
     std::fs::write(&path, configs.to_string()).expect("write the client config");
     path.to_str().expect("UTF-8 path").to_owned()
+}
+
+/// The other source: `[client_config.<type>]` tables of the configuration file
+/// (`--config`, here `CHATTER_CONFIG`).
+async fn client_config_comes_from_the_config_files_tables(backend: Backend) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("chatter.toml");
+    std::fs::write(
+        &path,
+        "[client_config.web]\ntheme = { color = \"teal\" }\n\
+         errors = { title = \"Not signed in\", message = \"Sign in to chat\" }\n",
+    )
+    .expect("write the config file");
+    let cluster = start(
+        backend,
+        &[("CHATTER_CONFIG", path.to_str().expect("UTF-8 path"))],
+    )
+    .await;
+    check(&cluster, async |cluster| {
+        let (status, body) = cluster
+            .api(0)
+            .get("/config?client_type=web", Auth::None)
+            .await?;
+        ensure!(
+            status == 200
+                && body["theme"]["color"] == "teal"
+                && body["errors"]["title"] == "Not signed in",
+            "anonymous: {status} {body}"
+        );
+        let rosa = cluster.token("rosa");
+        let (status, body) = cluster.api(0).get("/config?client_type=web", &rosa).await?;
+        ensure!(
+            status == 200
+                && body.get("errors").is_none()
+                && body["authentication"]["user_id"] == "rosa",
+            "bearer: {status} {body}"
+        );
+        let (status, _) = cluster
+            .api(0)
+            .get("/config?client_type=mobile", Auth::None)
+            .await?;
+        ensure!(status == 404, "a type the file does not have: {status}");
+        Ok(())
+    })
+    .await;
 }
 
 /// `GET path` with extra headers.

@@ -3,7 +3,9 @@
 //! stream in a cluster, an in-process queue in the embedded mode).
 
 use crate::dead_letter::DeadLetters;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, Pending};
+use crate::outbox::Followups;
+use chatter_shared::events::{Event, EventType, Events};
 use chatter_shared::ingest::IngestEntry;
 use chatter_shared::store::{Store, is_transient};
 use chatter_shared::telemetry::metric;
@@ -22,6 +24,16 @@ pub struct Batches {
     pub notifier: Notifier,
     pub dead_letters: DeadLetters,
     pub presence: Presence,
+    /// Where `message.created` goes (off without `WEBHOOK_URL`).
+    pub events: Events,
+}
+
+/// What storing a batch did: the messages stored now, and every message of the
+/// batch that is in the database (stored now or before).
+#[derive(Debug, Default)]
+pub struct Stored {
+    pub inserted: HashSet<Uuid>,
+    pub persisted: HashSet<Uuid>,
 }
 
 /// Who is online, for skipping notifications to people who saw the message live.
@@ -61,13 +73,16 @@ impl Batches {
         &self,
         batch: &[IngestEntry],
         shutdown: &CancellationToken,
-    ) -> Option<HashSet<Uuid>> {
+    ) -> Option<Stored> {
         let mut backoff = RETRY_MIN;
         loop {
             match self.store.insert_messages(batch).await {
                 Ok(inserted) => {
                     record_stored(batch, inserted.len());
-                    return Some(inserted.into_iter().collect());
+                    return Some(Stored {
+                        inserted: inserted.into_iter().collect(),
+                        persisted: batch.iter().map(|e| e.id).collect(),
+                    });
                 }
                 Err(error) if is_transient(&error) => {
                     tracing::warn!(%error, "database unavailable; retrying the batch");
@@ -77,14 +92,17 @@ impl Batches {
                 }
                 Err(error) => {
                     tracing::error!(%error, "batch insert failed; storing entries one by one");
-                    let mut inserted = HashSet::new();
+                    let mut stored = Stored::default();
                     for entry in batch {
                         match self
                             .store
                             .insert_messages(std::slice::from_ref(entry))
                             .await
                         {
-                            Ok(ids) => inserted.extend(ids),
+                            Ok(ids) => {
+                                stored.inserted.extend(ids);
+                                stored.persisted.insert(entry.id);
+                            }
                             Err(error) if is_transient(&error) => return None,
                             Err(error) => {
                                 let problem = error.to_string();
@@ -94,19 +112,47 @@ impl Batches {
                             }
                         }
                     }
-                    return Some(inserted);
+                    return Some(stored);
                 }
             }
         }
     }
 
-    /// Queues a notification for every member but the sender of each newly stored
-    /// message. Replays (already stored) notify no one a second time.
+    /// The embedded mode: queues the notifications and events of the newly
+    /// stored messages in process.
     pub async fn notify(&self, batch: &[IngestEntry], inserted: &HashSet<Uuid>) {
-        if !self.notifier.enabled() || inserted.is_empty() {
-            return;
+        let followups = self.followups(batch, inserted).await;
+        if let Notifier::InProcess(queue) = &self.notifier {
+            for pending in followups.notifications {
+                queue.enqueue(pending).await;
+            }
         }
-        let fresh: Vec<&IngestEntry> = batch.iter().filter(|e| inserted.contains(&e.id)).collect();
+        for event in followups.events {
+            self.events
+                .record_event(EventType::MessageCreated, event)
+                .await;
+        }
+    }
+
+    /// A notification for every offline member but the sender, and a
+    /// `message.created` event, for each message of `batch` in `which`.
+    pub async fn followups(&self, batch: &[IngestEntry], which: &HashSet<Uuid>) -> Followups {
+        let fresh: Vec<&IngestEntry> = batch.iter().filter(|e| which.contains(&e.id)).collect();
+        let events = if self.events.wants(EventType::MessageCreated) {
+            fresh.iter().map(|entry| created_event(entry)).collect()
+        } else {
+            Vec::new()
+        };
+        Followups {
+            notifications: self.recipients(&fresh).await,
+            events,
+        }
+    }
+
+    async fn recipients(&self, fresh: &[&IngestEntry]) -> Vec<Pending> {
+        if !self.notifier.enabled() || fresh.is_empty() {
+            return Vec::new();
+        }
         let mut rooms: Vec<Uuid> = fresh.iter().map(|e| e.room_id).collect();
         rooms.sort_unstable();
         rooms.dedup();
@@ -114,7 +160,7 @@ impl Batches {
             Ok(members) => members,
             Err(error) => {
                 tracing::warn!(%error, count = fresh.len(), "cannot load recipients; notifications skipped");
-                return;
+                return Vec::new();
             }
         };
         let mut by_room: HashMap<Uuid, Vec<&str>> = HashMap::new();
@@ -135,14 +181,34 @@ impl Batches {
             .filter(|(_, online)| *online)
             .map(|(user, _)| user.clone())
             .collect();
+        let mut pending = Vec::new();
         for entry in fresh {
             for recipient in by_room.get(&entry.room_id).into_iter().flatten() {
                 if *recipient != entry.sender_id && !online.contains(*recipient) {
-                    self.notifier.enqueue(entry, recipient).await;
+                    pending.push(Pending::new(entry, recipient));
                 }
             }
         }
+        pending
     }
+}
+
+/// `message.created`, with the message's id as the event id: a replay repeats it.
+fn created_event(entry: &IngestEntry) -> Event {
+    let data = serde_json::json!({
+        "id": entry.id,
+        "room_id": entry.room_id,
+        "seq": entry.seq,
+        "sender_id": entry.sender_id,
+        "message": entry.body,
+        "message_temp_id": entry.temp_id,
+        "parent_id": entry.parent_id,
+        "created_at": entry
+            .created_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    });
+    Event::with_id(entry.id.to_string(), EventType::MessageCreated, &data)
 }
 
 /// Batch size, and how long after sending each message was committed.

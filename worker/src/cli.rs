@@ -14,7 +14,8 @@ use std::process::ExitCode;
 #[command(name = "chatter-worker", version)]
 struct Args {
     /// A TOML file with configuration keys (lower-case env names).
-    #[arg(long, value_name = "PATH")]
+    /// Also `CHATTER_CONFIG` (a container image cannot take arguments as easily).
+    #[arg(long, value_name = "PATH", env = "CHATTER_CONFIG")]
     config: Option<PathBuf>,
 }
 

@@ -1,8 +1,9 @@
 //! Where work that cannot be done goes, so it is never silently dropped.
 //!
 //! In a cluster: Redis streams (`chatter:ingest:dead`, `chatter:notify:dead`) that
-//! an operator can inspect and replay. In the embedded mode there is no Redis: the
-//! record is written to the log at error level, in full.
+//! an operator can inspect and replay (the outbox's and the webhooks' dead letters
+//! are written by `delivery.rs`, capped). In the embedded mode there is no Redis:
+//! the record is written to the log at error level, in full.
 
 use chatter_shared::keyspace::{INGEST_DEAD_LETTER, NOTIFY_DEAD_LETTER};
 use fred::bytes::Bytes;
@@ -32,11 +33,12 @@ impl DeadLetters {
             .await
     }
 
-    /// A notification that failed after every retry (or never got a chance).
+    /// A notification of the embedded mode's in-process queue that failed
+    /// after every retry (or never got a chance).
     pub async fn notification(&self, body: String, problem: &str) {
         tracing::warn!(problem, "notification dead-lettered");
-        // Notifications are at most once (docs/ARCHITECTURE.md): a dead letter
-        // that cannot be written is logged, and that is all.
+        // The in-process queue is at most once across a crash (docs/ARCHITECTURE.md):
+        // a dead letter that cannot be written is logged, and that is all.
         let fields = vec![(Bytes::from_static(b"body"), Bytes::from(body))];
         let _ = self.write(NOTIFY_DEAD_LETTER, fields, problem).await;
     }

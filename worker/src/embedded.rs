@@ -17,8 +17,8 @@ pub async fn run(mut entries: mpsc::Receiver<IngestEntry>, batches: Batches, bat
         // `store` gives up (None) on a transient error while storing entry by
         // entry: try the batch again rather than drop accepted messages.
         let inserted = loop {
-            if let Some(inserted) = batches.store(&batch, &never).await {
-                break inserted;
+            if let Some(stored) = batches.store(&batch, &never).await {
+                break stored.inserted;
             }
             tokio::time::sleep(RETRY_MIN).await;
         };

@@ -4,15 +4,21 @@
 //! Several workers share the stream through one Redis consumer group. Each reads a
 //! batch, writes it in one idempotent statement, and only then acknowledges it; a
 //! worker that dies leaves its batch pending, and a live one reclaims it after
-//! `WORKER_CLAIM_IDLE_MS`. Replays are harmless: stored rows are skipped and only
-//! newly stored messages trigger notifications.
+//! `WORKER_CLAIM_IDLE_MS`. Replays are harmless: stored rows are skipped.
+//!
+//! Notifications and webhook events leave through durable streams of their own
+//! (`outbox.rs`, `webhook.rs`), each read by every worker through its own
+//! consumer group (`delivery.rs`), so a worker killed at any moment loses none.
 
 pub mod batch;
 pub mod cli;
 pub mod dead_letter;
+pub mod delivery;
 pub mod embedded;
 pub mod notify;
+pub mod outbox;
 pub mod persist;
+pub mod webhook;
 
 use anyhow::Context;
 use chatter_shared::config::{Config, Mode};
@@ -56,16 +62,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .context("cannot connect to Redis (REDIS_URL)")?;
     // Retries of the batch in hand stop DRAIN_GRACE after SIGTERM.
     let give_up = CancellationToken::new();
-    let notify_stop = CancellationToken::new();
+    let deliveries_stop = CancellationToken::new();
     let dead_letters = dead_letter::DeadLetters::Redis(redis.clone());
-    let notifier = notify::Notifier::start(&config, dead_letters.clone(), notify_stop.clone())?;
+    let notifier = notify::Notifier::start(
+        &config,
+        false,
+        dead_letters.clone(),
+        deliveries_stop.clone(),
+    )?;
     let batches = batch::Batches {
         store: store.clone(),
-        notifier: notifier.clone(),
+        notifier,
         dead_letters,
         presence: batch::Presence::Redis(redis.clone()),
+        events: chatter_shared::events::Events::redis(&config, redis.clone()),
     };
     let persister = persist::Persister::new(&config, batches, redis.clone(), reader).await?;
+    let deliveries = start_deliveries(
+        &config,
+        &redis_url,
+        &redis,
+        persister.consumer(),
+        &deliveries_stop,
+    )
+    .await?;
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.worker_port))
         .await
         .with_context(|| {
@@ -102,12 +122,103 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     });
     persister.run(&shutdown, &give_up).await;
-    notify_stop.cancel();
-    notifier.finish().await;
+    // What is not delivered yet stays in its stream for the other workers.
+    deliveries_stop.cancel();
+    for delivery in deliveries {
+        let _ = delivery.await;
+    }
     probes_stop.cancel();
     let _ = probes.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the consumers of the notification outbox and the webhook events (and
+/// the coalescing flush), each with its own blocking connection.
+async fn start_deliveries(
+    config: &Config,
+    redis_url: &str,
+    redis: &fred::clients::Client,
+    consumer: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    use chatter_shared::keyspace::*;
+    let mut tasks = Vec::new();
+    let claim_idle = |budget: Duration| {
+        // Longer than a delivery can take, or a live worker's entries would be
+        // taken from it while it still tries them.
+        Duration::from_millis(config.worker_claim_idle_ms).max(budget + Duration::from_secs(2))
+    };
+    let plan = |stream, group, dead_letter, metric, concurrency, retries, backoff, budget| {
+        delivery::Plan {
+            stream,
+            group,
+            dead_letter,
+            dead_letter_max_len: config.dead_letter_max_len,
+            metric,
+            consumer: consumer.to_owned(),
+            concurrency,
+            retries,
+            backoff,
+            claim_idle: claim_idle(budget),
+            claim_every: Duration::from_millis(config.worker_claim_interval_ms.max(1)),
+            block_ms: config.worker_block_ms,
+        }
+    };
+    if let Some(target) = notify::NotifTarget::from_config(config)? {
+        delivery::ensure_group(redis, NOTIFY_OUTBOX, NOTIFY_GROUP).await?;
+        let plan = plan(
+            NOTIFY_OUTBOX,
+            NOTIFY_GROUP,
+            NOTIFY_DEAD_LETTER,
+            metric::NOTIFICATIONS,
+            config.notification_concurrency,
+            target.retries,
+            target.backoff,
+            target.budget(config),
+        );
+        let reader = chatter_shared::redis::connect(redis_url)
+            .await
+            .context("cannot connect to Redis (REDIS_URL)")?;
+        tasks.push(tokio::spawn(delivery::run(
+            plan,
+            target,
+            redis.clone(),
+            reader,
+            stop.clone(),
+        )));
+        if config.notification_coalesce_secs > 0 {
+            tasks.push(tokio::spawn(outbox::flush_due(
+                redis.clone(),
+                config.notification_coalesce_secs,
+                stop.clone(),
+            )));
+        }
+    }
+    if let Some(target) = webhook::WebhookTarget::from_config(config)? {
+        delivery::ensure_group(redis, EVENTS_STREAM, EVENTS_GROUP).await?;
+        let plan = plan(
+            EVENTS_STREAM,
+            EVENTS_GROUP,
+            WEBHOOK_DEAD_LETTER,
+            metric::WEBHOOKS,
+            webhook::CONCURRENCY,
+            target.retries,
+            target.backoff,
+            target.budget(),
+        );
+        let reader = chatter_shared::redis::connect(redis_url)
+            .await
+            .context("cannot connect to Redis (REDIS_URL)")?;
+        tasks.push(tokio::spawn(delivery::run(
+            plan,
+            target,
+            redis.clone(),
+            reader,
+            stop.clone(),
+        )));
+    }
+    Ok(tasks)
 }
 
 /// What the worker's `/readyz` looks at.
@@ -180,7 +291,7 @@ impl Probes {
 /// stored (stored ones are deleted), and XPENDING counts those read but not
 /// acknowledged. Every worker samples; the values are cluster-wide.
 async fn sample_backlog(redis: fred::clients::Client, stop: CancellationToken) {
-    use chatter_shared::keyspace::{INGEST_GROUP, INGEST_STREAM};
+    use chatter_shared::keyspace::{INGEST_GROUP, INGEST_STREAM, NOTIFY_OUTBOX};
     use fred::prelude::*;
     loop {
         let length: Result<u64, Error> = redis.xlen(INGEST_STREAM).await;
@@ -199,6 +310,10 @@ async fn sample_backlog(redis: fred::clients::Client, stop: CancellationToken) {
                 metrics::counter!(metric::REDIS_ERRORS).increment(1);
                 tracing::debug!(%error, "cannot sample the ingest backlog");
             }
+        }
+        let outbox: Result<u64, Error> = redis.xlen(NOTIFY_OUTBOX).await;
+        if let Ok(outbox) = outbox {
+            metrics::gauge!(metric::NOTIFY_OUTBOX_BACKLOG).set(outbox as f64);
         }
         tokio::select! {
             () = stop.cancelled() => return,

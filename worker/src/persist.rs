@@ -1,6 +1,7 @@
 //! Reading the ingest stream and writing it to Postgres.
 
 use crate::batch::{Batches, RETRY_MIN, sleep_or_cancel};
+use crate::outbox::Outbox;
 use chatter_shared::config::Config;
 use chatter_shared::ingest::IngestEntry;
 use chatter_shared::keyspace::{INGEST_GROUP, INGEST_STREAM};
@@ -21,6 +22,7 @@ type Fields = HashMap<Key, Bytes>;
 
 pub struct Persister {
     batches: Batches,
+    outbox: Outbox,
     redis: Client,
     reader: Client,
     consumer: String,
@@ -55,8 +57,10 @@ impl Persister {
                 rand::random::<u32>()
             )
         });
+        let outbox = Outbox::new(config.notification_coalesce_secs, batches.events.max_len());
         Ok(Persister {
             batches,
+            outbox,
             redis,
             reader,
             consumer,
@@ -103,7 +107,7 @@ impl Persister {
                     match reply.into_xread_response::<String, String, Key, Bytes>() {
                         Ok(mut streams) => {
                             let entries = streams.remove(INGEST_STREAM).unwrap_or_default();
-                            self.handle(entries, give_up).await;
+                            self.handle(entries, false, give_up).await;
                         }
                         Err(error) => tracing::error!(%error, "unreadable XREADGROUP reply"),
                     }
@@ -147,7 +151,7 @@ impl Persister {
                             count = entries.len(),
                             "reclaimed pending entries of a dead consumer"
                         );
-                        self.handle(entries, give_up).await;
+                        self.handle(entries, true, give_up).await;
                     }
                     if next == "0-0" || shutdown.is_cancelled() {
                         return;
@@ -163,9 +167,21 @@ impl Persister {
         }
     }
 
-    /// Stores a batch, acknowledges it, and queues notifications for new messages.
-    /// Retries stop at `give_up`, leaving the batch pending.
-    async fn handle(&self, entries: Vec<(String, Fields)>, give_up: &CancellationToken) {
+    /// Stores a batch, then writes its notifications and events to the outbox
+    /// while acknowledging it (one atomic call). Retries stop at `give_up`,
+    /// leaving the batch pending.
+    ///
+    /// Fresh entries notify for the messages stored now: one already stored
+    /// came in again as a new entry (an operator's replay), and its first entry
+    /// wrote its notifications with its acknowledgement. `reclaimed` entries
+    /// notify for every stored message: their holder may have died after
+    /// storing them and before that call — at least once, not at most once.
+    async fn handle(
+        &self,
+        entries: Vec<(String, Fields)>,
+        reclaimed: bool,
+        give_up: &CancellationToken,
+    ) {
         if entries.is_empty() {
             return;
         }
@@ -187,36 +203,44 @@ impl Persister {
             }
             ids.push(stream_id);
         }
-        let Some(inserted) = self.batches.store(&batch, give_up).await else {
+        let Some(stored) = self.batches.store(&batch, give_up).await else {
             return; // out of time while draining: left pending for the next worker
         };
-        self.acknowledge(&ids, give_up).await;
-        tracing::debug!(read = ids.len(), stored = inserted.len(), "batch persisted");
-        self.batches.notify(&batch, &inserted).await;
+        let notify = if reclaimed {
+            &stored.persisted
+        } else {
+            &stored.inserted
+        };
+        let followups = self.batches.followups(&batch, notify).await;
+        self.acknowledge(&ids, &followups, give_up).await;
+        tracing::debug!(
+            read = ids.len(),
+            stored = stored.inserted.len(),
+            notifications = followups.notifications.len(),
+            "batch persisted"
+        );
     }
 
-    /// XDEL then XACK: the stream only holds what is not yet stored.
-    async fn acknowledge(&self, ids: &[String], give_up: &CancellationToken) {
+    /// Writes the follow-ups and acknowledges in one script call (XDEL then
+    /// XACK: the stream only holds what is not yet stored; see `outbox.rs`).
+    async fn acknowledge(
+        &self,
+        ids: &[String],
+        followups: &crate::outbox::Followups,
+        give_up: &CancellationToken,
+    ) {
         let mut backoff = RETRY_MIN;
         loop {
-            // XDEL first: a worker killed between the two leaves a pending id whose
-            // entry is gone, which the next XAUTOCLAIM drops from the group. The
-            // other order would leave an acknowledged entry in the stream that
-            // nothing ever deletes (and the backlog gauge counting it forever).
-            let deleted: Result<(), Error> = self.redis.xdel(INGEST_STREAM, ids.to_vec()).await;
-            let acked: Result<(), Error> = match deleted {
-                Ok(()) => {
-                    self.redis
-                        .xack(INGEST_STREAM, INGEST_GROUP, ids.to_vec())
-                        .await
-                }
-                Err(error) => Err(error),
-            };
-            match acked {
+            // The script runs XDEL before XACK: were it ever cut between the two,
+            // a pending id whose entry is gone is dropped by the next XAUTOCLAIM,
+            // where the other order would leave an acknowledged entry in the
+            // stream that nothing ever deletes.
+            match self.outbox.commit(&self.redis, ids, followups).await {
                 Ok(()) => return,
                 Err(error) => {
                     metrics::counter!(metric::REDIS_ERRORS).increment(1);
-                    // Not acknowledging is safe (a replay is skipped), just wasteful.
+                    // Not acknowledging is safe (a replay is skipped and
+                    // notifies again, at least once), just wasteful.
                     tracing::warn!(%error, "cannot acknowledge a stored batch; retrying");
                     if !sleep_or_cancel(&mut backoff, give_up).await {
                         return;

@@ -240,7 +240,6 @@ test('messages sent while the gateway is down are sent once it is back', async (
 
 test(
   'a message accepted just before the gateway restarts is not stored twice',
-  { todo: 'embedded mode keeps temp-id dedupe in memory (gateway/src/bus.rs LocalBus): a resend after a restart is stored again' },
   async () => {
     const { alice, bob, roomId, control } = await lossyPair('restart-dedupe');
     control.dropConfirmations = true;

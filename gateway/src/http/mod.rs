@@ -17,6 +17,7 @@ mod rooms;
 mod support;
 mod tokens;
 mod users;
+mod webhooks;
 
 use crate::state::AppState;
 use axum::Router;
@@ -44,6 +45,7 @@ pub fn app(state: AppState) -> Router {
         .merge(admin::router())
         .merge(blocks::router())
         .merge(tokens::router())
+        .merge(webhooks::router())
         .merge(support::router())
         .merge(pages::router())
         .merge(crate::tickets::router())

@@ -86,6 +86,8 @@ pub fn router() -> Router<AppState> {
         super::blocks::block,
         super::blocks::unblock,
         super::blocks::list,
+        // Integrations
+        super::webhooks::verify,
         // Support desk (README "Support desk")
         super::support::ask,
         super::support::list,
@@ -102,6 +104,7 @@ pub fn router() -> Router<AppState> {
         (name = "presence", description = "Who is online"),
         (name = "rooms", description = "Rooms, messages and read state"),
         (name = "moderation", description = "Admins, bans, kicks, mutes, reports, blocks"),
+        (name = "webhooks", description = "Signatures of outbound webhooks"),
         (name = "support", description = "The live support desk: requests, claims, agents"),
     ),
 )]

@@ -61,6 +61,12 @@ async fn sweep(app: &AppState) -> Result<(), sqlx::Error> {
         {
             tracing::info!(room_id = %before.room_id, "support chat expired");
             metrics::counter!(chatter_shared::telemetry::metric::SUPPORT_EXPIRED).increment(1);
+            app.events
+                .record(
+                    chatter_shared::events::EventType::SupportExpired,
+                    || serde_json::json!({ "request": super::view(&before) }),
+                )
+                .await;
             end(app, &before, Ending::Expired).await;
         }
     }

@@ -21,6 +21,7 @@ use crate::bus::Bus;
 use crate::room_events;
 use crate::state::App;
 use chatter_shared::auth::Identity;
+use chatter_shared::events::EventType;
 use chatter_shared::ingest::Ending;
 use chatter_shared::keyspace;
 use chatter_shared::protocol::{MessageView, ServerFrame, SupportRequestView};
@@ -157,6 +158,12 @@ pub async fn ask(
             room_events::room_created(&app.bus, &room).await;
         }
         metrics::counter!(chatter_shared::telemetry::metric::SUPPORT_REQUESTS).increment(1);
+        app.events
+            .record(
+                EventType::SupportRequested,
+                || serde_json::json!({ "request": view(&request) }),
+            )
+            .await;
         let frame = ServerFrame::UserJoined(&view(&request)).to_json();
         to_agents(&app.bus, frame).await;
     }
@@ -208,6 +215,12 @@ pub async fn claim(
         Claim::NotFound => return Err(DeskError::NotFound),
     };
     metrics::counter!(chatter_shared::telemetry::metric::SUPPORT_CLAIMS).increment(1);
+    app.events
+        .record(
+            EventType::SupportClaimed,
+            || serde_json::json!({ "request": view(&request), "agent_id": &agent.user_id }),
+        )
+        .await;
     // The agent's sockets join the room (MemberAdded on their channel), the
     // user's other devices hear of the new member.
     if let Some(room) = app.store.room(room_id).await? {

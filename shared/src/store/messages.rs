@@ -255,6 +255,26 @@ impl Store {
         Ok(row.map(MessageView::from))
     }
 
+    /// Every stored message with a temp id created at or after `since`, for the
+    /// embedded mode's in-memory dedupe after a restart (a client resending a
+    /// message whose confirmation it never saw must get the original back).
+    pub async fn recent_temp_ids(
+        &self,
+        since: OffsetDateTime,
+    ) -> Result<Vec<MessageView>, sqlx::Error> {
+        let rows: Vec<MessageRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE client_msg_id IS NOT NULL AND created_at >= $1"
+            ))
+            .bind(since)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows.into_iter().map(MessageView::from).collect())
+    }
+
     /// The newest message of each room in `rooms` that has one.
     pub async fn last_messages(&self, rooms: &[Uuid]) -> Result<Vec<MessageView>, sqlx::Error> {
         let rows: Vec<MessageRow> = match self {

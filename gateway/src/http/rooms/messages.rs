@@ -14,6 +14,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::routing::{get, patch};
 use chatter_shared::auth::{Identity, is_service_secret, validate_user_id};
+use chatter_shared::events::EventType;
 use chatter_shared::protocol::{MessageView, ServerFrame};
 use chatter_shared::store::HistoryPage;
 use serde::{Deserialize, Serialize};
@@ -468,6 +469,13 @@ async fn edit_message(
     }
     .to_json();
     tell_room(&state, &edited, frame).await;
+    state
+        .events
+        .record(
+            EventType::MessageEdited,
+            || serde_json::json!({ "message": &edited, "by": &caller.user_id }),
+        )
+        .await;
     Ok(Json(edited))
 }
 
@@ -536,6 +544,13 @@ async fn delete_message(
     }
     .to_json();
     tell_room(&state, &deleted, frame).await;
+    state
+        .events
+        .record(
+            EventType::MessageDeleted,
+            || serde_json::json!({ "message": &deleted, "by": &caller.user_id }),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 

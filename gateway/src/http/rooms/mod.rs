@@ -19,11 +19,13 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, put};
+use chatter_shared::events::EventType;
 use chatter_shared::protocol::MessageView;
 use chatter_shared::store::{
     HistoryPage, MembersChange, NewRoom, Room, RoomCursor, RoomKind, RoomSummary,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use serde_json::value::RawValue;
 use std::collections::HashSet;
 use utoipa::{IntoParams, ToSchema};
@@ -257,6 +259,13 @@ async fn create_room(
         )
         .await;
     }
+    state
+        .events
+        .record(
+            EventType::RoomCreated,
+            || json!({ "room": &room, "by": &caller.user_id }),
+        )
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(RoomSummary {
@@ -528,6 +537,19 @@ async fn change_members(
             MembersChange::TooMany => return Err(too_many_members(&state)),
         };
         room_events::members_changed(&state.bus, &room, &added, &removed).await;
+        let changes = added
+            .iter()
+            .map(|user| (EventType::MemberAdded, user))
+            .chain(removed.iter().map(|user| (EventType::MemberRemoved, user)));
+        for (kind, user_id) in changes {
+            state
+                .events
+                .record(
+                    kind,
+                    || json!({ "room_id": room_id, "user_id": user_id, "by": &caller.user_id }),
+                )
+                .await;
+        }
     }
     Ok(Json(summary(&state, room, &caller.user_id).await?))
 }
@@ -566,6 +588,13 @@ async fn delete_room(
     }
     if state.store.delete_room(room_id).await? {
         room_events::room_deleted(&state.bus, room_id, &room.members).await;
+        state
+            .events
+            .record(
+                EventType::RoomDeleted,
+                || json!({ "room_id": room_id, "members": &room.members, "by": &caller.user_id }),
+            )
+            .await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
