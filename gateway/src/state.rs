@@ -109,6 +109,20 @@ impl App {
         Ok(())
     }
 
+    /// The caller with the roles of their stored record (`POST /users`) when
+    /// their token carries none: a user is an agent or an admin by either. (A
+    /// token with roles wrote them to the record already, see `upsert_user`.)
+    /// If the record cannot be read, the token's (no) roles stand.
+    pub async fn with_stored_roles(&self, mut identity: Identity) -> Identity {
+        if identity.roles.is_empty() {
+            match self.store.roles_of(&identity.user_id).await {
+                Ok(roles) => identity.roles = roles,
+                Err(error) => tracing::warn!(%error, "cannot read a user's stored roles"),
+            }
+        }
+        identity
+    }
+
     /// Forgets that a user was seen, so the next request writes them again
     /// (after an explicit `POST /users` changed them).
     pub fn forget_user(&self, user_id: &str) {

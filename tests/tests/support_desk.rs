@@ -731,7 +731,42 @@ async fn join_to_user_joined_latency_across_gateways() {
     );
 }
 
+/// A user is an agent by their token's roles or by their stored record's
+/// (`POST /users`), e.g. with tokens minted by `POST /tokens`, which carry none.
+async fn an_agent_by_record_works_the_desk(backend: Backend) {
+    let cluster = backend.builder(binaries!()).start().await.expect("cluster");
+    let (status, body) = cluster
+        .api(0)
+        .post_json(
+            "/users",
+            cluster.service_secret(),
+            &json!({"id": "rita", "name": "Rita", "roles": ["support"]}),
+        )
+        .await
+        .expect("declare rita");
+    assert_eq!(status, 200, "{body}");
+    let token = cluster.token("rita");
+    let (status, body) = cluster
+        .api(0)
+        .get("/support/requests", &token)
+        .await
+        .expect("queue");
+    assert_eq!(status, 200, "{body}");
+    let mut rita = user_socket(&cluster, 0, "rita").await;
+    settle(&mut rita).await;
+    let mut uma = user_socket(&cluster, 0, "uma").await;
+    let room_id = ask_room(&mut uma, "record roles").await;
+    recv_for(&mut rita, "UserJoined", &room_id).await;
+    rita.send_frame("JoinUser", json!({"room_id": room_id}))
+        .await
+        .expect("claim");
+    recv_for(&mut rita, "ChatHistory", &room_id).await;
+    let joined = recv_for(&mut uma, "SupportJoinedUser", &room_id).await;
+    assert_eq!(joined["support_name"], "rita");
+}
+
 chatter_tests::for_each_backend!(
+    an_agent_by_record_works_the_desk,
     asking_claiming_and_chatting,
     bad_desk_input_gets_clear_errors,
     twenty_agents_race_for_one_request,

@@ -137,6 +137,7 @@ async fn list(
     User(caller): User,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<RequestList>, ApiError> {
+    let caller = state.with_stored_roles(caller).await;
     if !support::is_agent(&caller) {
         return Err(DeskError::NotAnAgent.into());
     }
@@ -182,6 +183,7 @@ async fn claim(
     User(caller): User,
     Path(room_id): Path<Uuid>,
 ) -> Result<Json<Claimed>, ApiError> {
+    let caller = state.with_stored_roles(caller).await;
     let request = support::claim(&state, &caller, room_id).await?;
     Ok(Json(Claimed {
         room_id,
@@ -210,6 +212,7 @@ async fn close(
     User(caller): User,
     Path(room_id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
+    let caller = state.with_stored_roles(caller).await;
     support::close(&state, &caller, room_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -247,6 +250,7 @@ async fn agents(
     State(state): State<AppState>,
     User(caller): User,
 ) -> Result<Json<AgentList>, ApiError> {
+    let caller = state.with_stored_roles(caller).await;
     if !support::is_agent(&caller) {
         return Err(DeskError::NotAnAgent.into());
     }

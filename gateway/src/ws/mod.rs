@@ -140,6 +140,8 @@ pub async fn upgrade(
     if let Err(limited) = state.limits.user(&identity.user_id) {
         return ApiError::rate_limited(limited.retry_after).into_response();
     }
+    // For the whole socket: agents' queue, presence of everyone, desk frames.
+    let identity = state.with_stored_roles(identity).await;
     let prepared = async {
         state
             .ensure_user(&identity)
