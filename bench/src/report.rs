@@ -132,6 +132,34 @@ fn policy_section(md: &mut String, p: &crate::scenarios::PolicyResult) {
         );
     }
     let _ = writeln!(md);
+    if p.steps.iter().any(|s| s.before.is_some()) {
+        let _ = writeln!(
+            md,
+            "With the policy off against the baseline binaries (`--baseline-bins`, run first, \
+             in the same run). Ratio = off / before.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| msg/s | ack p50 before → off (ratio) | ack p99 before → off (ratio) | delivery p99 before → off (ratio) | gateway cores before → off (ratio) |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        for s in &p.steps {
+            let Some(before) = &s.before else { continue };
+            let pair = |before: f64, off: f64, unit: &str| {
+                format!("{before:.2} → {off:.2}{unit} ({})", ratio(off, before))
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                int(s.rate),
+                pair(before.ack_latency.p50_ms, s.off.ack_latency.p50_ms, " ms"),
+                pair(before.ack_latency.p99_ms, s.off.ack_latency.p99_ms, " ms"),
+                pair(before.latency.p99_ms, s.off.latency.p99_ms, " ms"),
+                pair(gateway_cores(before), gateway_cores(&s.off), "")
+            );
+        }
+        let _ = writeln!(md);
+    }
 }
 
 fn summary(md: &mut String, r: &Results) {

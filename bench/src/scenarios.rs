@@ -48,6 +48,11 @@ impl Bins {
     pub fn beside_current_exe() -> Result<Bins> {
         let exe = std::env::current_exe().context("locating the current executable")?;
         let dir = exe.parent().context("the executable has no folder")?;
+        Bins::in_dir(dir)
+    }
+
+    /// The binaries in `dir` (e.g. another commit's `target/release`).
+    pub fn in_dir(dir: &Path) -> Result<Bins> {
         let bins = Bins {
             gateway: dir.join("chatter-gateway"),
             worker: dir.join("chatter-worker"),
@@ -70,6 +75,9 @@ impl Bins {
 #[derive(Debug, Clone)]
 pub struct Bench {
     pub bins: Bins,
+    /// Another build's binaries (`--baseline-bins`): the content-policy scenario
+    /// also runs them, policy off, as "before" in the same run.
+    pub baseline: Option<Bins>,
     /// Logs of every process, one folder per scenario.
     pub work: PathBuf,
     /// Small loads and short steps: a smoke test of the whole pipeline.
@@ -948,12 +956,14 @@ pub struct Results {
 
 // ------------------------------------------------------------------ content policy
 
-/// One fixed-rate step with the content policy off, and the same with it on.
+/// One fixed-rate step with the content policy off, and the same with it on
+/// (and with the baseline binaries, when given).
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyStep {
     pub rate: f64,
     pub off: StepReport,
     pub on: StepReport,
+    pub before: Option<StepReport>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -994,18 +1004,24 @@ pub async fn content_policy(bench: &Bench) -> Result<PolicyResult> {
         "  block list check alone: {check_ns_short:.0} ns per 64-byte message, {check_ns_long:.0} ns per 4,000 characters"
     );
     eprintln!("content policy: {n} connections in pairs, off then on");
+    // (binaries, policy on, label); "before" first when baseline binaries are given.
+    let mut sides_wanted: Vec<(&Bins, bool, &str)> = Vec::new();
+    if let Some(baseline) = &bench.baseline {
+        sides_wanted.push((baseline, false, "before"));
+    }
+    sides_wanted.push((&bench.bins, false, "policy off"));
+    sides_wanted.push((&bench.bins, true, "policy on"));
     let mut sides = Vec::new();
-    for on in [false, true] {
+    for (bins, on, label) in sides_wanted {
         let extra = if on {
             vec![("CONTENT_BLOCKLIST_FILE", list.display().to_string())]
         } else {
             Vec::new()
         };
-        let deployment = Deployment::start_with(&dir, &bench.bins, 2, true, &extra).await?;
+        let deployment = Deployment::start_with(&dir, bins, 2, true, &extra).await?;
         let mut options = bench.options(n, 2, &dir);
         options.agents = 1;
         let mut run = LoadRun::start(&deployment.target(), &options).await?;
-        let label = if on { "policy on" } else { "policy off" };
         report_setup(label, &run);
         warm_up(&mut run, bench).await?;
         let mut steps = Vec::new();
@@ -1025,6 +1041,7 @@ pub async fn content_policy(bench: &Bench) -> Result<PolicyResult> {
     }
     let on = sides.pop().unwrap_or_default();
     let off = sides.pop().unwrap_or_default();
+    let before = sides.pop();
     Ok(PolicyResult {
         connections: n,
         blocklist_entries: 1_020,
@@ -1033,10 +1050,12 @@ pub async fn content_policy(bench: &Bench) -> Result<PolicyResult> {
         steps: rates
             .iter()
             .zip(off.into_iter().zip(on))
-            .map(|(rate, (off, on))| PolicyStep {
+            .enumerate()
+            .map(|(i, (rate, (off, on)))| PolicyStep {
                 rate: *rate,
                 off,
                 on,
+                before: before.as_ref().and_then(|steps| steps.get(i).cloned()),
             })
             .collect(),
     })

@@ -26,6 +26,10 @@ struct Args {
     /// Folder for the processes' logs (default: a new folder in the temp dir).
     #[arg(long)]
     work: Option<PathBuf>,
+    /// Another build's `target/release` (e.g. the commit before a change): the
+    /// content-policy scenario also runs its binaries, policy off, in the same run.
+    #[arg(long, value_name = "DIR")]
+    baseline_bins: Option<PathBuf>,
     /// The whole run stops by itself after this many minutes.
     #[arg(long, default_value_t = 40)]
     max_minutes: u64,
@@ -82,6 +86,11 @@ async fn run(args: Args, fd_limit: u64) -> Result<bool> {
     eprintln!("chatter-bench: logs in {}", work.display());
     let bench = Bench {
         bins: Bins::beside_current_exe()?,
+        baseline: args
+            .baseline_bins
+            .as_deref()
+            .map(Bins::in_dir)
+            .transpose()?,
         work,
         quick: args.quick,
     };
