@@ -178,8 +178,10 @@ impl PostgresServer {
     fn signal_all(&self, signal: Signal) -> Result<()> {
         let child = self.child.as_ref().context("postgres is not running")?;
         sys::signal(child, signal)?;
+        // A backend may exit between the listing and its signal (on resume the
+        // postmaster reaps at once what exited while it was stopped).
         for pid in sys::children_of(child.id()) {
-            sys::signal_pid(pid, signal)?;
+            sys::signal_pid_if_alive(pid, signal)?;
         }
         Ok(())
     }

@@ -44,14 +44,16 @@ pub fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Sends `signal` to a process by pid.
-pub fn signal_pid(pid: u32, signal: Signal) -> Result<()> {
-    let pid = i32::try_from(pid)
-        .ok()
-        .and_then(Pid::from_raw)
-        .with_context(|| format!("bad pid {pid}"))?;
-    rustix::process::kill_process(pid, signal)
-        .with_context(|| format!("signal {signal:?} to {pid:?}"))
+/// Sends `signal` to a process by pid. A process that is gone already is no
+/// error: a child listed a moment ago may have exited (and been reaped) since.
+pub fn signal_pid_if_alive(pid: u32, signal: Signal) -> Result<()> {
+    let Some(target) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        anyhow::bail!("bad pid {pid}");
+    };
+    match rustix::process::kill_process(target, signal) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("signal {signal:?} to {target:?}")),
+    }
 }
 
 /// Sends `signal` to a child we spawned. Errors if the process is already gone.
