@@ -190,6 +190,32 @@ pub async fn post_message(
     Ok(answer)
 }
 
+/// `POST /rooms/{room}/messages` as `sender` that must be refused with `status`
+/// and error `code` (a mute, a block, a content policy, an ended chat…).
+pub async fn post_refused(
+    cluster: &Cluster,
+    gateway: usize,
+    sender: &str,
+    room_id: &str,
+    status: u16,
+    code: &str,
+) -> Result<()> {
+    let (got, answer) = cluster
+        .api(gateway)
+        .post_json(
+            &format!("/rooms/{room_id}/messages"),
+            cluster.token(sender),
+            &json!({"message": "refused?"}),
+        )
+        .await?;
+    if got.as_u16() != status || answer["error"]["code"] != code {
+        bail!(
+            "POST /rooms/{room_id}/messages as {sender}: expected {status} {code}, got {got} {answer}"
+        );
+    }
+    Ok(())
+}
+
 /// Polls `GET /rooms/{room}/messages?limit=200` as `user` until `check` accepts
 /// the page (messages are stored by a worker a few ms after they are accepted);
 /// returns the messages. `what` names the condition in the error.

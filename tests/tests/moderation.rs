@@ -508,18 +508,7 @@ async fn a_muted_member_reads_but_cannot_send(cluster: &Cluster) -> Result<()> {
         "muted after {:?}",
         started.elapsed()
     );
-    let (status, body) = cluster
-        .api(1)
-        .post_json(
-            &format!("/rooms/{room}/messages"),
-            cluster.token("bob"),
-            &json!({"message": "hi"}),
-        )
-        .await?;
-    ensure!(
-        status == 403 && body["error"]["code"] == "muted",
-        "{status} {body}"
-    );
+    chatter_tests::chat::post_refused(cluster, 1, "bob", &room, 403, "muted").await?;
     // Still reads.
     let sent = send_and_confirm(&mut owner, &room, "quiet please", "o1").await?;
     ensure!(sent["confirmed"] == true, "{sent}");
@@ -610,18 +599,7 @@ async fn blocking_closes_the_direct_room_to_the_blocked_user(cluster: &Cluster) 
         "{status} {body}"
     );
     send_until(&mut bob, &direct, "hey", Some("blocked")).await?;
-    let (status, body) = cluster
-        .api(1)
-        .post_json(
-            &format!("/rooms/{direct}/messages"),
-            cluster.token("bob"),
-            &json!({"message": "hey"}),
-        )
-        .await?;
-    ensure!(
-        status == 403 && body["error"]["code"] == "blocked",
-        "{status} {body}"
-    );
+    chatter_tests::chat::post_refused(cluster, 1, "bob", &direct, 403, "blocked").await?;
     // ...but group rooms are unaffected, and alice may still write.
     let sent = send_and_confirm(&mut bob, &group, "hi all", "b2").await?;
     ensure!(sent["confirmed"] == true, "group: {sent}");

@@ -59,6 +59,15 @@ async fn user_socket(cluster: &Cluster, gateway: usize, name: &str) -> WsClient 
         .unwrap_or_else(|e| panic!("user {name}: {e}"))
 }
 
+/// `JoinUser` from an agent's socket that wins: its `ChatHistory`.
+async fn claim(agent: &mut WsClient, room_id: &str) -> Value {
+    agent
+        .send_frame("JoinUser", json!({"room_id": room_id}))
+        .await
+        .expect("claim");
+    recv_for(agent, "ChatHistory", room_id).await
+}
+
 /// `ask`, for the new request's room id.
 async fn ask_room(ws: &mut WsClient, topic: &str) -> String {
     ask(ws, topic).await["room_id"]
@@ -151,10 +160,7 @@ async fn asking_claiming_and_chatting(backend: Backend) {
     assert_eq!(refused["code"], "forbidden");
 
     // Anna claims over WebSocket; Ben's claims (REST and WebSocket) lose.
-    anna.send_frame("JoinUser", json!({"room_id": room_id}))
-        .await
-        .expect("claim");
-    let history = recv_for(&mut anna, "ChatHistory", &room_id).await;
+    let history = claim(&mut anna, &room_id).await;
     assert_eq!(history["messages"], json!([]));
     for agent in [&mut anna, &mut ben] {
         let removed = recv_for(agent, "RemoveUser", &room_id).await;
@@ -549,11 +555,7 @@ async fn chats_expire_without_messages(backend: Backend) {
     assert_eq!(refused["reason"], "chat_expired");
     let room_id = ask_room(&mut user, "second try").await;
     recv_for(&mut agent, "UserJoined", &room_id).await;
-    agent
-        .send_frame("JoinUser", json!({"room_id": room_id}))
-        .await
-        .expect("claim");
-    recv_for(&mut agent, "ChatHistory", &room_id).await;
+    claim(&mut agent, &room_id).await;
 
     // Messages every second keep it open past three expiry periods…
     let kept_from = Instant::now();
@@ -578,17 +580,9 @@ async fn chats_expire_without_messages(backend: Backend) {
         .expect("answer");
     assert_eq!(refused["reason"], "chat_expired");
     // The same over HTTP publish: one send path.
-    let (status, body) = cluster
-        .api(0)
-        .post_json(
-            &format!("/rooms/{room_id}/messages"),
-            cluster.token("uma"),
-            &json!({"message": "over http"}),
-        )
+    chatter_tests::chat::post_refused(&cluster, 0, "uma", &room_id, 409, "chat_expired")
         .await
-        .expect("publish");
-    assert_eq!(status, 409, "{body}");
-    assert_eq!(body["error"]["code"], "chat_expired");
+        .expect("HTTP publish refused");
 }
 
 /// The gateway that created a request is killed; the request still expires,
@@ -639,11 +633,7 @@ async fn each_side_hears_when_the_other_has_no_connection_left() {
     let mut phone = user_socket(&cluster, 0, "uma").await;
     let mut laptop = user_socket(&cluster, 1, "uma").await;
     let room_id = ask_room(&mut phone, "two devices").await;
-    agent
-        .send_frame("JoinUser", json!({"room_id": room_id}))
-        .await
-        .expect("claim");
-    recv_for(&mut agent, "ChatHistory", &room_id).await;
+    claim(&mut agent, &room_id).await;
     recv_for(&mut laptop, "SupportJoinedUser", &room_id).await;
 
     phone.close().await.expect("phone leaves");
@@ -757,10 +747,7 @@ async fn an_agent_by_record_works_the_desk(backend: Backend) {
     let mut uma = user_socket(&cluster, 0, "uma").await;
     let room_id = ask_room(&mut uma, "record roles").await;
     recv_for(&mut rita, "UserJoined", &room_id).await;
-    rita.send_frame("JoinUser", json!({"room_id": room_id}))
-        .await
-        .expect("claim");
-    recv_for(&mut rita, "ChatHistory", &room_id).await;
+    claim(&mut rita, &room_id).await;
     let joined = recv_for(&mut uma, "SupportJoinedUser", &room_id).await;
     assert_eq!(joined["support_name"], "rita");
 }
