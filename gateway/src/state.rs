@@ -8,7 +8,6 @@ use crate::limits::Limits;
 use crate::moderation::Moderation;
 use chatter_shared::auth::{Identity, Tokens};
 use chatter_shared::config::Config;
-use chatter_shared::ingest::AppendLimits;
 use chatter_shared::store::Store;
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -30,7 +29,6 @@ pub struct App {
     pub tokens: Tokens,
     pub store: Store,
     pub bus: Bus,
-    pub append_limits: AppendLimits,
     pub hub: Hub,
     /// One permit per open WebSocket: `MAX_CONNECTIONS` is a hard cap.
     pub connection_slots: Arc<Semaphore>,
@@ -69,12 +67,6 @@ impl App {
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
             limits: Arc::new(Limits::new(&config)),
             moderation: Arc::new(Moderation::new(&config)),
-            append_limits: AppendLimits {
-                dedupe_ttl_secs: config.dedupe_ttl_secs,
-                max_backlog: config.ingest_max_backlog,
-                recent_log_size: config.recent_log_size,
-                recent_log_ttl_secs: config.recent_log_ttl_secs,
-            },
             config,
             tokens,
             store,
