@@ -1147,7 +1147,10 @@ fn persist_section(md: &mut String, d: &DrainResult) {
         Some(c) => {
             let _ = writeln!(
                 md,
-                "**The `COPY` ceiling**: the same {} rows, read out of `messages` into memory, then                  loaded with one `COPY … FROM STDIN` into a fresh table `LIKE messages INCLUDING ALL`                  (same columns, primary key and unique indexes) in the same Postgres: {:.2} s, {} rows/s.                  The worker reached {} of that.\n",
+                "**The `COPY` ceiling**: the same {} rows, read out of `messages` into memory, then \
+                 loaded with one `COPY … FROM STDIN` into a fresh table `LIKE messages INCLUDING ALL` \
+                 (same columns, primary key and unique indexes) in the same Postgres: {:.2} s, {} rows/s. \
+                 The worker reached {} of that.\n",
                 int(c.rows as f64),
                 c.seconds,
                 int(c.per_s),
@@ -1167,7 +1170,11 @@ fn storm_section(md: &mut String, st: &StormResult) {
     let _ = writeln!(md, "## Storm after a drain\n");
     let _ = writeln!(
         md,
-        "2 gateways, {} idle authenticated sockets, connection i on gateway i mod 2, connected          all at once ({} agents × {} handshakes in flight). Then SIGTERM to one gateway, which          closes its sockets (4007) at random moments over `DRAIN_WINDOW_SECS` = {} s; the load          generator reopens each closed socket at once on the other gateway (at most 20 attempts,          50 ms doubling to 1 s between them). Times are from the SIGTERM.\n",
+        "2 gateways, {} idle authenticated sockets, connection i on gateway i mod 2, connected \
+         all at once ({} agents × {} handshakes in flight). Then SIGTERM to one gateway, which \
+         closes its sockets (4007) at random moments over `DRAIN_WINDOW_SECS` = {} s; the load \
+         generator reopens each closed socket at once on the other gateway (at most 20 attempts, \
+         50 ms doubling to 1 s between them). Times are from the SIGTERM.\n",
         int(st.connections as f64),
         st.connections.div_ceil(10_000).max(2),
         crate::scenarios::STORM_CONCURRENCY,

@@ -171,6 +171,9 @@ impl Deployment {
             // Every load-generator socket comes from 127.0.0.1 and connects in
             // bursts: no per-address cap on connections still upgrading.
             ("MAX_HTTP_CONNECTIONS_PER_IP", "0".to_owned()),
+            // The worker's probe port: any free one (another deployment may
+            // hold the default).
+            ("WORKER_PORT", "0".to_owned()),
         ]
         .into_iter()
         .chain(extra.iter().cloned())
@@ -538,7 +541,11 @@ pub async fn storm(bench: &Bench) -> Result<StormResult> {
     let mut exit_s = None;
     let (status, complete) = loop {
         let status = run.status().await?;
-        let closed = status.closes.values().sum::<u64>() - closes_before;
+        let closed = status
+            .closes
+            .values()
+            .sum::<u64>()
+            .saturating_sub(closes_before);
         if exit_s.is_none() && !deployment.gateways[1].is_running() {
             exit_s = Some(sigterm_at.elapsed().as_secs_f64());
         }
