@@ -51,8 +51,11 @@ pub struct Options {
 /// Redis's slow log keeps commands that took at least this long (µs) during
 /// the window (its default, 10 ms, would show nothing here).
 const SLOWLOG_US: &str = "1000";
-/// Lines of `perf report` printed (the whole report is kept in the log folder).
-const PERF_LINES: usize = 160;
+/// Arguments of a slow command shown.
+const SLOWLOG_ARGS: usize = 4;
+/// Lines of `perf report`'s call graphs printed (the whole report is kept in
+/// the log folder); the flat profile is printed whole.
+const PERF_LINES: usize = 120;
 
 /// Loads `pg_stat_statements` into a fresh server: `shared_preload_libraries`
 /// needs a restart, done before anything else connects.
@@ -219,7 +222,7 @@ pub async fn profile(bench: &Bench, options: &Options) -> Result<String> {
     }
     let _ = writeln!(
         md,
-        "## `perf` of gateway 1 (pid {gateway_pid})\n\n`perf record -e cpu-clock -g -p {gateway_pid} -- sleep {}` then `perf report --no-children --percent-limit 1 --stdio`:\n",
+        "## `perf` of gateway 1 (pid {gateway_pid})\n\n`perf record -e cpu-clock -g -p {gateway_pid} -- sleep {}` then `perf report --no-children --percent-limit 1 --stdio`: by binary (`-g none --sort dso`), by symbol (`-g none`) and with call graphs:\n",
         options.seconds
     );
     match perf_report {
@@ -354,13 +357,21 @@ fn slowlog_section(md: &mut String, slowlog: Option<&Resp>) {
             continue;
         };
         let usec = fields.get(2).and_then(Resp::as_int).unwrap_or(0);
+        // The command and its first keys; scripts' long arguments left out.
         let args = match fields.get(3) {
-            Some(Resp::Array(Some(args))) => args
-                .iter()
-                .filter_map(|a| a.as_str())
-                .map(|a| a.chars().take(40).collect::<String>())
-                .collect::<Vec<_>>()
-                .join(" "),
+            Some(Resp::Array(Some(args))) => {
+                let mut text = args
+                    .iter()
+                    .take(SLOWLOG_ARGS)
+                    .filter_map(|a| a.as_str())
+                    .map(|a| a.chars().take(48).collect::<String>())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if args.len() > SLOWLOG_ARGS {
+                    let _ = write!(text, " … ({} arguments)", args.len());
+                }
+                text
+            }
             _ => String::new(),
         };
         let _ = writeln!(
@@ -448,36 +459,48 @@ async fn finish_perf(
             ));
         }
     }
-    let report = tokio::process::Command::new("perf")
-        .args(["report", "-i"])
-        .arg(data)
-        .args(["--no-children", "--percent-limit", "1", "--stdio"])
-        .kill_on_drop(true)
-        .output();
-    let output = match tokio::time::timeout(Duration::from_secs(180), report).await {
-        Ok(Ok(output)) if output.status.success() => output,
-        other => return Err(format!("perf report failed: {other:?}")),
-    };
-    let text = String::from_utf8_lossy(&output.stdout);
+    // By binary first: the gateway's own code is spread over many symbols
+    // below the 1 % limit, so this is where its share shows.
+    let by_dso = perf_report(data, &["-g", "none", "--sort", "dso"]).await?;
+    let flat = perf_report(data, &["-g", "none"]).await?;
+    let graph = perf_report(data, &[]).await?;
     let full = dir.join("perf-report.txt");
-    let _ = std::fs::write(&full, text.as_bytes());
-    let lines: Vec<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .collect();
-    let mut shown = lines
-        .iter()
-        .take(PERF_LINES)
-        .copied()
-        .collect::<Vec<_>>()
-        .join("\n");
-    if lines.len() > PERF_LINES {
+    let _ = std::fs::write(&full, graph.as_bytes());
+    let lines = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let mut shown = lines(&by_dso).join("\n");
+    let _ = write!(shown, "\n\nBy symbol:\n\n{}", lines(&flat).join("\n"));
+    let graph_lines = lines(&graph);
+    let _ = write!(shown, "\n\nCall graphs:\n\n");
+    shown.push_str(&graph_lines[..graph_lines.len().min(PERF_LINES)].join("\n"));
+    if graph_lines.len() > PERF_LINES {
         let _ = write!(
             shown,
             "\n… {} more lines in {}",
-            lines.len() - PERF_LINES,
+            graph_lines.len() - PERF_LINES,
             full.display()
         );
     }
     Ok(shown)
+}
+
+/// `perf report --no-children --percent-limit 1 --stdio` of `data`, plus `extra`.
+async fn perf_report(data: &Path, extra: &[&str]) -> Result<String, String> {
+    let report = tokio::process::Command::new("perf")
+        .args(["report", "-i"])
+        .arg(data)
+        .args(["--no-children", "--percent-limit", "1", "--stdio"])
+        .args(extra)
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(180), report).await {
+        Ok(Ok(output)) if output.status.success() => {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+        other => Err(format!("perf report failed: {other:?}")),
+    }
 }
