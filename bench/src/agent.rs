@@ -10,6 +10,11 @@
 //! (coordinated omission); if the sender itself falls behind, that shows up both
 //! as latency and as `send_lag`.
 //!
+//! In **reconnect mode** (`Setup::reconnect_attempts` > 0, idle connections with a
+//! `fallback_url`), one task per connection reads it and, when the server closes
+//! it, reopens it at once on the fallback (boundedly retried); `Command::Status`
+//! reports the progress (the storm scenario's drain).
+//!
 //! Nothing here waits forever: connects, the room wait, every step and its drain
 //! have deadlines, and the whole process exits by itself after `max_secs`.
 
