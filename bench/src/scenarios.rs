@@ -1027,6 +1027,9 @@ pub struct DrainResult {
     pub cpu: BTreeMap<String, f64>,
     /// The same rows bulk-loaded with one `COPY … FROM STDIN` in the same Postgres.
     pub copy: Option<CopyCeiling>,
+    /// The same drain with the baseline binaries (`--baseline-bins`), run
+    /// first, in the same run.
+    pub before: Option<Box<DrainResult>>,
 }
 
 /// A bulk `COPY` of the rows the worker stored: the most Postgres takes in here.
@@ -1038,8 +1041,40 @@ pub struct CopyCeiling {
 }
 
 /// Worker throughput: fill the ingest stream with the worker stopped, then start
-/// one and time how fast it empties it into Postgres.
+/// one and time how fast it empties it into Postgres. With `--baseline-bins`
+/// the baseline's worker drains a deployment of its own first, filled the same
+/// way, so before and after come from the same run.
 pub async fn persist(bench: &Bench) -> Result<DrainResult> {
+    let before = match &bench.baseline {
+        Some(baseline) => Some(Box::new(drain(bench, baseline, "before").await?)),
+        None => None,
+    };
+    let mut result = drain(bench, &bench.bins, "chatter").await?;
+    if let Some(before) = &before {
+        let cores = |d: &DrainResult, name: &str| d.cpu.get(name).copied().unwrap_or(0.0);
+        eprintln!(
+            "  before → after: {:.0} → {:.0} rows/s ({:.2}×); cores: worker {:.2} → {:.2}, postgres {:.2} → {:.2}, redis {:.2} → {:.2}",
+            before.per_s,
+            result.per_s,
+            if before.per_s > 0.0 {
+                result.per_s / before.per_s
+            } else {
+                0.0
+            },
+            cores(before, "chatter-worker"),
+            cores(&result, "chatter-worker"),
+            cores(before, "postgres"),
+            cores(&result, "postgres"),
+            cores(before, "redis-server"),
+            cores(&result, "redis-server"),
+        );
+    }
+    result.before = before;
+    Ok(result)
+}
+
+/// One drain of [`persist`] with `bins`' gateways and worker.
+async fn drain(bench: &Bench, bins: &Bins, label: &str) -> Result<DrainResult> {
     let dir = bench.dir("persist")?;
     let n = if bench.quick { 400 } else { 2_000 };
     let (rate, secs) = if bench.quick {
@@ -1047,12 +1082,14 @@ pub async fn persist(bench: &Bench) -> Result<DrainResult> {
     } else {
         (10_000.0, 15.0)
     };
-    eprintln!("persist: fill the stream at {rate} msg/s for {secs}s with no worker, then drain");
-    let mut deployment = Deployment::start(&dir, &bench.bins, 2, false).await?;
+    eprintln!(
+        "persist ({label}): fill the stream at {rate} msg/s for {secs}s with no worker, then drain"
+    );
+    let mut deployment = Deployment::start(&dir, bins, 2, false).await?;
     let mut options = bench.options(n, 2, &dir);
     options.agents = 2;
     let mut run = LoadRun::start(&deployment.target(), &options).await?;
-    report_setup("chatter", &run);
+    report_setup(label, &run);
     warm_up(&mut run, bench).await?;
     let fill_from = time::OffsetDateTime::now_utc();
     let fill = step(&mut run, rate, secs, 30.0).await?;
@@ -1074,7 +1111,7 @@ pub async fn persist(bench: &Bench) -> Result<DrainResult> {
 
     let cpu = CpuSampler::start();
     let started = Instant::now();
-    deployment.start_worker(&bench.bins.worker).await?;
+    deployment.start_worker(&bins.worker).await?;
     let complete = deployment
         .wait_backlog_empty(Duration::from_secs(if bench.quick { 30 } else { 180 }))
         .await;
@@ -1116,6 +1153,7 @@ pub async fn persist(bench: &Bench) -> Result<DrainResult> {
         complete,
         cpu,
         copy,
+        before: None,
     })
 }
 
