@@ -160,6 +160,9 @@ impl Deployment {
             ("SERVICE_SECRET", service_secret),
             ("HOST", "127.0.0.1".to_owned()),
             ("PORT", "0".to_owned()),
+            // The worker's metrics port too: another deployment (a test run, a
+            // second bench) may hold the default one.
+            ("WORKER_PORT", "0".to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
             ("LOG_LEVEL", "info".to_owned()),
             // The load's own needs: senders may burst, and sockets are many.
