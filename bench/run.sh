@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # chatter's benchmarks: builds the release binaries, runs every scenario (idle,
-# fan-out, 1:1, persist) and writes bench/RESULTS.md. About 10-15 minutes on a
+# fan-out, 1:1, persist, storm) and writes bench/RESULTS.md. About 10-15 minutes on a
 # 2-core machine, plus the first release build.
 #
 #   bash bench/run.sh                 # everything → bench/RESULTS.md
-#   bash bench/run.sh fanout          # one scenario (idle | fanout | one-to-one | persist),
+#   bash bench/run.sh fanout          # one scenario (idle | fanout | one-to-one | persist | storm),
 #                                     # Markdown on stdout
 #   bash bench/run.sh --quick all     # small loads, short steps: a smoke test
 #

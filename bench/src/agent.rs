@@ -10,11 +10,18 @@
 //! (coordinated omission); if the sender itself falls behind, that shows up both
 //! as latency and as `send_lag`.
 //!
+//! In **reconnect mode** (`Setup::reconnect_attempts` > 0, idle connections with a
+//! `fallback_url`), one task per connection reads it and, when the server closes
+//! it, reopens it at once on the fallback (boundedly retried); `Command::Status`
+//! reports the progress (the storm scenario's drain).
+//!
 //! Nothing here waits forever: connects, the room wait, every step and its drain
 //! have deadlines, and the whole process exits by itself after `max_secs`.
 
 use crate::frames::{self, ServerFrame};
-use crate::plan::{self, Command, ConnSpec, Event, RoomCount, Setup, StepCmd, StepStats};
+use crate::plan::{
+    self, Command, ConnSpec, Event, RoomCount, Setup, StatusStats, StepCmd, StepStats,
+};
 use crate::stats;
 use anyhow::{Context, Result, bail};
 use futures::stream::{SplitSink, SplitStream};
@@ -42,6 +49,10 @@ type Ws = WebSocketStream<TcpStream>;
 const QUIET_MS: u64 = 300;
 /// How long closing all sockets at `Quit` may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Reconnect mode: the pause after the n-th failed attempt is this × 2ⁿ…
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(50);
+/// …at most this.
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// A client's read buffer. tungstenite's default (128 KiB, allocated eagerly) is
 /// sized for a few busy sockets, not tens of thousands.
 const READ_BUFFER: usize = 16 * 1024;
@@ -119,6 +130,10 @@ async fn run() -> Result<()> {
                 let stats = agent.step(&step).await;
                 emit(&Event::Step(Box::new(stats)));
             }
+            Command::Status => {
+                let agent = agent.as_ref().context("status before setup")?;
+                emit(&Event::Status(agent.status()));
+            }
             Command::Quit => break,
         }
     }
@@ -175,6 +190,15 @@ struct Shared {
     last_delivery_us: AtomicU64,
     agent: usize,
     message_bytes: usize,
+    /// Reconnect mode (see [`Setup::reconnect_attempts`]): attempts per close…
+    reconnect_attempts: u32,
+    connect_timeout: Duration,
+    /// …and its progress, for [`Command::Status`].
+    reconnects: AtomicU64,
+    reconnect_failed: AtomicU64,
+    reconnect_errors: Mutex<BTreeMap<String, u64>>,
+    first_close_us: AtomicU64,
+    last_reconnect_us: AtomicU64,
 }
 
 impl Shared {
@@ -212,6 +236,13 @@ impl Agent {
             last_delivery_us: AtomicU64::new(0),
             agent: setup.agent,
             message_bytes: setup.message_bytes,
+            reconnect_attempts: setup.reconnect_attempts,
+            connect_timeout: Duration::from_millis(setup.connect_timeout_ms),
+            reconnects: AtomicU64::new(0),
+            reconnect_failed: AtomicU64::new(0),
+            reconnect_errors: Mutex::new(BTreeMap::new()),
+            first_close_us: AtomicU64::new(u64::MAX),
+            last_reconnect_us: AtomicU64::new(0),
         });
         let cancel = CancellationToken::new();
         let timeout = Duration::from_millis(setup.connect_timeout_ms);
@@ -253,6 +284,32 @@ impl Agent {
             next_n: AtomicU64::new(0),
         };
         (agent, event)
+    }
+
+    fn status(&self) -> StatusStats {
+        let shared = &self.shared;
+        let first_close = shared.first_close_us.load(Ordering::Relaxed);
+        StatusStats {
+            open: self
+                .conns
+                .iter()
+                .filter(|c| c.state.open.load(Ordering::Relaxed))
+                .count() as u64,
+            reconnects: shared.reconnects.load(Ordering::Relaxed),
+            reconnect_failed: shared.reconnect_failed.load(Ordering::Relaxed),
+            reconnect_errors: shared
+                .reconnect_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            first_close_us: if first_close == u64::MAX {
+                0
+            } else {
+                first_close
+            },
+            last_reconnect_us: shared.last_reconnect_us.load(Ordering::Relaxed),
+            closes: shared.acc().closes.clone(),
+        }
     }
 
     async fn await_rooms(&self, timeout: Duration) -> Event {
@@ -505,8 +562,27 @@ fn start_conn(
         ..ConnState::default()
     });
     state.open.store(true, Ordering::Relaxed);
-    let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::unbounded_channel();
+    if shared.reconnect_attempts > 0
+        && !spec.in_room
+        && let Some(fallback) = &spec.fallback_url
+    {
+        tokio::spawn(reconnecting(
+            ws,
+            (spec.clone(), fallback.clone()),
+            rx,
+            state.clone(),
+            shared.clone(),
+            cancel.clone(),
+        ));
+        return Conn {
+            spec_in_room: spec.in_room,
+            order: spec.order,
+            state,
+            tx,
+        };
+    }
+    let (sink, stream) = ws.split();
     tokio::spawn(read_loop(
         stream,
         state.clone(),
@@ -534,29 +610,109 @@ async fn read_loop(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
-    let mut last_seq = 0u64;
-    let ended = loop {
-        let next = tokio::select! {
-            () = cancel.cancelled() => break None,
-            next = stream.next() => next,
-        };
-        match next {
-            None => break Some("eof".to_owned()),
-            Some(Err(error)) => break Some(error_kind(&error)),
-            Some(Ok(Message::Text(text))) => {
-                on_text(text.as_str(), &state, &shared, &mut last_seq);
-            }
-            Some(Ok(Message::Close(frame))) => {
-                break Some(
-                    frame.map_or_else(|| "close".to_owned(), |f| u16::from(f.code).to_string()),
-                );
-            }
-            Some(Ok(_)) => {}
-        }
+    let ended = tokio::select! {
+        () = cancel.cancelled() => None,
+        kind = read_frames(&mut stream, &state, &shared) => Some(kind),
     };
     state.open.store(false, Ordering::Relaxed);
     if let Some(kind) = ended {
         *shared.acc().closes.entry(kind).or_default() += 1;
+    }
+}
+
+/// Reads and accounts frames until the socket ends; returns how it ended (the
+/// close code, `eof`, or an error kind).
+async fn read_frames(stream: &mut SplitStream<Ws>, state: &ConnState, shared: &Shared) -> String {
+    let mut last_seq = 0u64;
+    loop {
+        match stream.next().await {
+            None => return "eof".to_owned(),
+            Some(Err(error)) => return error_kind(&error),
+            Some(Ok(Message::Text(text))) => {
+                on_text(text.as_str(), state, shared, &mut last_seq);
+            }
+            Some(Ok(Message::Close(frame))) => {
+                return frame.map_or_else(|| "close".to_owned(), |f| u16::from(f.code).to_string());
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// An idle connection in reconnect mode: whenever the server closes it, it is
+/// reopened at once on the other URL (`urls.1`, then back to `urls.0`), with at
+/// most [`Shared::reconnect_attempts`] attempts per close and a short backoff
+/// between them. It never sends; `Out::Close` (or the end of the agent) ends it.
+async fn reconnecting(
+    mut ws: Ws,
+    urls: (ConnSpec, String),
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    state: Arc<ConnState>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    let (mut spec, mut other) = urls;
+    loop {
+        let (mut sink, mut stream) = ws.split();
+        let ended = tokio::select! {
+            () = cancel.cancelled() => None,
+            kind = read_frames(&mut stream, &state, &shared) => Some(kind),
+            () = close_asked(&mut rx, &shared) => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+                None
+            }
+        };
+        state.open.store(false, Ordering::Relaxed);
+        let Some(kind) = ended else { return };
+        shared
+            .first_close_us
+            .fetch_min(unix_now(), Ordering::Relaxed);
+        *shared.acc().closes.entry(kind).or_default() += 1;
+        std::mem::swap(&mut spec.url, &mut other);
+        let mut reopened = None;
+        for attempt in 0..shared.reconnect_attempts {
+            let result = tokio::select! {
+                () = cancel.cancelled() => return,
+                result = tokio::time::timeout(shared.connect_timeout, connect(&spec)) => result,
+            };
+            match result.unwrap_or_else(|_| Err("timeout".to_owned())) {
+                Ok(new) => {
+                    reopened = Some(new);
+                    break;
+                }
+                Err(kind) => {
+                    shared.reconnect_failed.fetch_add(1, Ordering::Relaxed);
+                    *shared
+                        .reconnect_errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(kind)
+                        .or_default() += 1;
+                    let pause = RECONNECT_BACKOFF
+                        .saturating_mul(1 << attempt.min(16))
+                        .min(RECONNECT_BACKOFF_MAX);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        let Some(new) = reopened else { return };
+        ws = new;
+        state.open.store(true, Ordering::Relaxed);
+        shared.reconnects.fetch_add(1, Ordering::Relaxed);
+        shared
+            .last_reconnect_us
+            .fetch_max(unix_now(), Ordering::Relaxed);
+    }
+}
+
+/// Resolves when the agent asks this (idle) connection to close; sends asked of
+/// it count as failed.
+async fn close_asked(rx: &mut mpsc::UnboundedReceiver<Out>, shared: &Shared) {
+    while let Some(out) = rx.recv().await {
+        match out {
+            Out::Close => return,
+            Out::Send { .. } => shared.acc().stats.send_failed += 1,
+        }
     }
 }
 

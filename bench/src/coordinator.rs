@@ -15,7 +15,7 @@
 //! closed is counted as a close (an error of the step it happened in) rather than
 //! as missing deliveries in every later step.
 
-use crate::plan::{self, Command, ConnSpec, Event, Setup, StepCmd, StepStats};
+use crate::plan::{self, Command, ConnSpec, Event, Setup, StatusStats, StepCmd, StepStats};
 use crate::stats::{self, Summary};
 use crate::sys::CpuSampler;
 use anyhow::{Context, Result, bail};
@@ -88,6 +88,10 @@ pub struct LoadOptions {
     pub rooms_timeout: Duration,
     /// Budget of each agent process; it exits by itself after this.
     pub agent_max_secs: u64,
+    /// Reconnect mode for idle connections (`room_size` 0): a socket the server
+    /// closes is reopened at once on the next server, at most this many attempts
+    /// per close. 0 = off.
+    pub reconnect_attempts: u32,
 }
 
 impl LoadOptions {
@@ -114,6 +118,7 @@ impl LoadOptions {
             room_concurrency: 16,
             rooms_timeout: Duration::from_secs(60),
             agent_max_secs: 1800,
+            reconnect_attempts: 0,
         }
     }
 }
@@ -337,8 +342,7 @@ impl LoadRun {
         };
         let mut per_agent: Vec<Vec<ConnSpec>> = vec![Vec::new(); agents_n];
         for (p, token) in plan.iter().zip(&tokens) {
-            let server = servers[p.server];
-            let url = match (target, p.room) {
+            let url = |server: SocketAddr| match (target, p.room) {
                 (Target::Ceiling { .. }, Some(room)) => {
                     format!(
                         "ws://{server}/ws?token={token}&room={}room-{room}",
@@ -347,11 +351,15 @@ impl LoadRun {
                 }
                 _ => format!("ws://{server}/ws?token={token}"),
             };
+            // Reconnect mode: the next server is where a closed socket goes.
+            let fallback = (options.reconnect_attempts > 0 && p.room.is_none())
+                .then(|| url(servers[(p.server + 1) % servers.len()]));
             per_agent[p.agent].push(ConnSpec {
-                url,
+                url: url(servers[p.server]),
                 source: p.source,
                 in_room: p.room.is_some(),
                 order: p.order,
+                fallback_url: fallback,
             });
         }
 
@@ -372,6 +380,7 @@ impl LoadRun {
                     connect_concurrency: options.connect_concurrency,
                     connect_timeout_ms: millis(options.connect_timeout),
                     message_bytes: options.message_bytes,
+                    reconnect_attempts: options.reconnect_attempts,
                 }))
                 .await?;
         }
@@ -599,6 +608,34 @@ impl LoadRun {
         report.deliveries_per_s = report.deliveries as f64 / secs;
         report.messages_per_s = report.confirmed as f64 / secs;
         report
+    }
+
+    /// Every agent's sockets right now, added up (`first_close_us` is the
+    /// earliest, `last_reconnect_us` the latest).
+    pub async fn status(&mut self) -> Result<StatusStats> {
+        for agent in &mut self.agents {
+            agent.send(&Command::Status).await?;
+        }
+        let mut total = StatusStats::default();
+        for agent in &mut self.agents {
+            match agent.next(Duration::from_secs(30)).await? {
+                Event::Status(s) => {
+                    total.open += s.open;
+                    total.reconnects += s.reconnects;
+                    total.reconnect_failed += s.reconnect_failed;
+                    plan::merge_counts(&mut total.reconnect_errors, &s.reconnect_errors);
+                    plan::merge_counts(&mut total.closes, &s.closes);
+                    if s.first_close_us > 0
+                        && (total.first_close_us == 0 || s.first_close_us < total.first_close_us)
+                    {
+                        total.first_close_us = s.first_close_us;
+                    }
+                    total.last_reconnect_us = total.last_reconnect_us.max(s.last_reconnect_us);
+                }
+                other => bail!("expected `status`, got {other:?}"),
+            }
+        }
+        Ok(total)
     }
 
     /// Closes every connection and waits (boundedly) for the agents to exit.

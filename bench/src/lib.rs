@@ -4,13 +4,16 @@
 //! - [`agent`]: a load generator process holding a share of the connections;
 //! - [`coordinator`]: plans a load, starts agents, makes rooms, adds results up;
 //! - [`ceiling`]: the minimal broadcast server chatter is compared with;
-//! - [`scenarios`]: idle, fan-out, 1:1 and persist, and the results file.
+//! - [`scenarios`]: idle, fan-out, 1:1, persist and storm;
+//! - [`report`]: the results file;
+//! - [`profile`]: one load at a fixed rate with CPU, Redis, Postgres and `perf` profiles.
 
 pub mod agent;
 pub mod ceiling;
 pub mod coordinator;
 pub mod frames;
 pub mod plan;
+pub mod profile;
 pub mod report;
 pub mod scenarios;
 pub mod stats;

@@ -20,6 +20,8 @@ pub enum Command {
     AwaitRooms { timeout_ms: u64 },
     /// Send on a schedule, drain, and report (answered by [`Event::Step`]).
     Step(StepCmd),
+    /// Report open sockets and reconnects now (answered by [`Event::Status`]).
+    Status,
     /// Close every connection and exit.
     Quit,
 }
@@ -36,6 +38,11 @@ pub struct Setup {
     pub connect_timeout_ms: u64,
     /// Length of each message body (the body carries the send instant, padded).
     pub message_bytes: usize,
+    /// Reconnect mode (idle connections with a `fallback_url` only): a socket the
+    /// server closes is reopened at once on its fallback, with at most this many
+    /// attempts per close. 0 = off.
+    #[serde(default)]
+    pub reconnect_attempts: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +57,10 @@ pub struct ConnSpec {
     /// Position in the send rotation: the schedule walks senders in this order, so
     /// consecutive messages go to different rooms.
     pub order: u64,
+    /// Where to reconnect when the server closes the socket (reconnect mode); the
+    /// next close goes back to `url`.
+    #[serde(default)]
+    pub fallback_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +94,7 @@ pub enum Event {
         elapsed_ms: u64,
     },
     Step(Box<StepStats>),
+    Status(StatusStats),
     /// The agent cannot go on; it exits after saying so.
     Fatal {
         message: String,
@@ -131,6 +143,24 @@ pub struct StepStats {
     pub foreign_deliveries: u64,
     pub open_conns: u64,
     pub drain_ms: u64,
+}
+
+/// One agent's sockets right now (reconnect mode's progress).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StatusStats {
+    pub open: u64,
+    /// Sockets reopened after the server closed them…
+    pub reconnects: u64,
+    /// …and attempts that failed (each is retried, boundedly).
+    pub reconnect_failed: u64,
+    /// Failure kinds of those attempts.
+    pub reconnect_errors: BTreeMap<String, u64>,
+    /// Wall clock (µs since the epoch) of the first close by the server, 0 if none…
+    pub first_close_us: u64,
+    /// …and of the last successful reconnect, 0 if none.
+    pub last_reconnect_us: u64,
+    /// Connections that ended, by close code, cumulative.
+    pub closes: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

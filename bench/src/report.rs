@@ -4,17 +4,23 @@
 use crate::coordinator::{Bound, StepReport};
 use crate::scenarios::{
     DrainResult, FanoutResult, IdleResult, IdleSide, P99_BOUND_MS, PairsResult, RAMP_FACTOR,
-    RampSide, Results,
+    RampSide, Results, StormResult,
 };
 use crate::sys::{MACHINE_BUSY, MACHINE_SOFTIRQ, OTHER};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-/// Targets of issue 6 (2-core machine, load generator included).
-pub const TARGET_RSS_KIB: f64 = 8.0;
-pub const TARGET_FANOUT_DELIVERIES: f64 = 200_000.0;
-pub const TARGET_FANOUT_CEILING_SHARE: f64 = 0.5;
+/// Targets of issue 12 (2-core machine, load generator included), each against a
+/// baseline measured in the same run.
+pub const TARGET_PAIRS_SHARE: f64 = 0.40;
+pub const TARGET_CONNECT_SHARE: f64 = 0.50;
+pub const TARGET_FANOUT_SHARE: f64 = 0.85;
+pub const TARGET_FIXED_P99_MS: f64 = 20.0;
+pub const TARGET_RSS_KIB: f64 = 6.0;
+pub const TARGET_BASELINE_RSS_MIB: f64 = 32.0;
 pub const TARGET_PERSIST_PER_S: f64 = 30_000.0;
+pub const TARGET_COPY_SHARE: f64 = 0.50;
+/// Issue 6's bound on the worker's lag under load.
 pub const TARGET_LAG_S: f64 = 1.0;
 
 /// Facts about the run for the header.
@@ -84,6 +90,9 @@ pub fn markdown(results: &Results, meta: &Meta) -> String {
     }
     if let Some(drain) = &results.persist {
         persist_section(&mut md, drain);
+    }
+    if let Some(storm) = &results.storm {
+        storm_section(&mut md, storm);
     }
     if let Some(policy) = &results.content_policy {
         policy_section(&mut md, policy);
@@ -162,8 +171,226 @@ fn policy_section(md: &mut String, p: &crate::scenarios::PolicyResult) {
     }
 }
 
+/// The summary: exactly the rows of issue 12's table, each chatter figure next to
+/// its baseline measured in the same run, as a ratio, with the target and verdict.
 fn summary(md: &mut String, r: &Results) {
     let _ = writeln!(md, "## Summary\n");
+    let _ = writeln!(
+        md,
+        "The targets of issue 12. Every baseline was measured in this run, on this machine, \
+         with the same load.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| figure | chatter | baseline (same run) | chatter / baseline | target | verdict |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let missing = |what: &str| format!("not measured (the {what} scenario did not run)");
+
+    // 1:1 messages/s at p99 ≤ 50 ms.
+    match &r.one_to_one {
+        Some(p) => {
+            let best = p.chatter.best.as_ref();
+            let ceiling_best = p.ceiling.as_ref().and_then(|c| c.best.as_ref());
+            let (a, b) = (
+                best.map_or(0.0, |s| s.messages_per_s),
+                ceiling_best.map_or(0.0, |s| s.messages_per_s),
+            );
+            let _ = writeln!(
+                md,
+                "| 1:1 messages/s at p99 ≤ {P99_BOUND_MS} ms ({} conns in pairs, 2 gateways) | {} | ceiling: {} | {} | ≥ {:.0} % of the ceiling | {} |",
+                int(p.connections as f64),
+                msg_cell(best, Bound::All),
+                msg_cell(ceiling_best, Bound::All),
+                share(a, b),
+                TARGET_PAIRS_SHARE * 100.0,
+                share_verdict(a, b, TARGET_PAIRS_SHARE)
+            );
+        }
+        None => summary_gap(md, "1:1 messages/s at p99 ≤ 50 ms", &missing("one-to-one")),
+    }
+
+    // Connects/s of the idle scenario's storm.
+    match &r.idle {
+        Some(idle) => {
+            let rate = |s: &IdleSide| s.connect.ok as f64 / s.connect.elapsed_s.max(1e-3);
+            let c = &idle.chatter;
+            let ceiling = idle.ceiling.as_ref();
+            let _ = writeln!(
+                md,
+                "| connects/s ({} sockets at once, {} handshakes in flight per agent) | {}/s ({:.1} s) | ceiling: {} | {} | ≥ {:.0} % of the ceiling | {} |",
+                int(c.requested as f64),
+                crate::scenarios::STORM_CONCURRENCY,
+                int(rate(c)),
+                c.connect.elapsed_s,
+                ceiling.map_or("–".into(), |s| format!(
+                    "{}/s ({:.1} s)",
+                    int(rate(s)),
+                    s.connect.elapsed_s
+                )),
+                ceiling.map_or("–".into(), |s| share(rate(c), rate(s))),
+                TARGET_CONNECT_SHARE * 100.0,
+                share_verdict(rate(c), ceiling.map_or(0.0, rate), TARGET_CONNECT_SHARE)
+            );
+        }
+        None => summary_gap(md, "connects/s", &missing("idle")),
+    }
+
+    // Fan-out: highest deliveries/s, and p99 at the fixed step.
+    match &r.fanout {
+        Some(f) => {
+            let best = f.chatter.best.as_ref();
+            let ceiling_best = f.ceiling.as_ref().and_then(|c| c.best.as_ref());
+            let (a, b) = (
+                best.map_or(0.0, |s| s.deliveries_per_s),
+                ceiling_best.map_or(0.0, |s| s.deliveries_per_s),
+            );
+            let _ = writeln!(
+                md,
+                "| fan-out deliveries/s at p99 ≤ {P99_BOUND_MS} ms ({} conns, rooms of {}, 2 gateways) | {} | ceiling: {} | {} | ≥ {:.0} % of the ceiling | {} |",
+                int(f.connections as f64),
+                f.room_size,
+                rate_cell(best, Bound::All),
+                rate_cell(ceiling_best, Bound::All),
+                share(a, b),
+                TARGET_FANOUT_SHARE * 100.0,
+                share_verdict(a, b, TARGET_FANOUT_SHARE)
+            );
+            let fixed = f.chatter.fixed.as_ref();
+            let ceiling_fixed = f.ceiling.as_ref().and_then(|c| c.fixed.as_ref());
+            let _ = writeln!(
+                md,
+                "| p99 at the fixed {} msg/s fan-out step (after a warm-up at that rate) | {} | ceiling: {} | {} | ≤ {TARGET_FIXED_P99_MS} ms | {} |",
+                int(f.fixed_rate),
+                fixed.map_or("–".into(), |s| format!("{:.2} ms", s.latency.p99_ms)),
+                ceiling_fixed.map_or("–".into(), |s| format!("{:.2} ms", s.latency.p99_ms)),
+                match (fixed, ceiling_fixed) {
+                    (Some(a), Some(b)) => ratio(a.latency.p99_ms, b.latency.p99_ms),
+                    _ => "–".into(),
+                },
+                fixed.map_or("not measured".into(), |s| if s.latency.count == 0 {
+                    "no deliveries".into()
+                } else {
+                    at_most(s.latency.p99_ms, TARGET_FIXED_P99_MS, "ms")
+                })
+            );
+        }
+        None => {
+            summary_gap(
+                md,
+                "fan-out deliveries/s at p99 ≤ 50 ms",
+                &missing("fanout"),
+            );
+            summary_gap(md, "p99 at the fixed fan-out step", &missing("fanout"));
+        }
+    }
+
+    // Memory.
+    match &r.idle {
+        Some(idle) => {
+            let c = &idle.chatter;
+            let ceiling = idle.ceiling.as_ref();
+            let _ = writeln!(
+                md,
+                "| RSS per idle authenticated socket ({} sockets on one gateway) | {:.2} KiB | ceiling (4 KiB read buffers): {} | {} | ≤ {TARGET_RSS_KIB} KiB | {} |",
+                int(c.connect.ok as f64),
+                c.per_conn_kib,
+                ceiling.map_or("–".into(), |s| format!("{:.2} KiB", s.per_conn_kib)),
+                ceiling.map_or("–".into(), |s| ratio(c.per_conn_kib, s.per_conn_kib)),
+                at_most(c.per_conn_kib, TARGET_RSS_KIB, "KiB")
+            );
+            let mib = |kib: u64| kib as f64 / 1024.0;
+            let _ = writeln!(
+                md,
+                "| gateway RSS with no socket (2 s after start) | {:.1} MiB | ceiling: {} | {} | ≤ {TARGET_BASELINE_RSS_MIB} MiB | {} |",
+                mib(c.rss_before_kib),
+                ceiling.map_or("–".into(), |s| format!(
+                    "{:.1} MiB",
+                    mib(s.rss_before_kib)
+                )),
+                ceiling.map_or("–".into(), |s| ratio(
+                    c.rss_before_kib as f64,
+                    s.rss_before_kib as f64
+                )),
+                at_most(mib(c.rss_before_kib), TARGET_BASELINE_RSS_MIB, "MiB")
+            );
+        }
+        None => {
+            summary_gap(md, "RSS per idle socket", &missing("idle"));
+            summary_gap(md, "gateway RSS with no socket", &missing("idle"));
+        }
+    }
+
+    // Persistence.
+    match &r.persist {
+        Some(d) => {
+            let drained = if d.complete {
+                at_least(d.per_s, TARGET_PERSIST_PER_S, "msg/s")
+            } else {
+                format!(
+                    "the backlog was not drained in {:.0} s; {}",
+                    d.wall_s,
+                    at_least(d.per_s, TARGET_PERSIST_PER_S, "msg/s")
+                )
+            };
+            let _ = writeln!(
+                md,
+                "| worker drain into Postgres (one worker, a backlog of {}) | {} msg/s | – | – | ≥ {} msg/s | {} |",
+                int(d.backlog as f64),
+                int(d.per_s),
+                int(TARGET_PERSIST_PER_S),
+                drained
+            );
+            let copy = d.copy.as_ref();
+            let _ = writeln!(
+                md,
+                "| worker drain vs a bulk `COPY … FROM STDIN` of the same rows (same Postgres, a table `LIKE messages INCLUDING ALL`) | {} rows/s | COPY: {} | {} | ≥ {:.0} % of COPY | {} |",
+                int(d.per_s),
+                copy.map_or("not measured".into(), |c| format!(
+                    "{} rows/s ({} rows in {:.2} s)",
+                    int(c.per_s),
+                    int(c.rows as f64),
+                    c.seconds
+                )),
+                copy.map_or("–".into(), |c| share(d.per_s, c.per_s)),
+                TARGET_COPY_SHARE * 100.0,
+                share_verdict(d.per_s, copy.map_or(0.0, |c| c.per_s), TARGET_COPY_SHARE)
+            );
+        }
+        None => {
+            summary_gap(md, "worker drain into Postgres", &missing("persist"));
+            summary_gap(md, "worker drain vs a bulk COPY", &missing("persist"));
+        }
+    }
+    let _ = writeln!(md);
+    other_checks(md, r);
+}
+
+/// A summary row whose scenario did not run.
+fn summary_gap(md: &mut String, figure: &str, why: &str) {
+    let _ = writeln!(md, "| {figure} | – | – | – | – | {why} |");
+}
+
+/// "met", or how far a share of the baseline is from the target share.
+fn share_verdict(value: f64, baseline: f64, target: f64) -> String {
+    if baseline <= 0.0 {
+        return "no baseline figure".into();
+    }
+    let got = value / baseline;
+    if got >= target {
+        "met".into()
+    } else {
+        format!(
+            "**missed**: {:.0} %, {:.0} points short",
+            got * 100.0,
+            (target - got) * 100.0
+        )
+    }
+}
+
+/// What else a run checks: losses, the other bounds, the storm after a drain.
+fn other_checks(md: &mut String, r: &Results) {
+    let _ = writeln!(md, "## Other checks\n");
     let _ = writeln!(
         md,
         "| scenario | figure | chatter | ceiling | chatter / ceiling | target | verdict |"
@@ -189,14 +416,6 @@ fn summary(md: &mut String, r: &Results) {
                 "met".into()
             }
         );
-        let _ = writeln!(
-            md,
-            "| idle | server RSS per idle connection | {:.1} KiB | {} | {} | ≤ {TARGET_RSS_KIB} KiB | {} |",
-            c.per_conn_kib,
-            ceiling.map_or("–".into(), |s| format!("{:.1} KiB", s.per_conn_kib)),
-            ceiling.map_or("–".into(), |s| ratio(c.per_conn_kib, s.per_conn_kib)),
-            at_most(c.per_conn_kib, TARGET_RSS_KIB, "KiB")
-        );
         if let Some(d) = &idle.ceiling_default_buffers {
             let _ = writeln!(
                 md,
@@ -206,53 +425,8 @@ fn summary(md: &mut String, r: &Results) {
                 ratio(c.per_conn_kib, d.per_conn_kib)
             );
         }
-        let _ = writeln!(
-            md,
-            "| idle | time to connect them all | {:.1} s ({}/s) | {} | {} | – | – |",
-            c.connect.elapsed_s,
-            int(c.connect.ok as f64 / c.connect.elapsed_s.max(1e-3)),
-            ceiling.map_or("–".into(), |s| format!(
-                "{:.1} s ({}/s)",
-                s.connect.elapsed_s,
-                int(s.connect.ok as f64 / s.connect.elapsed_s.max(1e-3))
-            )),
-            ceiling.map_or("–".into(), |s| ratio(
-                c.connect.elapsed_s,
-                s.connect.elapsed_s
-            )),
-        );
     }
     if let Some(f) = &r.fanout {
-        let best = f.chatter.best.as_ref();
-        let ceiling_best = f.ceiling.as_ref().and_then(|c| c.best.as_ref());
-        let chatter_rate = best.map_or(0.0, |b| b.deliveries_per_s);
-        let ceiling_rate = ceiling_best.map_or(0.0, |b| b.deliveries_per_s);
-        let _ = writeln!(
-            md,
-            "| fan-out | highest deliveries/s with p99 ≤ {P99_BOUND_MS} ms (2 gateways, {} conns, rooms of {}) | {} | {} | {} | ≥ {} and ≥ {:.0} % of the ceiling | {}; {} |",
-            int(f.connections as f64),
-            f.room_size,
-            rate_cell(best, Bound::All),
-            rate_cell(ceiling_best, Bound::All),
-            share(chatter_rate, ceiling_rate),
-            int(TARGET_FANOUT_DELIVERIES),
-            TARGET_FANOUT_CEILING_SHARE * 100.0,
-            at_least(chatter_rate, TARGET_FANOUT_DELIVERIES, "deliveries/s"),
-            if ceiling_rate > 0.0 {
-                let share = chatter_rate / ceiling_rate;
-                if share >= TARGET_FANOUT_CEILING_SHARE {
-                    format!("{:.0} % of the ceiling: met", share * 100.0)
-                } else {
-                    format!(
-                        "**missed**: {:.0} % of the ceiling, {:.0} points short",
-                        share * 100.0,
-                        (TARGET_FANOUT_CEILING_SHARE - share) * 100.0
-                    )
-                }
-            } else {
-                "no ceiling figure".into()
-            }
-        );
         peers_row(md, "fan-out", &f.chatter, f.ceiling.as_ref(), rate_cell);
         if let Some(fixed) = &f.chatter.fixed {
             let ceiling_fixed = f.ceiling.as_ref().and_then(|c| c.fixed.as_ref());
@@ -274,18 +448,6 @@ fn summary(md: &mut String, r: &Results) {
     }
     if let Some(p) = &r.one_to_one {
         let best = p.chatter.best.as_ref();
-        let ceiling_best = p.ceiling.as_ref().and_then(|c| c.best.as_ref());
-        let _ = writeln!(
-            md,
-            "| 1:1 | highest messages/s with p99 ≤ {P99_BOUND_MS} ms ({} conns in pairs across 2 gateways) | {} | {} | {} | – | – |",
-            int(p.connections as f64),
-            msg_cell(best, Bound::All),
-            msg_cell(ceiling_best, Bound::All),
-            share(
-                best.map_or(0.0, |b| b.messages_per_s),
-                ceiling_best.map_or(0.0, |b| b.messages_per_s)
-            ),
-        );
         peers_row(md, "1:1", &p.chatter, p.ceiling.as_ref(), msg_cell);
         for (label, rps) in &p.redis_publish {
             let _ = writeln!(
@@ -316,20 +478,22 @@ fn summary(md: &mut String, r: &Results) {
             }
         );
     }
-    if let Some(d) = &r.persist {
+    if let Some(st) = &r.storm {
         let _ = writeln!(
             md,
-            "| persist | worker throughput into Postgres (draining a backlog of {}) | {} msg/s | – | – | ≥ {} msg/s | {} |",
-            int(d.backlog as f64),
-            int(d.per_s),
-            int(TARGET_PERSIST_PER_S),
-            if d.complete {
-                at_least(d.per_s, TARGET_PERSIST_PER_S, "msg/s")
+            "| storm | every socket of a drained gateway open again on the other ({} of {} sockets, `DRAIN_WINDOW_SECS` {}) | {:.1} s after SIGTERM; {} reconnects/s | – | – | – | {} |",
+            int(st.drained as f64),
+            int(st.connect.ok as f64),
+            st.drain_window_secs,
+            st.all_open_s,
+            int(st.reconnects_per_s),
+            if st.complete {
+                "all reopened".to_owned()
             } else {
                 format!(
-                    "the backlog was not drained in {:.0} s; {}",
-                    d.wall_s,
-                    at_least(d.per_s, TARGET_PERSIST_PER_S, "msg/s")
+                    "**not all reopened**: {} reconnects for {} closes",
+                    int(st.status.reconnects as f64),
+                    int(st.status.closes.values().sum::<u64>() as f64)
                 )
             }
         );
@@ -979,6 +1143,75 @@ fn persist_section(md: &mut String, d: &DrainResult) {
         if d.complete { "yes" } else { "no" },
         cpu_cell(&d.cpu)
     );
+    match &d.copy {
+        Some(c) => {
+            let _ = writeln!(
+                md,
+                "**The `COPY` ceiling**: the same {} rows, read out of `messages` into memory, then \
+                 loaded with one `COPY … FROM STDIN` into a fresh table `LIKE messages INCLUDING ALL` \
+                 (same columns, primary key and unique indexes) in the same Postgres: {:.2} s, {} rows/s. \
+                 The worker reached {} of that.\n",
+                int(c.rows as f64),
+                c.seconds,
+                int(c.per_s),
+                share(d.per_s, c.per_s)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "**The `COPY` ceiling** was not measured (see the log).\n"
+            );
+        }
+    }
+}
+
+fn storm_section(md: &mut String, st: &StormResult) {
+    let _ = writeln!(md, "## Storm after a drain\n");
+    let _ = writeln!(
+        md,
+        "2 gateways, {} idle authenticated sockets, connection i on gateway i mod 2, connected \
+         all at once ({} agents × {} handshakes in flight). Then SIGTERM to one gateway, which \
+         closes its sockets (4007) at random moments over `DRAIN_WINDOW_SECS` = {} s; the load \
+         generator reopens each closed socket at once on the other gateway (at most 20 attempts, \
+         50 ms doubling to 1 s between them). Times are from the SIGTERM.\n",
+        int(st.connections as f64),
+        st.connections.div_ceil(10_000).max(2),
+        crate::scenarios::STORM_CONCURRENCY,
+        st.drain_window_secs
+    );
+    let _ = writeln!(
+        md,
+        "| connected first | in | sockets on the drained gateway | first close | every socket open again | reconnects | reconnects/s | failed attempts | closes | drained gateway exited |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| {} | {:.1} s ({}/s) | {} | {:.2} s | {} | {} | {} | {} {} | {:?} | {} |\n",
+        int(st.connect.ok as f64),
+        st.connect.elapsed_s,
+        int(st.connect.ok as f64 / st.connect.elapsed_s.max(1e-3)),
+        int(st.drained as f64),
+        st.first_close_s,
+        if st.complete {
+            format!("{:.2} s", st.all_open_s)
+        } else {
+            format!("**not reached** (last reconnect at {:.2} s)", st.all_open_s)
+        },
+        int(st.status.reconnects as f64),
+        int(st.reconnects_per_s),
+        int(st.status.reconnect_failed as f64),
+        if st.status.reconnect_errors.is_empty() {
+            String::new()
+        } else {
+            format!("{:?}", st.status.reconnect_errors)
+        },
+        st.status.closes,
+        st.exit_s
+            .map_or("not within the deadline".into(), |s| format!(
+                "after {s:.1} s"
+            ))
+    );
 }
 
 #[cfg(test)]
@@ -1079,7 +1312,11 @@ mod tests {
                 ceiling: Some(side(Bound::Peers)),
                 redis_publish: vec![("50 clients".into(), 60_000.0)],
             }),
-            persist: Some(DrainResult::default()),
+            persist: Some(DrainResult {
+                copy: Some(crate::scenarios::CopyCeiling::default()),
+                ..DrainResult::default()
+            }),
+            storm: Some(StormResult::default()),
             ..Results::default()
         };
         let meta = Meta {

@@ -8,7 +8,8 @@
 //! | idle | 1 gateway | as many idle authenticated sockets as one process may hold |
 //! | fan-out | 2 gateways + worker | 10,000 sockets, rooms of 100, rising send rate |
 //! | 1:1 | 2 gateways + worker | 20,000 sockets in pairs (one per gateway), rising rate |
-//! | persist | 2 gateways, worker stopped | fill the ingest stream, start the worker, time the drain |
+//! | persist | 2 gateways, worker stopped | fill the ingest stream, start the worker, time the drain, then a bulk `COPY` of the same rows |
+//! | storm | 2 gateways | ~9,500 idle sockets on each; SIGTERM one: its sockets reconnect to the other |
 //! | content-policy | 2 gateways + worker, twice | 1:1 pairs at fixed rates, content policy off, then on |
 //!
 //! Persistence *under load* (worker rows/s and lag) is measured during the
@@ -33,6 +34,9 @@ pub const IDLE_TARGET: usize = 50_000;
 /// File descriptors a gateway keeps for itself (listener, Redis, Postgres pool,
 /// logs) below its limit.
 const GATEWAY_FD_RESERVE: u64 = 1_000;
+/// Handshakes in flight per agent when a scenario connects everything at once
+/// (a connection storm: every client of a pod reconnecting after a drain or crash).
+pub const STORM_CONCURRENCY: usize = 512;
 
 /// Paths of the binaries a benchmark runs.
 #[derive(Debug, Clone)]
@@ -85,13 +89,13 @@ pub struct Bench {
 }
 
 impl Bench {
-    fn dir(&self, scenario: &str) -> Result<PathBuf> {
+    pub(crate) fn dir(&self, scenario: &str) -> Result<PathBuf> {
         let dir = self.work.join(scenario);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(dir)
     }
 
-    fn options(&self, connections: usize, room_size: usize, dir: &Path) -> LoadOptions {
+    pub(crate) fn options(&self, connections: usize, room_size: usize, dir: &Path) -> LoadOptions {
         let mut options = LoadOptions::new(connections, room_size, self.bins.loadgen.clone());
         options.log_dir = Some(dir.to_owned());
         options
@@ -105,11 +109,11 @@ impl Bench {
 // ------------------------------------------------------------------ deployment
 
 /// Redis, Postgres, gateways and maybe a worker; everything is killed on drop.
-struct Deployment {
-    gateways: Vec<Gateway>,
-    worker: Option<Worker>,
-    redis: RedisServer,
-    postgres: PostgresServer,
+pub(crate) struct Deployment {
+    pub(crate) gateways: Vec<Gateway>,
+    pub(crate) worker: Option<Worker>,
+    pub(crate) redis: RedisServer,
+    pub(crate) postgres: PostgresServer,
     env: Vec<(String, String)>,
     jwt_secret: String,
     dir: PathBuf,
@@ -129,7 +133,24 @@ impl Deployment {
         worker: bool,
         extra: &[(&str, String)],
     ) -> Result<Deployment> {
-        let (redis, postgres) = tokio::try_join!(RedisServer::start(), PostgresServer::start())?;
+        Deployment::start_opts(dir, bins, gateways, worker, extra, false).await
+    }
+
+    /// [`Deployment::start_with`], and with `pg_stat_statements` loaded into
+    /// Postgres (before any gateway connects) when `pg_stats` is set.
+    pub(crate) async fn start_opts(
+        dir: &Path,
+        bins: &Bins,
+        gateways: usize,
+        worker: bool,
+        extra: &[(&str, String)],
+        pg_stats: bool,
+    ) -> Result<Deployment> {
+        let (redis, mut postgres) =
+            tokio::try_join!(RedisServer::start(), PostgresServer::start())?;
+        if pg_stats {
+            crate::profile::enable_pg_stat_statements(&mut postgres).await?;
+        }
         let jwt_secret = uuid::Uuid::new_v4().simple().to_string();
         let service_secret = uuid::Uuid::new_v4().simple().to_string();
         let env: Vec<(String, String)> = [
@@ -139,6 +160,9 @@ impl Deployment {
             ("SERVICE_SECRET", service_secret),
             ("HOST", "127.0.0.1".to_owned()),
             ("PORT", "0".to_owned()),
+            // The worker's metrics port too: another deployment (a test run, a
+            // second bench) may hold the default one.
+            ("WORKER_PORT", "0".to_owned()),
             ("LOG_FORMAT", "json".to_owned()),
             ("LOG_LEVEL", "info".to_owned()),
             // The load's own needs: senders may burst, and sockets are many.
@@ -150,6 +174,9 @@ impl Deployment {
             // Every load-generator socket comes from 127.0.0.1 and connects in
             // bursts: no per-address cap on connections still upgrading.
             ("MAX_HTTP_CONNECTIONS_PER_IP", "0".to_owned()),
+            // The worker's probe port: any free one (another deployment may
+            // hold the default).
+            ("WORKER_PORT", "0".to_owned()),
         ]
         .into_iter()
         .chain(extra.iter().cloned())
@@ -181,7 +208,7 @@ impl Deployment {
         self.dir.join(format!("{kind}-{}.log", self.spawned))
     }
 
-    fn target(&self) -> Target {
+    pub(crate) fn target(&self) -> Target {
         Target::Chatter {
             gateways: self.gateways.iter().map(Gateway::addr).collect(),
             jwt_secret: self.jwt_secret.clone(),
@@ -268,7 +295,12 @@ fn ceiling_target(servers: &[Gateway]) -> Target {
 }
 
 /// One step: `rate` msg/s for `secs`, a drain of 1 s to `drain_max` s.
-async fn step(run: &mut LoadRun, rate: f64, secs: f64, drain_max: f64) -> Result<StepReport> {
+pub(crate) async fn step(
+    run: &mut LoadRun,
+    rate: f64,
+    secs: f64,
+    drain_max: f64,
+) -> Result<StepReport> {
     run.step(
         rate,
         Duration::from_secs_f64(secs),
@@ -404,8 +436,10 @@ async fn idle_side(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = sys::rss_kib(pid).context("reading the server's RSS")?;
     let mut options = bench.options(n, 0, dir);
-    // Several processes, each far below the per-process socket limit.
+    // Several processes, each far below the per-process socket limit, with many
+    // handshakes in flight: the connect is a storm.
     options.agents = n.div_ceil(10_000).max(2);
+    options.connect_concurrency = STORM_CONCURRENCY;
     let mut run = LoadRun::start(target, &options).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = sys::rss_kib(pid).context("reading the server's RSS")?;
@@ -426,6 +460,150 @@ async fn idle_side(
         rss_after_kib: after,
         open_after_settle: status.open_conns,
     })
+}
+
+// ------------------------------------------------------------------ storm
+
+/// The drain window the storm scenario gives its gateways (`DRAIN_WINDOW_SECS`):
+/// short, so the whole pod's clients come back at nearly the same moment.
+pub const STORM_DRAIN_WINDOW_SECS: u64 = 2;
+/// Attempts per closed socket in the storm's reconnect mode.
+const STORM_RECONNECT_ATTEMPTS: u32 = 20;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StormResult {
+    pub connections: usize,
+    pub connect: ConnectReport,
+    pub drain_window_secs: u64,
+    /// Sockets on the gateway that was drained (every other connection).
+    pub drained: u64,
+    /// The agents' sockets at the end (reconnects, failed attempts, closes).
+    pub status: crate::plan::StatusStats,
+    /// From SIGTERM to the first close…
+    pub first_close_s: f64,
+    /// …and to the last reconnect, when every socket was open again.
+    pub all_open_s: f64,
+    /// Reconnects over the span from the first close to the last reconnect.
+    pub reconnects_per_s: f64,
+    /// Every closed socket was open again on the other gateway before the deadline.
+    pub complete: bool,
+    /// From SIGTERM until the drained gateway exited (None: it had not, in time).
+    pub exit_s: Option<f64>,
+}
+
+/// A connection storm after a drain: 2 gateways with half of the idle sockets
+/// each (connected all at once, [`STORM_CONCURRENCY`] handshakes in flight per
+/// agent); SIGTERM one, which closes its sockets (4007) over a short drain window,
+/// and every closed socket reconnects at once to the other gateway. Measures the
+/// time from SIGTERM until every socket is open again, and the reconnect rate.
+pub async fn storm(bench: &Bench) -> Result<StormResult> {
+    let dir = bench.dir("storm")?;
+    let fd_limit = sys::nofile_limit();
+    // The survivor ends up holding every socket.
+    let fits = usize::try_from(fd_limit.saturating_sub(GATEWAY_FD_RESERVE)).unwrap_or(usize::MAX);
+    let n = if bench.quick {
+        2_000
+    } else {
+        IDLE_TARGET.min(fits)
+    };
+    let window = STORM_DRAIN_WINDOW_SECS;
+    eprintln!("storm: {n} idle sockets on 2 gateways, drain one (window {window}s)");
+    let mut deployment = Deployment::start_with(
+        &dir,
+        &bench.bins,
+        2,
+        false,
+        &[("DRAIN_WINDOW_SECS", window.to_string())],
+    )
+    .await?;
+    let mut options = bench.options(n, 0, &dir);
+    options.agents = n.div_ceil(10_000).max(2);
+    options.connect_concurrency = STORM_CONCURRENCY;
+    options.reconnect_attempts = STORM_RECONNECT_ATTEMPTS;
+    let mut run = LoadRun::start(&deployment.target(), &options).await?;
+    let connect = run.connect.clone();
+    eprintln!(
+        "  {} connected in {:.1}s ({:.0}/s) {:?}",
+        connect.ok,
+        connect.elapsed_s,
+        connect.ok as f64 / connect.elapsed_s.max(1e-3),
+        connect.errors
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = run.status().await?;
+    let closes_before: u64 = before.closes.values().sum();
+    // Connection i is on gateway i mod 2: the odd ones are drained.
+    let drained = (n / 2) as u64;
+
+    let sigterm_us = crate::plan::unix_us();
+    let sigterm_at = Instant::now();
+    deployment.gateways[1]
+        .sigterm()
+        .context("SIGTERM to the gateway")?;
+    let deadline = sigterm_at + Duration::from_secs(window + 90);
+    let mut exit_s = None;
+    let (status, complete) = loop {
+        let status = run.status().await?;
+        let closed = status
+            .closes
+            .values()
+            .sum::<u64>()
+            .saturating_sub(closes_before);
+        if exit_s.is_none() && !deployment.gateways[1].is_running() {
+            exit_s = Some(sigterm_at.elapsed().as_secs_f64());
+        }
+        // The drained gateway exits only once all its sockets are closed, so its
+        // exit also ends the wait when some sockets never connected.
+        let done = (closed >= drained || exit_s.is_some())
+            && closed > 0
+            && status.reconnects >= closed
+            && status.open >= before.open;
+        if done || Instant::now() >= deadline {
+            break (status, done);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if exit_s.is_none()
+        && deployment.gateways[1]
+            .wait_exit(Duration::from_secs(window + 15))
+            .await
+            .is_some()
+    {
+        exit_s = Some(sigterm_at.elapsed().as_secs_f64());
+    }
+    run.quit().await;
+    let secs_from = |us: u64| us.saturating_sub(sigterm_us) as f64 / 1e6;
+    let span = status
+        .last_reconnect_us
+        .saturating_sub(status.first_close_us) as f64
+        / 1e6;
+    let result = StormResult {
+        connections: n,
+        connect,
+        drain_window_secs: window,
+        drained,
+        first_close_s: secs_from(status.first_close_us),
+        all_open_s: secs_from(status.last_reconnect_us),
+        reconnects_per_s: if span > 0.0 {
+            status.reconnects as f64 / span
+        } else {
+            0.0
+        },
+        complete,
+        exit_s,
+        status,
+    };
+    eprintln!(
+        "  SIGTERM → first close {:.2}s, every socket open again {:.2}s ({} reconnects, {:.0}/s, {} failed attempts {:?}); complete: {}",
+        result.first_close_s,
+        result.all_open_s,
+        result.status.reconnects,
+        result.reconnects_per_s,
+        result.status.reconnect_failed,
+        result.status.reconnect_errors,
+        result.complete
+    );
+    Ok(result)
 }
 
 // ------------------------------------------------------------------ fan-out and 1:1
@@ -510,6 +688,7 @@ pub async fn fanout(bench: &Bench) -> Result<FanoutResult> {
     report_setup("chatter", &run);
     warm_up(&mut run, bench).await?;
 
+    fixed_warm_up(&mut run, fixed_rate, bench).await?;
     // Fixed rate, while watching the worker.
     let before_rows = deployment.persisted().await?;
     let window_start = time::OffsetDateTime::now_utc();
@@ -556,6 +735,7 @@ pub async fn fanout(bench: &Bench) -> Result<FanoutResult> {
     let mut run = LoadRun::start(&ceiling_target(&ceilings), &options).await?;
     report_setup("ceiling", &run);
     warm_up(&mut run, bench).await?;
+    fixed_warm_up(&mut run, fixed_rate, bench).await?;
     let fixed = step(&mut run, fixed_rate, bench.step_secs() * 2.0, 15.0).await?;
     let start = result
         .chatter
@@ -630,7 +810,7 @@ pub async fn one_to_one(bench: &Bench) -> Result<PairsResult> {
     Ok(result)
 }
 
-fn report_setup(label: &str, run: &LoadRun) {
+pub(crate) fn report_setup(label: &str, run: &LoadRun) {
     let (c, r) = (&run.connect, &run.rooms_report);
     eprintln!(
         "  {label}: {}/{} connected in {:.1}s {:?}; {}/{} rooms in {:.1}s {:?}; {} members told ({} missing) in {:.1}s",
@@ -652,7 +832,7 @@ fn report_setup(label: &str, run: &LoadRun) {
 /// first send into a room reads the seq floor from Postgres). Each agent walks all
 /// rooms its senders are in, so it takes about `rooms × agents` messages; they go
 /// at no more than 2,000 msg/s, far below any limit measured here.
-async fn warm_up(run: &mut LoadRun, bench: &Bench) -> Result<()> {
+pub(crate) async fn warm_up(run: &mut LoadRun, bench: &Bench) -> Result<()> {
     let needed = (run.room_count() * run.agent_count()) as f64 * 1.1;
     let min_secs = if bench.quick { 2.0 } else { 5.0 };
     let rate = (needed / min_secs).clamp(20.0, 2_000.0);
@@ -660,6 +840,19 @@ async fn warm_up(run: &mut LoadRun, bench: &Bench) -> Result<()> {
     let warm = step(run, rate, secs, 15.0).await?;
     eprintln!(
         "  warm-up {rate:.0} msg/s for {secs:.1}s: p99 {:.2} ms, missing {}",
+        warm.latency.p99_ms, warm.missing_new
+    );
+    Ok(())
+}
+
+/// Several seconds (not reported) at the fixed step's own rate right before it, so
+/// the measured step starts warm rather than straight after thousands of connects
+/// and the room set-up (issue 12: a cold start gave a p99 of 105 ms there).
+async fn fixed_warm_up(run: &mut LoadRun, rate: f64, bench: &Bench) -> Result<()> {
+    let secs = if bench.quick { 2.0 } else { 6.0 };
+    let warm = step(run, rate, secs, 15.0).await?;
+    eprintln!(
+        "  warm-up at the fixed {rate:.0} msg/s for {secs:.0}s: p99 {:.2} ms, missing {}",
         warm.latency.p99_ms, warm.missing_new
     );
     Ok(())
@@ -835,11 +1028,56 @@ pub struct DrainResult {
     pub wall_s: f64,
     pub complete: bool,
     pub cpu: BTreeMap<String, f64>,
+    /// The same rows bulk-loaded with one `COPY … FROM STDIN` in the same Postgres.
+    pub copy: Option<CopyCeiling>,
+    /// The same drain with the baseline binaries (`--baseline-bins`), run
+    /// first, in the same run.
+    pub before: Option<Box<DrainResult>>,
+}
+
+/// A bulk `COPY` of the rows the worker stored: the most Postgres takes in here.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CopyCeiling {
+    pub rows: u64,
+    pub seconds: f64,
+    pub per_s: f64,
 }
 
 /// Worker throughput: fill the ingest stream with the worker stopped, then start
-/// one and time how fast it empties it into Postgres.
+/// one and time how fast it empties it into Postgres. With `--baseline-bins`
+/// the baseline's worker drains a deployment of its own first, filled the same
+/// way, so before and after come from the same run.
 pub async fn persist(bench: &Bench) -> Result<DrainResult> {
+    let before = match &bench.baseline {
+        Some(baseline) => Some(Box::new(drain(bench, baseline, "before").await?)),
+        None => None,
+    };
+    let mut result = drain(bench, &bench.bins, "chatter").await?;
+    if let Some(before) = &before {
+        let cores = |d: &DrainResult, name: &str| d.cpu.get(name).copied().unwrap_or(0.0);
+        eprintln!(
+            "  before → after: {:.0} → {:.0} rows/s ({:.2}×); cores: worker {:.2} → {:.2}, postgres {:.2} → {:.2}, redis {:.2} → {:.2}",
+            before.per_s,
+            result.per_s,
+            if before.per_s > 0.0 {
+                result.per_s / before.per_s
+            } else {
+                0.0
+            },
+            cores(before, "chatter-worker"),
+            cores(&result, "chatter-worker"),
+            cores(before, "postgres"),
+            cores(&result, "postgres"),
+            cores(before, "redis-server"),
+            cores(&result, "redis-server"),
+        );
+    }
+    result.before = before;
+    Ok(result)
+}
+
+/// One drain of [`persist`] with `bins`' gateways and worker.
+async fn drain(bench: &Bench, bins: &Bins, label: &str) -> Result<DrainResult> {
     let dir = bench.dir("persist")?;
     let n = if bench.quick { 400 } else { 2_000 };
     let (rate, secs) = if bench.quick {
@@ -847,12 +1085,14 @@ pub async fn persist(bench: &Bench) -> Result<DrainResult> {
     } else {
         (10_000.0, 15.0)
     };
-    eprintln!("persist: fill the stream at {rate} msg/s for {secs}s with no worker, then drain");
-    let mut deployment = Deployment::start(&dir, &bench.bins, 2, false).await?;
+    eprintln!(
+        "persist ({label}): fill the stream at {rate} msg/s for {secs}s with no worker, then drain"
+    );
+    let mut deployment = Deployment::start(&dir, bins, 2, false).await?;
     let mut options = bench.options(n, 2, &dir);
     options.agents = 2;
     let mut run = LoadRun::start(&deployment.target(), &options).await?;
-    report_setup("chatter", &run);
+    report_setup(label, &run);
     warm_up(&mut run, bench).await?;
     let fill_from = time::OffsetDateTime::now_utc();
     let fill = step(&mut run, rate, secs, 30.0).await?;
@@ -874,7 +1114,7 @@ pub async fn persist(bench: &Bench) -> Result<DrainResult> {
 
     let cpu = CpuSampler::start();
     let started = Instant::now();
-    deployment.start_worker(&bench.bins.worker).await?;
+    deployment.start_worker(&bins.worker).await?;
     let complete = deployment
         .wait_backlog_empty(Duration::from_secs(if bench.quick { 30 } else { 180 }))
         .await;
@@ -899,6 +1139,13 @@ pub async fn persist(bench: &Bench) -> Result<DrainResult> {
         0.0
     };
     eprintln!("  drained {rows} rows in {seconds:.2}s ({per_s:.0}/s), wall {wall_s:.1}s");
+    let copy = match copy_ceiling(&deployment, fill_from).await {
+        Ok(copy) => Some(copy),
+        Err(error) => {
+            eprintln!("  the COPY ceiling failed: {error:#}");
+            None
+        }
+    };
     Ok(DrainResult {
         fill,
         backlog,
@@ -908,6 +1155,64 @@ pub async fn persist(bench: &Bench) -> Result<DrainResult> {
         wall_s,
         complete,
         cpu,
+        copy,
+        before: None,
+    })
+}
+
+/// The rows created since `from` (what the worker just stored), bulk-loaded again
+/// with one `COPY … FROM STDIN` into a fresh table `LIKE messages INCLUDING ALL`
+/// (same columns, indexes and constraints) in the same Postgres. Only the `COPY`
+/// is timed: the rows are read out into memory first.
+async fn copy_ceiling(deployment: &Deployment, from: time::OffsetDateTime) -> Result<CopyCeiling> {
+    use futures::TryStreamExt;
+    let mut conn = deployment
+        .postgres
+        .pool()
+        .acquire()
+        .await
+        .context("connecting to Postgres")?;
+    for sql in [
+        "DROP TABLE IF EXISTS bench_copy_rows, bench_copy",
+        "CREATE UNLOGGED TABLE bench_copy_rows (LIKE messages)",
+        "CREATE TABLE bench_copy (LIKE messages INCLUDING ALL)",
+    ] {
+        sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .with_context(|| format!("running {sql}"))?;
+    }
+    sqlx::query("INSERT INTO bench_copy_rows SELECT * FROM messages WHERE created_at >= $1")
+        .bind(from)
+        .execute(&mut *conn)
+        .await
+        .context("selecting the rows to copy")?;
+    let data: Vec<u8> = conn
+        .copy_out_raw("COPY bench_copy_rows TO STDOUT")
+        .await
+        .context("COPY … TO STDOUT")?
+        .map_ok(|chunk| chunk.to_vec())
+        .try_concat()
+        .await
+        .context("reading the rows out")?;
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw("COPY bench_copy FROM STDIN")
+        .await
+        .context("COPY … FROM STDIN")?;
+    copy.send(data).await.context("sending the rows")?;
+    let rows = copy.finish().await.context("finishing the COPY")?;
+    let seconds = started.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE bench_copy_rows, bench_copy")
+        .execute(&mut *conn)
+        .await
+        .context("dropping the copies")?;
+    let per_s = rows as f64 / seconds.max(1e-6);
+    eprintln!("  COPY of the same {rows} rows: {seconds:.2}s ({per_s:.0}/s)");
+    Ok(CopyCeiling {
+        rows,
+        seconds,
+        per_s,
     })
 }
 
@@ -949,6 +1254,7 @@ pub struct Results {
     pub fanout: Option<FanoutResult>,
     pub one_to_one: Option<PairsResult>,
     pub persist: Option<DrainResult>,
+    pub storm: Option<StormResult>,
     /// Scenarios that failed, with the error.
     pub failures: Vec<(String, String)>,
     pub elapsed_s: f64,

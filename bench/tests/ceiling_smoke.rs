@@ -61,3 +61,56 @@ async fn loadgen_against_the_ceiling_loses_nothing() {
     run.quit().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Reconnect mode: when one server goes away, every socket it held is reopened
+/// on the other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_reconnect_to_the_other_server() {
+    let dir = std::env::temp_dir().join(format!(
+        "chatter-bench-test-reconnect-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let env = vec![
+        ("HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("PORT".to_owned(), "0".to_owned()),
+    ];
+    let mut servers = Vec::new();
+    for i in 0..2 {
+        let server = Gateway::spawn(
+            &PathBuf::from(env!("CARGO_BIN_EXE_chatter-ceiling")),
+            &env,
+            &dir.join(format!("ceiling-{i}.log")),
+        )
+        .await
+        .expect("ceiling starts");
+        servers.push(server);
+    }
+    let target = Target::Ceiling {
+        servers: servers.iter().map(Gateway::addr).collect(),
+    };
+    let mut options = LoadOptions::new(40, 0, PathBuf::from(env!("CARGO_BIN_EXE_chatter-loadgen")));
+    options.agents = 2;
+    options.reconnect_attempts = 5;
+    options.log_dir = Some(dir.clone());
+    let mut run = LoadRun::start(&target, &options)
+        .await
+        .expect("load starts");
+    assert_eq!(run.connect.ok, 40);
+
+    servers[1].kill9();
+    let mut status = run.status().await.expect("status");
+    for _ in 0..100 {
+        if status.reconnects == 20 && status.open == 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = run.status().await.expect("status");
+    }
+    assert_eq!(status.reconnects, 20, "{status:?}");
+    assert_eq!(status.open, 40, "{status:?}");
+    assert_eq!(status.closes.values().sum::<u64>(), 20, "{status:?}");
+    assert!(status.first_close_us > 0 && status.last_reconnect_us >= status.first_close_us);
+    run.quit().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

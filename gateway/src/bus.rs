@@ -232,9 +232,9 @@ impl Bus {
         }
     }
 
-    /// The user's first connection on this gateway: register them (and tell
-    /// presence subscribers if they just came online).
-    pub async fn presence_up(&self, user_id: &str) -> Result<(), BusError> {
+    /// The first connection of each of `users` on this gateway: register
+    /// them (and tell presence subscribers of those who just came online).
+    pub async fn presence_up(&self, users: &[String]) -> Result<(), BusError> {
         match self {
             Bus::Redis {
                 client,
@@ -242,42 +242,47 @@ impl Bus {
                 gateway_id,
                 ..
             } => {
-                presence.up(client, gateway_id, user_id).await?;
+                presence.up(client, gateway_id, users).await?;
                 Ok(())
             }
             Bus::Local(local) => {
-                local.lock().online.insert(user_id.to_owned());
-                local.hub.route(
-                    PRESENCE_CHANNEL,
-                    Utf8Bytes::from(changed_frame(user_id, true, None)),
-                );
+                for user_id in users {
+                    local.lock().online.insert(user_id.to_owned());
+                    local.hub.route(
+                        PRESENCE_CHANNEL,
+                        Utf8Bytes::from(changed_frame(user_id, true, None)),
+                    );
+                }
                 Ok(())
             }
         }
     }
 
-    /// The user's last connection on this gateway is gone; true if that took
-    /// them offline in the whole cluster (decided once, by the script).
-    pub async fn presence_down(&self, user_id: &str) -> Result<bool, BusError> {
+    /// The last connection of each of `users` on this gateway is gone; for
+    /// each, in order, true if that took them offline in the whole cluster
+    /// (decided once, by the script).
+    pub async fn presence_down(&self, users: &[String]) -> Result<Vec<bool>, BusError> {
         match self {
             Bus::Redis {
                 client,
                 presence,
                 gateway_id,
                 ..
-            } => Ok(presence.down(client, gateway_id, user_id).await?),
+            } => Ok(presence.down(client, gateway_id, users).await?),
             Bus::Local(local) => {
                 let now = time::OffsetDateTime::now_utc()
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default();
-                {
-                    let mut state = local.lock();
-                    state.online.remove(user_id);
-                    state.last_seen.insert(user_id.to_owned(), now.clone());
+                for user_id in users {
+                    {
+                        let mut state = local.lock();
+                        state.online.remove(user_id);
+                        state.last_seen.insert(user_id.to_owned(), now.clone());
+                    }
+                    let frame = changed_frame(user_id, false, Some(&now));
+                    local.hub.route(PRESENCE_CHANNEL, Utf8Bytes::from(frame));
                 }
-                let frame = changed_frame(user_id, false, Some(&now));
-                local.hub.route(PRESENCE_CHANNEL, Utf8Bytes::from(frame));
-                Ok(true)
+                Ok(vec![true; users.len()])
             }
         }
     }

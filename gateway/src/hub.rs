@@ -640,11 +640,15 @@ impl Hub {
         }
     }
 
-    /// Asks the manager to reconcile `channels` and waits for it.
+    /// Asks the manager to reconcile `channels` and waits for it. Nothing to
+    /// reconcile (a user with no rooms) costs no wait behind a SUBSCRIBE.
     pub(crate) async fn sync(&self, channels: Vec<String>) -> Result<(), Error> {
         let Some(requests) = &self.requests else {
             return Ok(());
         };
+        if channels.is_empty() {
+            return Ok(());
+        }
         let (reply, done) = oneshot::channel();
         requests
             .send(Request::Sync(channels, Some(reply)))

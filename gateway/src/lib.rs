@@ -8,6 +8,7 @@
 //! - **embedded** (no `REDIS_URL`, no `DATABASE_URL`): one process does it all,
 //!   with an in-process bus, SQLite under `DATA_DIR` and the worker loop inside.
 
+pub mod arrivals;
 pub mod authenticate;
 pub mod bus;
 pub mod cli;
@@ -35,6 +36,7 @@ use chatter_shared::auth::Tokens;
 use chatter_shared::config::{Config, Mode};
 use chatter_shared::events::Events;
 use chatter_shared::ingest::AppendLimits;
+use chatter_shared::redis::StreamDepth;
 use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
 use chatter_worker::batch::{Batches, Presence};
@@ -81,12 +83,14 @@ pub async fn serve(
             let redis_risks =
                 chatter_shared::redis::check_durability(&redis, config.redis_require_durable)
                     .await?;
-            let subscriber = chatter_shared::redis::connect_subscriber(&redis_url)
-                .await
-                .context("cannot connect to Redis (REDIS_URL)")?;
-            let notices = chatter_shared::redis::connect_subscriber(&redis_url)
-                .await
-                .context("cannot connect to Redis (REDIS_URL)")?;
+            let subscriber =
+                chatter_shared::redis::connect_subscriber(&redis_url, StreamDepth::FAN_OUT)
+                    .await
+                    .context("cannot connect to Redis (REDIS_URL)")?;
+            let notices =
+                chatter_shared::redis::connect_subscriber(&redis_url, StreamDepth::NOTICES)
+                    .await
+                    .context("cannot connect to Redis (REDIS_URL)")?;
             let reader = hub::RecentReader {
                 client: redis.clone(),
                 script: chatter_shared::ingest::RecentScript::default(),

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How often users whose Redis call failed are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
+/// Users registered or unregistered by one script call.
+const BATCH: usize = 256;
 
 /// `departures` hears of every user this gateway saw go offline in the whole
 /// cluster (for the support desk's `UserLeft` / `SupportLeft`).
@@ -51,30 +53,47 @@ pub async fn run(
             },
             _ = retry.tick() => {}
         }
+        // Everyone whose first connection opened or last one closed since
+        // the last pass, in batches: a storm costs one script call per batch.
+        let (mut ups, mut downs) = (Vec::new(), Vec::new());
         for user in hub.take_presence_changes() {
-            let local = hub.has_local_user(&user);
-            let result = match (local, registered.contains(&user)) {
-                (true, false) => bus
-                    .presence_up(&user)
-                    .await
-                    .map(|()| registered.insert(user.clone())),
-                (false, true) => bus.presence_down(&user).await.map(|offline| {
-                    if offline {
-                        departures.went_offline(&user);
+            match (hub.has_local_user(&user), registered.contains(&user)) {
+                (true, false) => ups.push(user),
+                (false, true) => downs.push(user),
+                _ => {}
+            }
+        }
+        for users in ups.chunks(BATCH) {
+            match bus.presence_up(users).await {
+                Ok(()) => registered.extend(users.iter().cloned()),
+                Err(error) => retry_later(&hub, users, &error),
+            }
+        }
+        for users in downs.chunks(BATCH) {
+            match bus.presence_down(users).await {
+                Ok(offline) => {
+                    for (user, offline) in users.iter().zip(offline) {
+                        if offline {
+                            departures.went_offline(user);
+                        }
+                        registered.remove(user);
                     }
-                    registered.remove(&user)
-                }),
-                _ => Ok(false),
-            };
-            if let Err(error) = result {
-                tracing::warn!(%error, "presence update failed; will retry");
-                hub.mark_presence_again(&user);
+                }
+                Err(error) => retry_later(&hub, users, &error),
             }
         }
     }
     // A clean stop: everyone still here goes offline now, not after the TTL.
-    for user in &registered {
-        let _ = bus.presence_down(user).await;
+    let registered: Vec<String> = registered.into_iter().collect();
+    for users in registered.chunks(BATCH) {
+        let _ = bus.presence_down(users).await;
     }
     let _ = bus.presence_leave().await;
+}
+
+fn retry_later(hub: &Hub, users: &[String], error: &crate::bus::BusError) {
+    tracing::warn!(%error, users = users.len(), "presence update failed; will retry");
+    for user in users {
+        hub.mark_presence_again(user);
+    }
 }

@@ -1,5 +1,6 @@
 //! The one piece of shared state every handler receives.
 
+use crate::arrivals::Arrivals;
 use crate::bus::Bus;
 use crate::http::client_config::ClientConfigs;
 use crate::hub::Hub;
@@ -30,6 +31,8 @@ pub struct App {
     pub store: Store,
     pub bus: Bus,
     pub hub: Hub,
+    /// The database's part of opening a WebSocket, batched (`crate::arrivals`).
+    pub arrivals: Arrivals,
     /// One permit per open WebSocket: `MAX_CONNECTIONS` is a hard cap.
     pub connection_slots: Arc<Semaphore>,
     pub shutdown: CancellationToken,
@@ -65,6 +68,7 @@ impl App {
     ) -> App {
         App {
             connection_slots: Arc::new(Semaphore::new(config.max_connections)),
+            arrivals: Arrivals::start(store.clone(), shutdown.clone()),
             limits: Arc::new(Limits::new(&config)),
             moderation: Arc::new(Moderation::new(&config)),
             config,
@@ -85,20 +89,28 @@ impl App {
 
     /// Users are created on first sight: upsert unless done within `USER_REFRESH`.
     pub async fn ensure_user(&self, identity: &Identity) -> Result<(), sqlx::Error> {
-        let fresh = self
-            .recently_seen
-            .get(&identity.user_id)
-            .is_some_and(|seen| seen.elapsed() < USER_REFRESH);
-        if fresh {
+        if !self.needs_upsert(&identity.user_id) {
             return Ok(());
         }
         self.store.upsert_user(identity).await?;
+        self.upserted(&identity.user_id);
+        Ok(())
+    }
+
+    /// Whether `user_id`'s record was not written within `USER_REFRESH`.
+    pub fn needs_upsert(&self, user_id: &str) -> bool {
+        self.recently_seen
+            .get(user_id)
+            .is_none_or(|seen| seen.elapsed() >= USER_REFRESH)
+    }
+
+    /// `user_id`'s record was just written.
+    pub fn upserted(&self, user_id: &str) {
         if self.recently_seen.len() >= USER_MEMO_LIMIT {
             self.recently_seen.clear();
         }
         self.recently_seen
-            .insert(identity.user_id.clone(), Instant::now());
-        Ok(())
+            .insert(user_id.to_owned(), Instant::now());
     }
 
     /// The caller with the roles of their stored record (`POST /users`) when

@@ -31,7 +31,6 @@ use crate::protocol::{MESSAGE_RECEIVED_HEAD, MessageReceivedTail};
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -516,15 +515,19 @@ impl IngestEntry {
         .collect()
     }
 
-    /// Parses the stream entry's fields; `Err` names the field that is wrong.
-    pub fn from_fields(fields: &HashMap<String, String>) -> Result<IngestEntry, String> {
-        let get = |name: &str| {
-            fields
-                .get(name)
-                .ok_or_else(|| format!("missing field {name}"))
+    /// Parses a stream entry, given how to look up its fields by name (`None`:
+    /// the entry has no such field; `Err`: it has one, unreadable). A lookup
+    /// rather than a map, so the worker reads the fields where the Redis reply
+    /// put them, copying only the text it keeps. `Err` names the field that is
+    /// wrong.
+    pub fn from_fields<'a>(
+        field: impl Fn(&'static str) -> Result<Option<&'a str>, String>,
+    ) -> Result<IngestEntry, String> {
+        let get = |name: &'static str| field(name)?.ok_or_else(|| format!("missing field {name}"));
+        let optional = |name: &'static str| -> Result<Option<&'a str>, String> {
+            Ok(field(name)?.filter(|v| !v.is_empty()))
         };
-        let optional = |name: &str| fields.get(name).filter(|v| !v.is_empty());
-        let uuid = |name: &str| -> Result<Uuid, String> {
+        let uuid = |name: &'static str| -> Result<Uuid, String> {
             get(name)?
                 .parse()
                 .map_err(|_| format!("field {name} is not a UUID"))
@@ -538,10 +541,10 @@ impl IngestEntry {
             seq: get("seq")?
                 .parse()
                 .map_err(|_| "field seq is not a number".to_string())?,
-            sender_id: get("sender")?.clone(),
-            body: get("body")?.clone(),
-            temp_id: optional("temp").cloned(),
-            parent_id: match optional("parent") {
+            sender_id: get("sender")?.to_owned(),
+            body: get("body")?.to_owned(),
+            temp_id: optional("temp")?.map(str::to_owned),
+            parent_id: match optional("parent")? {
                 Some(parent) => Some(
                     parent
                         .parse()
@@ -558,6 +561,7 @@ impl IngestEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn replies_parse() {
@@ -588,13 +592,19 @@ mod tests {
             created_at: crate::protocol::now_micros(),
         };
         let fields: HashMap<String, String> = entry.to_fields().into_iter().collect();
-        assert_eq!(IngestEntry::from_fields(&fields), Ok(entry.clone()));
+        let lookup = |fields: &HashMap<String, String>| {
+            IngestEntry::from_fields(|name| Ok(fields.get(name).map(String::as_str)))
+        };
+        assert_eq!(lookup(&fields), Ok(entry.clone()));
         let plain = IngestEntry {
             temp_id: None,
             parent_id: None,
             ..entry
         };
         let fields: HashMap<String, String> = plain.to_fields().into_iter().collect();
-        assert_eq!(IngestEntry::from_fields(&fields), Ok(plain));
+        assert_eq!(lookup(&fields), Ok(plain));
+        let mut broken = fields.clone();
+        broken.remove("seq");
+        assert_eq!(lookup(&broken), Err("missing field seq".to_string()));
     }
 }

@@ -39,26 +39,43 @@ pub fn changed_frame(user_id: &str, online: bool, last_seen_at: Option<&str>) ->
     .to_string()
 }
 
+// Both take many users at once: a storm of connects (or a drain's
+// disconnects) costs one round trip per batch, not one per user.
 const UP_LUA: &str = r#"
--- KEYS: 1 user's gateways, 2 gateway's users. ARGV: 1 gateway, 2 user, 3 now ms, 4 online frame
-local before = redis.call('ZCARD', KEYS[1])
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[2])
-if before == 0 then redis.call('PUBLISH', 'chatter:presence', ARGV[4]) return 1 end
-return 0
+-- KEYS: 1 gateway's users, then each user's gateways.
+-- ARGV: 1 gateway, 2 now ms, then per user: id, online frame.
+local came = {}
+for i = 2, #KEYS do
+  local before = redis.call('ZCARD', KEYS[i])
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
+  redis.call('SADD', KEYS[1], ARGV[2 * i - 1])
+  if before == 0 then
+    redis.call('PUBLISH', 'chatter:presence', ARGV[2 * i])
+    came[#came + 1] = 1
+  else
+    came[#came + 1] = 0
+  end
+end
+return came
 "#;
 
 const DOWN_LUA: &str = r#"
--- KEYS: 1 user's gateways, 2 gateway's users, 3 last seen hash.
--- ARGV: 1 gateway, 2 user, 3 now (RFC 3339), 4 offline frame
-local removed = redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('SREM', KEYS[2], ARGV[2])
-if removed == 1 and redis.call('ZCARD', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
-  redis.call('PUBLISH', 'chatter:presence', ARGV[4])
-  return 1
+-- KEYS: 1 gateway's users, 2 last seen hash, then each user's gateways.
+-- ARGV: 1 gateway, 2 now (RFC 3339), then per user: id, offline frame.
+local gone = {}
+for i = 3, #KEYS do
+  local user = ARGV[2 * i - 3]
+  local removed = redis.call('ZREM', KEYS[i], ARGV[1])
+  redis.call('SREM', KEYS[1], user)
+  if removed == 1 and redis.call('ZCARD', KEYS[i]) == 0 then
+    redis.call('HSET', KEYS[2], user, ARGV[2])
+    redis.call('PUBLISH', 'chatter:presence', ARGV[2 * i - 2])
+    gone[#gone + 1] = 1
+  else
+    gone[#gone + 1] = 0
+  end
 end
-return 0
+return gone
 "#;
 
 const REAP_LUA: &str = r#"
@@ -104,42 +121,57 @@ fn now_rfc3339() -> String {
 }
 
 impl PresenceScripts {
-    /// First local connection of `user_id` on `gateway_id`. True if the user came online.
+    /// First local connection of each of `users` on `gateway_id`: which of
+    /// them came online (in the cluster), in order.
     pub async fn up(
         &self,
         client: &Client,
         gateway_id: &str,
-        user_id: &str,
-    ) -> Result<bool, Error> {
-        let keys = vec![user_gateways(user_id), gateway_users(gateway_id)];
+        users: &[String],
+    ) -> Result<Vec<bool>, Error> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::with_capacity(users.len() + 1);
+        keys.push(gateway_users(gateway_id));
+        keys.extend(users.iter().map(|user| user_gateways(user)));
         let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
-        let args = vec![
-            gateway_id.to_owned(),
-            user_id.to_owned(),
-            now.to_string(),
-            changed_frame(user_id, true, None),
-        ];
-        let came_online: i64 = self.up.evalsha_with_reload(client, keys, args).await?;
-        Ok(came_online == 1)
+        let mut args = Vec::with_capacity(2 * users.len() + 2);
+        args.push(gateway_id.to_owned());
+        args.push(now.to_string());
+        for user in users {
+            args.push(user.clone());
+            args.push(changed_frame(user, true, None));
+        }
+        let came_online: Vec<i64> = self.up.evalsha_with_reload(client, keys, args).await?;
+        Ok(came_online.into_iter().map(|n| n == 1).collect())
     }
 
-    /// Last local connection gone. True if the user went offline.
+    /// Last local connection of each of `users` gone: which of them went
+    /// offline (in the cluster), in order.
     pub async fn down(
         &self,
         client: &Client,
         gateway_id: &str,
-        user_id: &str,
-    ) -> Result<bool, Error> {
-        let keys = vec![
-            user_gateways(user_id),
-            gateway_users(gateway_id),
-            LAST_SEEN.to_owned(),
-        ];
+        users: &[String],
+    ) -> Result<Vec<bool>, Error> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::with_capacity(users.len() + 2);
+        keys.push(gateway_users(gateway_id));
+        keys.push(LAST_SEEN.to_owned());
+        keys.extend(users.iter().map(|user| user_gateways(user)));
         let now = now_rfc3339();
-        let frame = changed_frame(user_id, false, Some(&now));
-        let args = vec![gateway_id.to_owned(), user_id.to_owned(), now, frame];
-        let went_offline: i64 = self.down.evalsha_with_reload(client, keys, args).await?;
-        Ok(went_offline == 1)
+        let mut args = Vec::with_capacity(2 * users.len() + 2);
+        args.push(gateway_id.to_owned());
+        args.push(now.clone());
+        for user in users {
+            args.push(user.clone());
+            args.push(changed_frame(user, false, Some(&now)));
+        }
+        let went_offline: Vec<i64> = self.down.evalsha_with_reload(client, keys, args).await?;
+        Ok(went_offline.into_iter().map(|n| n == 1).collect())
     }
 
     /// Takes a dead gateway's users offline (once, whoever calls first); the

@@ -12,15 +12,41 @@ use std::time::Duration;
 /// How long one command may take, including time spent waiting for a reconnect.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn builder(url: &str) -> Result<Builder, Error> {
+/// Depth of each of a command client's broadcast channels. fred gives every
+/// client nine (errors, pub/sub, keyspace events, reconnects, …), all of one
+/// capacity and each allocated whole at start; nothing reads a command
+/// client's, so they stay at fred's default.
+const COMMAND_CLIENT_BROADCAST: usize = 32;
+
+/// How deep a pub/sub client's message stream is: frames the reader may be
+/// behind by before it loses some (`RecvError::Lagged`, which its reader
+/// must repair). It sizes all nine of the client's broadcast channels, so
+/// memory grows with it: about 0.75 KiB per slot over the nine (measured with
+/// fred 10.1: 64 Ki slots on each of a gateway's three clients were 138 of
+/// the 161 MiB it held with no socket).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamDepth(pub usize);
+
+impl StreamDepth {
+    /// A gateway's room and user frames. Not smaller: with 16 Ki or 8 Ki
+    /// slots, during the burst of `tests/tests/membership.rs` (300 rooms of
+    /// 50 made at once, 15,000 events into one gateway) another room's
+    /// messages were held 260-370 ms (debug build, 2 cores at load 9); with
+    /// 64 Ki they stayed within the test's 200 ms. This ring is most of a gateway's memory at
+    /// start (about 46 MiB); only a per-channel capacity in fred would shrink
+    /// it without shrinking the pub/sub stream.
+    pub const FAN_OUT: StreamDepth = StreamDepth(64 * 1024);
+    /// A trickle of notices, reloaded whole when one is missed.
+    pub const NOTICES: StreamDepth = StreamDepth(64);
+}
+
+fn builder(url: &str, broadcast: usize) -> Result<Builder, Error> {
     let config = Config::from_url(url)?;
     let mut builder = Builder::from_config(config);
     builder
         .with_performance_config(|perf| {
             perf.default_command_timeout = COMMAND_TIMEOUT;
-            // The subscriber's broadcast channel: deep enough to absorb a burst while
-            // the dispatcher is busy; overflow is counted and logged, never silent.
-            perf.broadcast_channel_capacity = 64 * 1024;
+            perf.broadcast_channel_capacity = broadcast;
         })
         .with_connection_config(|conn| {
             conn.connection_timeout = Duration::from_secs(2);
@@ -33,18 +59,19 @@ fn builder(url: &str) -> Result<Builder, Error> {
 
 /// A command client. Call `init().await` (done by [`connect`]) before use.
 pub async fn connect(url: &str) -> Result<Client, Error> {
-    let client = builder(url)?.build()?;
+    let client = builder(url, COMMAND_CLIENT_BROADCAST)?.build()?;
     client.init().await?;
     Ok(client)
 }
 
-/// A pub/sub client. It reconnects by itself but does **not** re-subscribe: the
-/// caller listens to `reconnect_rx()` and subscribes again, because only it can
-/// tell when every channel is back (the gateway's hub then re-checks what a
-/// reconnect may have made it miss). fred's `manage_subscriptions` would
-/// re-subscribe in a task of its own, with no way to know when it is done.
-pub async fn connect_subscriber(url: &str) -> Result<SubscriberClient, Error> {
-    let client = builder(url)?.build_subscriber_client()?;
+/// A pub/sub client whose message stream holds `depth` frames. It reconnects
+/// by itself but does **not** re-subscribe: the caller listens to
+/// `reconnect_rx()` and subscribes again, because only it can tell when every
+/// channel is back (the gateway's hub then re-checks what a reconnect may have
+/// made it miss). fred's `manage_subscriptions` would re-subscribe in a task
+/// of its own, with no way to know when it is done.
+pub async fn connect_subscriber(url: &str, depth: StreamDepth) -> Result<SubscriberClient, Error> {
+    let client = builder(url, depth.0)?.build_subscriber_client()?;
     client.init().await?;
     Ok(client)
 }

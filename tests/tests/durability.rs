@@ -1090,3 +1090,97 @@ async fn replayed_stream_entry_is_not_stored_twice() {
         started.elapsed()
     );
 }
+
+/// A batch that mixes messages already stored with new ones — what a worker
+/// finds when another one committed part of the stream and died before
+/// acknowledging it — stores each message once, and notifies only for the new
+/// ones. The worker writes a fresh batch with one `COPY`, which cannot skip a
+/// row: here it must fail on the stored ids and fall back to the insert that
+/// skips them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_mixing_stored_and_new_messages_stores_each_once() {
+    const MESSAGES: usize = 20;
+    let started = Instant::now();
+    let mut cluster = Cluster::builder(binaries!())
+        .workers(0)
+        .env("FRAMES_PER_SEC", "100000")
+        .start()
+        .await
+        .expect("cluster starts");
+    ensure_users(&cluster, &["bob"]).await;
+    let mut alice = cluster
+        .connect_ws(0, &cluster.token("alice"))
+        .await
+        .expect("alice connects");
+    let room = create_room(&cluster, "alice", &["bob"]).await;
+    await_member_added(&mut alice, room).await;
+    let messages: Vec<(String, String)> = (0..MESSAGES)
+        .map(|i| (format!("message {i}"), format!("temp-{i}")))
+        .collect();
+    let confirmations = send_pipelined(&mut alice, room, &messages)
+        .await
+        .expect("send");
+    let mut confirmed: HashMap<Uuid, (Uuid, i64)> = HashMap::new();
+    for confirmation in &confirmations {
+        assert_eq!(confirmation["confirmed"], true, "{confirmation}");
+        let seq = confirmation["seq"].as_i64().expect("seq");
+        confirmed.insert(uuid_of(&confirmation["message_id"]), (room, seq));
+    }
+
+    // Every other entry is already in Postgres, field for field, as a worker
+    // that committed it would have left it.
+    let entries = xrange(&cluster, "chatter:ingest").await;
+    assert_eq!(entries.len(), MESSAGES, "no worker ran yet");
+    let mut already = HashSet::new();
+    for (_, fields) in entries.iter().step_by(2) {
+        let field = |name: &str| fields.get(name).cloned().unwrap_or_default();
+        let id: Uuid = field("id").parse().expect("id");
+        let at: i128 = field("at").parse().expect("at");
+        let created_at = OffsetDateTime::from_unix_timestamp_nanos(at * 1000).expect("created_at");
+        sqlx::query(
+            "INSERT INTO messages (id, room_id, seq, sender_id, body, client_msg_id, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(field("room").parse::<Uuid>().expect("room"))
+        .bind(field("seq").parse::<i64>().expect("seq"))
+        .bind(field("sender"))
+        .bind(field("body"))
+        .bind(field("temp"))
+        .bind(created_at)
+        .execute(&cluster.db())
+        .await
+        .expect("storing a message before the worker");
+        already.insert(field("body"));
+    }
+
+    cluster.add_worker().await.expect("worker starts");
+    let rows = await_row_count(&cluster, MESSAGES, Duration::from_secs(10)).await;
+    assert_exactly_once(&rows, &confirmed);
+    await_stream_drained(&cluster, Duration::from_secs(10)).await;
+    assert_eq!(xlen(&cluster, "chatter:ingest:dead").await, 0);
+
+    // bob is offline: one notification per message stored now, none for the others.
+    let fresh = MESSAGES - already.len();
+    cluster
+        .notif()
+        .wait_for_calls(fresh, Duration::from_secs(10))
+        .await
+        .expect("notifications of the new messages");
+    // Nothing more comes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let calls = cluster.notif().calls();
+    assert_eq!(calls.len(), fresh, "notifications");
+    for call in &calls {
+        let text = call.body["message"].as_str().unwrap_or("?");
+        let body = text.strip_prefix("alice messaged you: ").unwrap_or(text);
+        assert!(
+            !already.contains(body),
+            "notified for a message stored before: {text}"
+        );
+    }
+    eprintln!(
+        "a_batch_mixing_stored_and_new_messages_stores_each_once: {:?}",
+        started.elapsed()
+    );
+}

@@ -28,6 +28,7 @@ chatter_tests::on_both_backends!(
     read_receipts_follow_markers_that_only_move_forward: |b| b,
     typing_reaches_the_other_members_only_and_is_throttled: |b| b,
     http_publish_dedupes_and_orders_with_socket_sends: |b| b.env("FRAMES_PER_SEC", "1000"),
+    sockets_opened_all_at_once_each_get_their_own_rooms: |b| b,
 );
 
 // ------------------------------------------------------------------------- helpers
@@ -1388,5 +1389,86 @@ async fn http_publish_dedupes_and_orders_with_socket_sends(cluster: &Cluster) ->
         "stored once each: {:?}",
         seqs(&stored)
     );
+    Ok(())
+}
+
+/// A connection storm: the gateways read the users and rooms of concurrent
+/// upgrades in batches, and every socket must still get exactly its own
+/// user's rooms — a pair room each, and one shared room for the first half —
+/// also when one user opens two sockets in the same storm.
+async fn sockets_opened_all_at_once_each_get_their_own_rooms(cluster: &Cluster) -> Result<()> {
+    const PAIRS: usize = 12;
+    let users: Vec<String> = (0..2 * PAIRS).map(|i| format!("storm{i}")).collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    ensure_users(cluster, &names).await?;
+    let mut pair_rooms = Vec::new();
+    for pair in names.chunks(2) {
+        pair_rooms.push(group(cluster, pair[0], &pair[1..]).await?);
+    }
+    let half: Vec<&str> = names[1..PAIRS].to_vec();
+    let shared = group(cluster, names[0], &half).await?;
+
+    // Every user at once, the first one twice, spread over the gateways:
+    // (gateway, user).
+    let mut opening: Vec<(usize, usize)> = (0..names.len()).map(|user| (user % 2, user)).collect();
+    opening.push((1, 0));
+    let sockets = futures::future::join_all(
+        opening
+            .iter()
+            .map(|&(gateway, user)| connect_ready(cluster, gateway, names[user])),
+    )
+    .await;
+    let mut sockets: Vec<(usize, WsClient)> = opening
+        .iter()
+        .zip(sockets)
+        .map(|(&(_, user), ws)| ws.map(|ws| (user, ws)))
+        .collect::<Result<_>>()?;
+
+    // Each pair's first member speaks in the pair's room, the first user in
+    // the shared room too. Every socket gets what its user's rooms carry,
+    // and nothing of the others'.
+    let (_, speaker) = sockets
+        .iter_mut()
+        .find(|(user, _)| *user == 0)
+        .context("the first user's socket")?;
+    say(speaker, &shared, "to the shared room", "storm-shared").await?;
+    for (pair, room) in pair_rooms.iter().enumerate() {
+        let (_, ws) = sockets
+            .iter_mut()
+            .find(|(user, _)| *user == 2 * pair)
+            .context("a pair's first socket")?;
+        say(
+            ws,
+            room,
+            &format!("to pair {pair}"),
+            &format!("storm-{pair}"),
+        )
+        .await?;
+    }
+    for (user, ws) in &mut sockets {
+        let pair = *user / 2;
+        let mut expected = vec![format!("to pair {pair}")];
+        if *user < PAIRS {
+            expected.push("to the shared room".to_owned());
+        }
+        let mut got = Vec::new();
+        while got.len() < expected.len() {
+            let frame = ws
+                .recv_type("MessageReceived", FRAME_WAIT)
+                .await
+                .with_context(|| format!("storm{user} waits for {expected:?}, has {got:?}"))?;
+            got.push(frame["message"].as_str().unwrap_or_default().to_owned());
+        }
+        got.sort();
+        expected.sort();
+        ensure!(
+            got == expected,
+            "storm{user}: {got:?}, expected {expected:?}"
+        );
+        ensure!(
+            ws.recv_type("MessageReceived", SILENCE).await.is_err(),
+            "storm{user} got a message of a room not theirs"
+        );
+    }
     Ok(())
 }

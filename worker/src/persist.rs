@@ -11,6 +11,7 @@ use fred::prelude::*;
 use fred::types::Key;
 use std::collections::HashMap;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -75,17 +76,45 @@ impl Persister {
         &self.consumer
     }
 
-    /// Reads, stores and acknowledges until `shutdown`. A read in flight when the
-    /// shutdown comes is not abandoned (Redis may already have handed its entries
-    /// to this consumer): its batch is stored and acknowledged, retrying until
-    /// `give_up`, and only a batch still failing then is left pending for another
+    /// Reads, stores and acknowledges until `shutdown`, as a pipeline of three
+    /// stages joined by queues of one batch: while batch N is written to
+    /// Postgres, N+1 is read from Redis and N−1 acknowledged, so one worker's
+    /// rate is set by its slowest stage (Postgres) rather than by the sum of the
+    /// three round trips. At most five batches are in memory: one in each stage
+    /// and one in each queue.
+    ///
+    /// A read in flight when the shutdown comes is not abandoned (Redis may
+    /// already have handed its entries to this consumer): reading stops, and
+    /// every batch read is still stored and acknowledged, retrying until
+    /// `give_up`; only a batch still failing then is left pending for another
     /// worker.
     pub async fn run(&self, shutdown: &CancellationToken, give_up: &CancellationToken) {
+        let (to_store, stored_from) = mpsc::channel(1);
+        let (to_acknowledge, acknowledged_from) = mpsc::channel(1);
+        tokio::join!(
+            self.read(to_store, shutdown, give_up),
+            self.store(stored_from, to_acknowledge, give_up),
+            self.acknowledge(acknowledged_from, give_up),
+        );
+    }
+
+    /// The first stage: reads batches (and reclaims those of dead consumers)
+    /// until `shutdown`, dead-letters the entries that cannot be parsed, and
+    /// hands the rest on. Dropping `to_store` at the end lets the next stages
+    /// drain and stop.
+    async fn read(
+        &self,
+        to_store: mpsc::Sender<Read>,
+        shutdown: &CancellationToken,
+        give_up: &CancellationToken,
+    ) {
         let mut next_claim = Instant::now();
         let mut backoff = RETRY_MIN;
         while !shutdown.is_cancelled() {
             if Instant::now() >= next_claim {
-                self.reclaim(shutdown, give_up).await;
+                if !self.reclaim(&to_store, shutdown, give_up).await {
+                    return;
+                }
                 next_claim = Instant::now() + self.claim_every;
             }
             let read: Result<Value, Error> = self
@@ -107,7 +136,9 @@ impl Persister {
                     match reply.into_xread_response::<String, String, Key, Bytes>() {
                         Ok(mut streams) => {
                             let entries = streams.remove(INGEST_STREAM).unwrap_or_default();
-                            self.handle(entries, false, give_up).await;
+                            if !self.hand_on(entries, false, &to_store).await {
+                                return;
+                            }
                         }
                         Err(error) => tracing::error!(%error, "unreadable XREADGROUP reply"),
                     }
@@ -129,7 +160,13 @@ impl Persister {
     }
 
     /// Takes over entries another consumer left pending too long (it died).
-    async fn reclaim(&self, shutdown: &CancellationToken, give_up: &CancellationToken) {
+    /// False if the next stage is gone.
+    async fn reclaim(
+        &self,
+        to_store: &mpsc::Sender<Read>,
+        shutdown: &CancellationToken,
+        give_up: &CancellationToken,
+    ) -> bool {
         let mut cursor = String::from("0-0");
         loop {
             let claimed: Result<(String, Vec<(String, Fields)>), Error> = self
@@ -151,44 +188,41 @@ impl Persister {
                             count = entries.len(),
                             "reclaimed pending entries of a dead consumer"
                         );
-                        self.handle(entries, true, give_up).await;
+                        if !self.hand_on(entries, true, to_store).await {
+                            return false;
+                        }
                     }
-                    if next == "0-0" || shutdown.is_cancelled() {
-                        return;
+                    if next == "0-0" || shutdown.is_cancelled() || give_up.is_cancelled() {
+                        return true;
                     }
                     cursor = next;
                 }
                 Err(error) => {
                     metrics::counter!(metric::REDIS_ERRORS).increment(1);
                     tracing::warn!(%error, "cannot reclaim pending entries");
-                    return;
+                    return true;
                 }
             }
         }
     }
 
-    /// Stores a batch, then writes its notifications and events to the outbox
-    /// while acknowledging it (one atomic call). Retries stop at `give_up`,
-    /// leaving the batch pending.
-    ///
-    /// Fresh entries notify for the messages stored now: one already stored
-    /// came in again as a new entry (an operator's replay), and its first entry
-    /// wrote its notifications with its acknowledgement. `reclaimed` entries
-    /// notify for every stored message: their holder may have died after
-    /// storing them and before that call — at least once, not at most once.
-    async fn handle(
+    /// Parses the entries read, dead-letters those that cannot be stored, and
+    /// queues the batch for Postgres. If a dead letter cannot be written, the
+    /// whole batch is left pending (retried once Redis takes the dead letter).
+    /// False if the next stage is gone.
+    async fn hand_on(
         &self,
         entries: Vec<(String, Fields)>,
         reclaimed: bool,
-        give_up: &CancellationToken,
-    ) {
+        to_store: &mpsc::Sender<Read>,
+    ) -> bool {
         if entries.is_empty() {
-            return;
+            return true;
         }
         let mut ids = Vec::with_capacity(entries.len());
         let mut batch = Vec::with_capacity(entries.len());
         for (stream_id, fields) in entries {
-            match as_text(&fields).and_then(|text| IngestEntry::from_fields(&text)) {
+            match parse(&fields) {
                 Ok(entry) => batch.push(entry),
                 Err(problem) => {
                     let mut record: Vec<(Bytes, Bytes)> = fields
@@ -197,33 +231,77 @@ impl Persister {
                         .collect();
                     record.push(("stream_id".into(), stream_id.clone().into()));
                     if !self.batches.dead_letters.ingest(record, &problem).await {
-                        return; // left pending: retried once Redis takes the dead letter
+                        return true;
                     }
                 }
             }
             ids.push(stream_id);
         }
-        let Some(stored) = self.batches.store(&batch, give_up).await else {
-            return; // out of time while draining: left pending for the next worker
+        let read = Read {
+            ids,
+            batch,
+            reclaimed,
         };
-        let notify = if reclaimed {
-            &stored.persisted
-        } else {
-            &stored.inserted
-        };
-        let followups = self.batches.followups(&batch, notify).await;
-        self.acknowledge(&ids, &followups, give_up).await;
-        tracing::debug!(
-            read = ids.len(),
-            stored = stored.inserted.len(),
-            notifications = followups.notifications.len(),
-            "batch persisted"
-        );
+        to_store.send(read).await.is_ok()
+    }
+
+    /// The second stage: stores each batch (see [`Batches::store`]) and hands
+    /// the stored ones on. A batch out of time at `give_up` is dropped here,
+    /// left pending for the next worker.
+    async fn store(
+        &self,
+        mut from: mpsc::Receiver<Read>,
+        to_acknowledge: mpsc::Sender<StoredBatch>,
+        give_up: &CancellationToken,
+    ) {
+        while let Some(read) = from.recv().await {
+            let Some(stored) = self.batches.store(&read.batch, give_up).await else {
+                continue;
+            };
+            if to_acknowledge
+                .send(StoredBatch { read, stored })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    /// The last stage: writes each stored batch's notifications and events to
+    /// the outbox while acknowledging it (one atomic call), retrying until
+    /// `give_up`.
+    ///
+    /// Fresh entries notify for the messages stored now: one already stored
+    /// came in again as a new entry (an operator's replay), and its first entry
+    /// wrote its notifications with its acknowledgement. `reclaimed` entries
+    /// notify for every stored message: their holder may have died after
+    /// storing them and before that call — at least once, not at most once.
+    async fn acknowledge(
+        &self,
+        mut from: mpsc::Receiver<StoredBatch>,
+        give_up: &CancellationToken,
+    ) {
+        while let Some(StoredBatch { read, stored }) = from.recv().await {
+            let notify = if read.reclaimed {
+                &stored.persisted
+            } else {
+                &stored.inserted
+            };
+            let followups = self.batches.followups(&read.batch, notify).await;
+            self.commit(&read.ids, &followups, give_up).await;
+            tracing::debug!(
+                read = read.ids.len(),
+                stored = stored.inserted.len(),
+                notifications = followups.notifications.len(),
+                "batch persisted"
+            );
+        }
     }
 
     /// Writes the follow-ups and acknowledges in one script call (XDEL then
     /// XACK: the stream only holds what is not yet stored; see `outbox.rs`).
-    async fn acknowledge(
+    async fn commit(
         &self,
         ids: &[String],
         followups: &crate::outbox::Followups,
@@ -251,17 +329,28 @@ impl Persister {
     }
 }
 
-/// The fields as text; `Err` names the first one that is not UTF-8.
-fn as_text(fields: &Fields) -> Result<HashMap<String, String>, String> {
-    fields
-        .iter()
-        .map(|(name, value)| {
-            let name = name
-                .as_str()
-                .ok_or_else(|| "a field name is not UTF-8".to_owned())?;
-            let value =
-                std::str::from_utf8(value).map_err(|_| format!("field {name} is not UTF-8"))?;
-            Ok((name.to_owned(), value.to_owned()))
-        })
-        .collect()
+/// A batch read from the stream, on its way to Postgres: the stream ids of all
+/// its entries (dead-lettered ones included: they are acknowledged with it)
+/// and the entries to store.
+struct Read {
+    ids: Vec<String>,
+    batch: Vec<IngestEntry>,
+    reclaimed: bool,
+}
+
+/// A batch stored, on its way to its acknowledgement.
+struct StoredBatch {
+    read: Read,
+    stored: crate::batch::Stored,
+}
+
+/// The entry in `fields`; `Err` names the field that is missing, not UTF-8
+/// or not of its type.
+fn parse(fields: &Fields) -> Result<IngestEntry, String> {
+    IngestEntry::from_fields(|name| match fields.get(&Key::from_static_str(name)) {
+        None => Ok(None),
+        Some(value) => std::str::from_utf8(value)
+            .map(Some)
+            .map_err(|_| format!("field {name} is not UTF-8")),
+    })
 }

@@ -4,6 +4,7 @@
 //! `bench/run.sh` builds the release binaries and runs `chatter-bench all`.
 
 use anyhow::Result;
+use chatter_bench::profile;
 use chatter_bench::report::{self, Meta};
 use chatter_bench::scenarios::{self, Bench, Bins, Results};
 use clap::{Parser, ValueEnum};
@@ -33,6 +34,29 @@ struct Args {
     /// The whole run stops by itself after this many minutes.
     #[arg(long, default_value_t = 40)]
     max_minutes: u64,
+    /// `profile`: the load (`bash bench/profile.sh LOAD …` sets it).
+    #[arg(long, value_enum, default_value = "one-to-one")]
+    load: ProfileLoad,
+    /// `profile`: connections (default: 20,000 for one-to-one, 10,000 for fanout,
+    /// 19,000 for connect).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// `profile`: messages per second, all senders together.
+    #[arg(long, default_value_t = 2_500.0)]
+    rate: f64,
+    /// `profile`: seconds of the measured window (and of `perf record`).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// `profile`: members per room for `fanout` (default 100).
+    #[arg(long, default_value_t = 100)]
+    room_size: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ProfileLoad {
+    OneToOne,
+    Fanout,
+    Connect,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,11 +66,17 @@ enum Scenario {
     Fanout,
     OneToOne,
     Persist,
+    /// A drain of one gateway: its sockets reconnect to the other at once.
+    Storm,
     /// The send path's cost of a content policy (off, then on); not part of `all`.
     ContentPolicy,
     /// Not a scenario: start Redis, Postgres, 2 gateways and a worker, print how to
     /// run chatter-loadgen against them, and keep them up until Ctrl-C.
     Deploy,
+    /// Not a scenario: one load (`--load`) at a fixed rate on a throwaway
+    /// deployment, with CPU per process, Redis commandstats and slowlog,
+    /// pg_stat_statements and a perf profile of a gateway, as Markdown.
+    Profile,
 }
 
 fn main() -> ExitCode {
@@ -101,7 +131,33 @@ async fn run(args: Args, fd_limit: u64) -> Result<bool> {
             Scenario::Fanout,
             Scenario::OneToOne,
             Scenario::Persist,
+            Scenario::Storm,
         ];
+    }
+    if wanted == [Scenario::Profile] {
+        let (load, connections) = match args.load {
+            ProfileLoad::OneToOne => (profile::Load::OneToOne, 20_000),
+            ProfileLoad::Fanout => (profile::Load::Fanout, 10_000),
+            ProfileLoad::Connect => (profile::Load::Connect, 19_000),
+        };
+        let options = profile::Options {
+            load,
+            connections: args.connections.unwrap_or(connections),
+            room_size: if load == profile::Load::OneToOne {
+                2
+            } else {
+                args.room_size.max(2)
+            },
+            rate: args.rate,
+            seconds: args.seconds.clamp(1.0, 600.0),
+        };
+        let md = profile::profile(&bench, &options).await?;
+        println!("{md}");
+        if let Some(out) = &args.out {
+            std::fs::write(out, &md)?;
+            eprintln!("chatter-bench: wrote {}", out.display());
+        }
+        return Ok(true);
     }
     let mut results = Results::default();
     for scenario in wanted {
@@ -130,6 +186,12 @@ async fn run(args: Args, fd_limit: u64) -> Result<bool> {
                     .await
                     .map(|r| results.persist = Some(r)),
             ),
+            Scenario::Storm => (
+                "storm",
+                scenarios::storm(&bench)
+                    .await
+                    .map(|r| results.storm = Some(r)),
+            ),
             Scenario::ContentPolicy => (
                 "content-policy",
                 scenarios::content_policy(&bench)
@@ -137,6 +199,10 @@ async fn run(args: Args, fd_limit: u64) -> Result<bool> {
                     .map(|r| results.content_policy = Some(r)),
             ),
             Scenario::Deploy => ("deploy", scenarios::deploy(&bench, 2).await),
+            Scenario::Profile => {
+                eprintln!("chatter-bench: `profile` runs alone; skipped");
+                continue;
+            }
             Scenario::All => continue,
         };
         if let Err(error) = outcome {

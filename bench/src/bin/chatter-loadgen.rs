@@ -22,7 +22,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a load against running servers and print the results.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// (internal) One agent process, driven over stdin/stdout by `run`.
     Agent {
         #[arg(long, default_value_t = 1)]
@@ -97,6 +97,11 @@ struct RunArgs {
     /// Handshakes in flight per agent.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// User ids are this prefix and the connection's number (default: unique
+    /// per run). An earlier run's prefix connects the same users again, with
+    /// the rooms that run made: a reconnect storm.
+    #[arg(long)]
+    user_prefix: Option<String>,
     /// Print each step as JSON too.
     #[arg(long)]
     json: bool,
@@ -116,7 +121,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run_load(run)) {
+            match runtime.block_on(run_load(*run)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("chatter-loadgen: {error:#}");
@@ -158,17 +163,21 @@ async fn run_load(args: RunArgs) -> Result<()> {
     }
     options.message_bytes = args.message_bytes;
     options.connect_concurrency = args.connect_concurrency;
+    if let Some(prefix) = &args.user_prefix {
+        options.user_prefix.clone_from(prefix);
+    }
 
     let mut run = LoadRun::start(&target, &options).await?;
     let c = &run.connect;
     println!(
-        "connected {}/{} in {:.1}s ({:.0}/s), failed {} {:?}",
+        "connected {}/{} in {:.1}s ({:.0}/s), failed {} {:?}; users {}<n>",
         c.ok,
         c.requested,
         c.elapsed_s,
         c.ok as f64 / c.elapsed_s.max(1e-3),
         c.failed,
-        c.errors
+        c.errors,
+        options.user_prefix
     );
     let r = &run.rooms_report;
     if r.rooms > 0 {

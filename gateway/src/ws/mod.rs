@@ -140,18 +140,13 @@ pub async fn upgrade(
         metrics::counter!(metric::UPGRADES_REFUSED, "reason" => "banned").increment(1);
         return refuse(ws, CloseCode::Banned, BANNED);
     }
-    // Connection churn costs a database read and subscriptions: upgrades spend
+    // Connection churn costs database work and subscriptions: upgrades spend
     // the user's REST budget.
     if let Err(limited) = state.limits.user(&identity.user_id) {
         return ApiError::rate_limited(limited.retry_after).into_response();
     }
-    // For the whole socket: agents' queue, presence of everyone, desk frames.
-    let identity = state.with_stored_roles(identity).await;
+    let user_id = identity.user_id.clone();
     let prepared = async {
-        state
-            .ensure_user(&identity)
-            .await
-            .map_err(|e| e.to_string())?;
         let (registration, inbox) = state
             .hub
             .register(&identity.user_id, state.config.send_queue_frames)
@@ -160,14 +155,27 @@ pub async fn upgrade(
         state
             .hub
             .replace_oldest(&identity.user_id, state.config.max_connections_per_user);
-        let rooms = state
-            .store
-            .room_ids_of(&identity.user_id)
+        // One batched statement, after the user channel is live: the record
+        // written, the stored roles, the rooms.
+        let upsert = state.needs_upsert(&identity.user_id);
+        let arrived = state
+            .arrivals
+            .arrive(&identity, upsert)
             .await
             .map_err(|e| e.to_string())?;
+        if upsert {
+            state.upserted(&identity.user_id);
+        }
+        let mut identity = identity;
+        // For the whole socket: agents' queue, presence of everyone, desk
+        // frames. A user is an agent or an admin by their token or their
+        // stored record (see `App::with_stored_roles`).
+        if identity.roles.is_empty() {
+            identity.roles = arrived.roles;
+        }
         state
             .hub
-            .join_rooms(&registration.conn, rooms)
+            .join_rooms(&registration.conn, arrived.rooms)
             .await
             .map_err(|e| e.to_string())?;
         // Agents hear the support desk's queue from every gateway.
@@ -178,15 +186,13 @@ pub async fn upgrade(
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok::<_, String>((registration, inbox))
+        Ok::<_, String>((registration, inbox, identity))
     };
     match prepared.await {
         // Banned while this connection was being prepared: the ban's close
         // order may have gone out before it registered.
-        Ok(_) if state.moderation.is_banned(&identity.user_id) => {
-            refuse(ws, CloseCode::Banned, BANNED)
-        }
-        Ok((registration, inbox)) => {
+        Ok(_) if state.moderation.is_banned(&user_id) => refuse(ws, CloseCode::Banned, BANNED),
+        Ok((registration, inbox, identity)) => {
             if state.config.session_policy == SessionPolicy::Single
                 && let Err(error) = orders::close_user(
                     &state.bus,

@@ -122,36 +122,24 @@ impl Store {
     /// Only the id may conflict quietly: any other clash (a seq already taken)
     /// fails the batch, so the worker stores it entry by entry and dead-letters
     /// the clashing one rather than dropping a confirmed message in silence.
+    ///
+    /// On Postgres the batch is first written with a binary `COPY`, which costs
+    /// the server about 30 % less CPU than an `INSERT … ON CONFLICT … RETURNING`
+    /// of the same rows (bench/README.md, "Persistence"). `COPY` cannot skip a row, so a
+    /// batch that holds an id already stored fails as a whole (a unique
+    /// violation, nothing written) and is then inserted again with
+    /// `ON CONFLICT (id) DO NOTHING`: the rare replay pays two statements, the
+    /// common fresh batch one cheap one.
     pub async fn insert_messages(&self, batch: &[IngestEntry]) -> Result<Vec<Uuid>, sqlx::Error> {
         match self {
-            Store::Postgres(pool) => {
-                let ids: Vec<Uuid> = batch.iter().map(|e| e.id).collect();
-                let rooms: Vec<Uuid> = batch.iter().map(|e| e.room_id).collect();
-                let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
-                let senders: Vec<&str> = batch.iter().map(|e| e.sender_id.as_str()).collect();
-                let bodies: Vec<&str> = batch.iter().map(|e| e.body.as_str()).collect();
-                let temp_ids: Vec<Option<&str>> =
-                    batch.iter().map(|e| e.temp_id.as_deref()).collect();
-                let parents: Vec<Option<Uuid>> = batch.iter().map(|e| e.parent_id).collect();
-                let created: Vec<OffsetDateTime> = batch.iter().map(|e| e.created_at).collect();
-                sqlx::query_scalar(
-                    "INSERT INTO messages (id, room_id, seq, sender_id, body, client_msg_id, parent_id, created_at)
-                     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[],
-                                          $6::text[], $7::uuid[], $8::timestamptz[])
-                     ON CONFLICT (id) DO NOTHING
-                     RETURNING id",
-                )
-                .bind(&ids)
-                .bind(&rooms)
-                .bind(&seqs)
-                .bind(&senders)
-                .bind(&bodies)
-                .bind(&temp_ids)
-                .bind(&parents)
-                .bind(&created)
-                .fetch_all(pool)
-                .await
-            }
+            Store::Postgres(_) if batch.is_empty() => Ok(Vec::new()),
+            Store::Postgres(pool) => match copy_messages(pool, batch).await {
+                Ok(()) => Ok(batch.iter().map(|e| e.id).collect()),
+                Err(error) if super::is_unique_violation(&error) => {
+                    insert_skipping_stored(pool, batch).await
+                }
+                Err(error) => Err(error),
+            },
             Store::Sqlite(pool) => {
                 let now = OffsetDateTime::now_utc();
                 let mut tx = pool.begin().await?;
@@ -334,4 +322,103 @@ impl Store {
             }
         }
     }
+}
+
+/// The columns a stored message gets from its ingest entry, in the order of
+/// [`copy_rows`] (`persisted_at` takes its default).
+const COPY_MESSAGES: &str = "COPY messages (id, room_id, seq, sender_id, body, client_msg_id, parent_id, created_at) FROM STDIN (FORMAT binary)";
+
+/// Writes the batch in one `COPY` (one statement, so all rows or none).
+async fn copy_messages(pool: &sqlx::PgPool, batch: &[IngestEntry]) -> Result<(), sqlx::Error> {
+    use sqlx::postgres::PgPoolCopyExt;
+    let rows = copy_rows(batch)?;
+    let mut copy = pool.copy_in_raw(COPY_MESSAGES).await?;
+    // On an error the server drops the rest of the data and `finish` reports
+    // it; the connection is usable again afterwards.
+    if let Err(error) = copy.send(rows).await {
+        let _ = copy.abort("the batch could not be sent").await;
+        return Err(error);
+    }
+    copy.finish().await?;
+    Ok(())
+}
+
+/// The batch in `COPY`'s binary format: a signature, flags and header
+/// extension (both empty), then per row its field count and each field as a
+/// big-endian length (-1 = NULL) and the value in the type's binary form, then -1.
+fn copy_rows(batch: &[IngestEntry]) -> Result<Vec<u8>, sqlx::Error> {
+    /// 2000-01-01T00:00:00Z, Postgres' epoch for timestamps, in Unix microseconds.
+    const PG_EPOCH_MICROS: i128 = 946_684_800_000_000;
+    fn field(buf: &mut Vec<u8>, value: Option<&[u8]>) -> Result<(), sqlx::Error> {
+        match value {
+            None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(bytes) => {
+                let len = i32::try_from(bytes.len())
+                    .map_err(|_| sqlx::Error::Encode("a message field is over 2 GiB".into()))?;
+                buf.extend_from_slice(&len.to_be_bytes());
+                buf.extend_from_slice(bytes);
+            }
+        }
+        Ok(())
+    }
+    let text: usize = batch
+        .iter()
+        .map(|e| e.sender_id.len() + e.body.len() + e.temp_id.as_ref().map_or(0, String::len))
+        .sum();
+    // Per row: field count, 8 lengths, 3 UUIDs, seq and created_at.
+    let mut buf = Vec::with_capacity(21 + batch.len() * (2 + 8 * 4 + 3 * 16 + 2 * 8) + text + 2);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    for entry in batch {
+        let created = entry.created_at.unix_timestamp_nanos() / 1000 - PG_EPOCH_MICROS;
+        let created = i64::try_from(created)
+            .map_err(|_| sqlx::Error::Encode("created_at is out of range".into()))?;
+        buf.extend_from_slice(&8i16.to_be_bytes());
+        field(&mut buf, Some(entry.id.as_bytes()))?;
+        field(&mut buf, Some(entry.room_id.as_bytes()))?;
+        field(&mut buf, Some(&entry.seq.to_be_bytes()))?;
+        field(&mut buf, Some(entry.sender_id.as_bytes()))?;
+        field(&mut buf, Some(entry.body.as_bytes()))?;
+        field(&mut buf, entry.temp_id.as_deref().map(str::as_bytes))?;
+        field(
+            &mut buf,
+            entry.parent_id.as_ref().map(|p| &p.as_bytes()[..]),
+        )?;
+        field(&mut buf, Some(&created.to_be_bytes()))?;
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(buf)
+}
+
+/// The batch as one `INSERT … ON CONFLICT (id) DO NOTHING`; the ids inserted.
+async fn insert_skipping_stored(
+    pool: &sqlx::PgPool,
+    batch: &[IngestEntry],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = batch.iter().map(|e| e.id).collect();
+    let rooms: Vec<Uuid> = batch.iter().map(|e| e.room_id).collect();
+    let seqs: Vec<i64> = batch.iter().map(|e| e.seq).collect();
+    let senders: Vec<&str> = batch.iter().map(|e| e.sender_id.as_str()).collect();
+    let bodies: Vec<&str> = batch.iter().map(|e| e.body.as_str()).collect();
+    let temp_ids: Vec<Option<&str>> = batch.iter().map(|e| e.temp_id.as_deref()).collect();
+    let parents: Vec<Option<Uuid>> = batch.iter().map(|e| e.parent_id).collect();
+    let created: Vec<OffsetDateTime> = batch.iter().map(|e| e.created_at).collect();
+    sqlx::query_scalar(
+        "INSERT INTO messages (id, room_id, seq, sender_id, body, client_msg_id, parent_id, created_at)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[],
+                              $6::text[], $7::uuid[], $8::timestamptz[])
+         ON CONFLICT (id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(&ids)
+    .bind(&rooms)
+    .bind(&seqs)
+    .bind(&senders)
+    .bind(&bodies)
+    .bind(&temp_ids)
+    .bind(&parents)
+    .bind(&created)
+    .fetch_all(pool)
+    .await
 }

@@ -39,7 +39,7 @@ pub use messages::{HistoryPage, MemberOfRoom};
 pub use moderation::{AuditEntry, Ban, Block, Flag, Report, Restriction};
 pub use rooms::{MembersChange, NewRoom, Receipt, Room, RoomCursor, RoomKind, RoomSummary};
 pub use support::{Agent, Claim, NewRequest, OpenChat, SupportRequest, SupportState};
-pub use users::Contact;
+pub use users::{Arrival, Arrived, Contact};
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{

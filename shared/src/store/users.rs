@@ -4,7 +4,9 @@
 use super::Store;
 use crate::auth::Identity;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 /// `text` with U+0000 (which Postgres `text` cannot hold) replaced by U+FFFD.
 fn storable(text: &str) -> Cow<'_, str> {
@@ -118,6 +120,107 @@ impl Store {
             .fetch_all(pool)
             .await
         })
+    }
+}
+
+/// A user opening a WebSocket, for [`Store::arrive`].
+pub struct Arrival<'a> {
+    pub identity: &'a Identity,
+    /// Insert or refresh the user's record (false: it was written moments ago).
+    pub upsert: bool,
+}
+
+/// What a connect needs from the database about one user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Arrived {
+    /// The roles of the stored record (after the upsert).
+    pub roles: Vec<String>,
+    /// The user's live rooms.
+    pub rooms: Vec<Uuid>,
+}
+
+impl Store {
+    /// For each arriving user, at once: [`Store::upsert_user`] where asked,
+    /// then the stored roles and the live rooms, by user id. On Postgres this
+    /// is one statement for the whole batch, so a storm of connects costs one
+    /// round trip per batch rather than three per socket. A user with no
+    /// record (not upserted, and gone) has no roles and no rooms.
+    pub async fn arrive(
+        &self,
+        arrivals: &[Arrival<'_>],
+    ) -> Result<HashMap<String, Arrived>, sqlx::Error> {
+        if arrivals.is_empty() {
+            return Ok(HashMap::new());
+        }
+        match self {
+            Store::Postgres(pool) => {
+                let input: Vec<serde_json::Value> = arrivals
+                    .iter()
+                    .map(|arrival| {
+                        let identity = arrival.identity;
+                        serde_json::json!({
+                            "id": identity.user_id,
+                            "name": identity.name.as_deref().map(storable),
+                            "user_group": identity.group.as_deref().map(storable),
+                            "roles": identity.roles.iter().map(|role| storable(role)).collect::<Vec<_>>(),
+                            "upsert": arrival.upsert,
+                        })
+                    })
+                    .collect();
+                // The upsert is `upsert_user`'s, in id order (concurrent
+                // batches lock rows in the same order: no deadlock), one row
+                // per user even if a batch names one twice. The outer SELECT
+                // sees the table as it was before the INSERT, hence the
+                // upsert's RETURNING first. Per-user subqueries, not joins:
+                // the planner cannot size the JSON input and would scan
+                // `users` whole for a join (measured: 15 → 6 ms for 100
+                // users among 19,000).
+                let rows: Vec<(String, Vec<String>, Vec<Uuid>)> = sqlx::query_as(
+                    "WITH input AS (
+                         SELECT DISTINCT ON (id) id, name, user_group, roles, upsert
+                         FROM jsonb_to_recordset($1::jsonb)
+                              AS t(id text, name text, user_group text, roles text[], upsert boolean)
+                         ORDER BY id, upsert DESC
+                     ), upserted AS (
+                         INSERT INTO users (id, name, user_group, roles, last_seen_at)
+                         SELECT id, name, user_group, COALESCE(roles, '{}'), now()
+                         FROM input WHERE upsert ORDER BY id
+                         ON CONFLICT (id) DO UPDATE SET
+                             name = COALESCE(EXCLUDED.name, users.name),
+                             user_group = COALESCE(EXCLUDED.user_group, users.user_group),
+                             roles = CASE WHEN cardinality(EXCLUDED.roles) > 0 THEN EXCLUDED.roles ELSE users.roles END,
+                             last_seen_at = now()
+                         RETURNING id, roles
+                     )
+                     SELECT i.id,
+                            COALESCE(up.roles, (SELECT u.roles FROM users u WHERE u.id = i.id), '{}'),
+                            ARRAY(SELECT m.room_id FROM room_members m JOIN rooms r ON r.id = m.room_id
+                                  WHERE m.user_id = i.id AND r.deleted_at IS NULL)
+                     FROM input i LEFT JOIN upserted up ON up.id = i.id",
+                )
+                .bind(serde_json::Value::Array(input))
+                .fetch_all(pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, roles, rooms)| (id, Arrived { roles, rooms }))
+                    .collect())
+            }
+            // One writer at a time anyway: the same three statements per user.
+            Store::Sqlite(_) => {
+                let mut arrived = HashMap::new();
+                for arrival in arrivals {
+                    let user_id = &arrival.identity.user_id;
+                    if arrival.upsert {
+                        self.upsert_user(arrival.identity).await?;
+                    }
+                    let roles = self.roles_of(user_id).await?;
+                    let rooms = self.room_ids_of(user_id).await?;
+                    arrived.insert(user_id.clone(), Arrived { roles, rooms });
+                }
+                Ok(arrived)
+            }
+        }
     }
 }
 
