@@ -8,8 +8,7 @@
 use crate::hub::Hub;
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::ingest::{
-    AppendLimits, AppendOutcome, Appender, Ending, IngestEntry, NewMessage, RecentLog,
-    RecentScript,
+    AppendLimits, AppendOutcome, Appender, Ending, IngestEntry, NewMessage, RecentLog, RecentScript,
 };
 use chatter_shared::keyspace;
 use chatter_shared::presence::{PRESENCE_CHANNEL, PresenceScripts, changed_frame};

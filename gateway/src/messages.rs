@@ -130,13 +130,12 @@ pub async fn send(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
     let verdict = crate::moderation::check_send(app, draft).await?;
     let accepted = accept(app, draft).await?;
     if verdict == SendVerdict::Flagged
-        && let Err(error) = Box::pin(app.store.flag(
-            accepted.id,
-            draft.room_id,
-            draft.sender_id,
-            draft.body,
-        ))
-        .await
+        && let Err(error) =
+            Box::pin(
+                app.store
+                    .flag(accepted.id, draft.room_id, draft.sender_id, draft.body),
+            )
+            .await
     {
         tracing::warn!(%error, message_id = %accepted.id, "cannot list a flagged message");
     }
@@ -225,15 +224,11 @@ async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
     let mut floor = None;
     loop {
         let started = std::time::Instant::now();
-        let outcome = app
-            .bus
-            .append(&message, floor)
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, "append failed");
-                metrics::counter!(metric::BUS_ERRORS).increment(1);
-                Refusal::Unavailable
-            })?;
+        let outcome = app.bus.append(&message, floor).await.map_err(|error| {
+            tracing::warn!(%error, "append failed");
+            metrics::counter!(metric::BUS_ERRORS).increment(1);
+            Refusal::Unavailable
+        })?;
         metrics::histogram!(metric::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
         match outcome {
             AppendOutcome::Accepted { seq } => {

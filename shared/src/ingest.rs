@@ -86,7 +86,6 @@ end
 return replies
 "#;
 
-
 /// A message the gateway has validated and wants to append.
 #[derive(Debug, Clone)]
 pub struct NewMessage<'a> {
@@ -308,7 +307,10 @@ async fn send_batch(client: &Client, script: &Script, mut args: Vec<Value>, appe
         args.extend(append.args);
         replies.push(append.reply);
     }
-    match client.evalsha::<Vec<Value>, _, _, _>(script.sha1().clone(), keys, args).await {
+    match client
+        .evalsha::<Vec<Value>, _, _, _>(script.sha1().clone(), keys, args)
+        .await
+    {
         Ok(answers) if answers.len() == replies.len() => {
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(Ok(answer));
@@ -317,9 +319,15 @@ async fn send_batch(client: &Client, script: &Script, mut args: Vec<Value>, appe
         Ok(answers) => {
             let error = Error::new(
                 ErrorKind::Parse,
-                format!("the ingest script answered {} of {} messages", answers.len(), replies.len()),
+                format!(
+                    "the ingest script answered {} of {} messages",
+                    answers.len(),
+                    replies.len()
+                ),
             );
-            replies.into_iter().for_each(|reply| drop(reply.send(Err(error.clone()))));
+            replies
+                .into_iter()
+                .for_each(|reply| drop(reply.send(Err(error.clone()))));
         }
         Err(error) => {
             // Redis forgot the script: load it, and the senders call again.
@@ -328,7 +336,9 @@ async fn send_batch(client: &Client, script: &Script, mut args: Vec<Value>, appe
             {
                 tracing::warn!(error = %load, "cannot load the ingest script");
             }
-            replies.into_iter().for_each(|reply| drop(reply.send(Err(error.clone()))));
+            replies
+                .into_iter()
+                .for_each(|reply| drop(reply.send(Err(error.clone()))));
         }
     }
 }
