@@ -8,8 +8,7 @@
 use crate::hub::Hub;
 use axum::extract::ws::Utf8Bytes;
 use chatter_shared::ingest::{
-    AppendLimits, AppendOutcome, AppendScript, Ending, IngestEntry, NewMessage, RecentLog,
-    RecentScript,
+    AppendLimits, AppendOutcome, Appender, Ending, IngestEntry, NewMessage, RecentLog, RecentScript,
 };
 use chatter_shared::keyspace;
 use chatter_shared::presence::{PRESENCE_CHANNEL, PresenceScripts, changed_frame};
@@ -20,6 +19,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// How often the in-process bus forgets expired tickets and dedupe entries.
@@ -42,7 +42,7 @@ impl From<Error> for BusError {
 pub enum Bus {
     Redis {
         client: Client,
-        script: AppendScript,
+        appender: Appender,
         recent: RecentScript,
         presence: PresenceScripts,
         /// This gateway's id in the presence keys.
@@ -52,10 +52,11 @@ pub enum Bus {
 }
 
 impl Bus {
-    pub fn redis(client: Client) -> Bus {
+    /// The Redis bus; its appender's batching task stops with `stop`.
+    pub fn redis(client: Client, limits: AppendLimits, stop: CancellationToken) -> Bus {
         Bus::Redis {
+            appender: Appender::start(client.clone(), limits, stop),
             client,
-            script: AppendScript::default(),
             recent: RecentScript::default(),
             presence: PresenceScripts::default(),
             gateway_id: Uuid::new_v4().to_string().into(),
@@ -66,14 +67,11 @@ impl Bus {
     pub async fn append(
         &self,
         message: &NewMessage<'_>,
-        limits: &AppendLimits,
         floor: Option<i64>,
     ) -> Result<AppendOutcome, BusError> {
         match self {
-            Bus::Redis { client, script, .. } => {
-                Ok(script.append(client, message, limits, floor).await?)
-            }
-            Bus::Local(local) => local.append(message, limits, floor),
+            Bus::Redis { appender, .. } => Ok(appender.append(message, floor).await?),
+            Bus::Local(local) => local.append(message, floor),
         }
     }
 
@@ -401,6 +399,7 @@ impl Bus {
 pub struct LocalBus {
     state: Mutex<LocalState>,
     hub: Hub,
+    limits: AppendLimits,
 }
 
 struct LocalState {
@@ -421,7 +420,7 @@ struct LocalState {
 
 impl LocalBus {
     /// A bus handing accepted messages to `ingest`; the receiver is the in-process worker.
-    pub fn new(hub: Hub, ingest: mpsc::Sender<IngestEntry>) -> Arc<LocalBus> {
+    pub fn new(hub: Hub, ingest: mpsc::Sender<IngestEntry>, limits: AppendLimits) -> Arc<LocalBus> {
         let bus = Arc::new(LocalBus {
             state: Mutex::new(LocalState {
                 seqs: HashMap::new(),
@@ -434,6 +433,7 @@ impl LocalBus {
                 ingest: Some(ingest),
             }),
             hub,
+            limits,
         });
         let weak = Arc::downgrade(&bus);
         tokio::spawn(async move {
@@ -505,9 +505,9 @@ impl LocalBus {
     fn append(
         &self,
         message: &NewMessage<'_>,
-        limits: &AppendLimits,
         floor: Option<i64>,
     ) -> Result<AppendOutcome, BusError> {
+        let limits = &self.limits;
         let mut state = self.lock();
         let temp_id = message.temp_id.unwrap_or("");
         let dedupe_key = (

@@ -35,6 +35,7 @@ use anyhow::Context;
 use chatter_shared::auth::Tokens;
 use chatter_shared::config::{Config, Mode};
 use chatter_shared::events::Events;
+use chatter_shared::ingest::AppendLimits;
 use chatter_shared::redis::StreamDepth;
 use chatter_shared::store::Store;
 use chatter_shared::telemetry::metric;
@@ -104,7 +105,7 @@ pub async fn serve(
             let events = Events::redis(&config, redis.clone());
             (
                 store,
-                bus::Bus::redis(redis),
+                bus::Bus::redis(redis, AppendLimits::from_config(&config), hub_stop.clone()),
                 hub,
                 None,
                 redis_risks,
@@ -144,7 +145,7 @@ pub async fn serve(
                     CancellationToken::new(),
                 ));
             }
-            let bus = bus::LocalBus::new(hub.clone(), ingest);
+            let bus = bus::LocalBus::new(hub.clone(), ingest, AppendLimits::from_config(&config));
             // The in-memory dedupe starts from what was stored before a restart.
             let since = time::OffsetDateTime::now_utc()
                 - Duration::from_secs(config.dedupe_ttl_secs.min(30 * 24 * 3600));
@@ -192,6 +193,7 @@ pub async fn serve(
         chatter_shared::telemetry::register(chatter_shared::telemetry::Process::Worker);
     }
     tokio::spawn(sample_send_queues(hub.clone(), hub_stop.clone()));
+    tokio::spawn(chatter_shared::telemetry::keep_metrics(hub_stop.clone()));
     let mut app = state::App::new(config, tokens, store, bus, hub, shutdown.clone());
     app.redis_risks = redis_risks;
     // Bans are known before the first request: a restart lets no banned user in.

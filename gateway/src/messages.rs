@@ -122,13 +122,19 @@ pub struct Draft<'a> {
 /// non-member differently.
 pub async fn send(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
     validate(app, draft)?;
-    check_parent(app, draft).await?;
+    // Database and network waits off the common path are boxed, so that a
+    // plain message's future stays small (see `ws::connection`).
+    if draft.parent_id.is_some() {
+        Box::pin(check_parent(app, draft)).await?;
+    }
     let verdict = crate::moderation::check_send(app, draft).await?;
     let accepted = accept(app, draft).await?;
     if verdict == SendVerdict::Flagged
-        && let Err(error) = app
-            .store
-            .flag(accepted.id, draft.room_id, draft.sender_id, draft.body)
+        && let Err(error) =
+            Box::pin(
+                app.store
+                    .flag(accepted.id, draft.room_id, draft.sender_id, draft.body),
+            )
             .await
     {
         tracing::warn!(%error, message_id = %accepted.id, "cannot list a flagged message");
@@ -218,15 +224,11 @@ async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
     let mut floor = None;
     loop {
         let started = std::time::Instant::now();
-        let outcome = app
-            .bus
-            .append(&message, &app.append_limits, floor)
-            .await
-            .map_err(|error| {
-                tracing::warn!(%error, "append failed");
-                metrics::counter!(metric::BUS_ERRORS).increment(1);
-                Refusal::Unavailable
-            })?;
+        let outcome = app.bus.append(&message, floor).await.map_err(|error| {
+            tracing::warn!(%error, "append failed");
+            metrics::counter!(metric::BUS_ERRORS).increment(1);
+            Refusal::Unavailable
+        })?;
         metrics::histogram!(metric::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
         match outcome {
             AppendOutcome::Accepted { seq } => {
@@ -239,29 +241,28 @@ async fn accept(app: &App, draft: &Draft<'_>) -> Result<Accepted, Refusal> {
             AppendOutcome::BacklogFull => return Err(Refusal::Backlogged),
             AppendOutcome::Ended(ending) => return Err(ended(ending)),
             AppendOutcome::Cold if floor.is_none() => {
-                // The room's counter is gone (new room, or Redis lost its data):
-                // resume above what is persisted so seqs never go backwards. A
-                // support chat that ended meanwhile is told to the bus again.
-                let unavailable = |error: sqlx::Error| {
-                    tracing::warn!(%error, "cannot read the persisted seq floor");
-                    Refusal::Unavailable
-                };
-                if let Some(ending) = ended_chat(app, draft.room_id).await.map_err(unavailable)? {
-                    if let Err(error) = app.bus.end_room(draft.room_id, ending).await {
-                        tracing::warn!(%error, "cannot mark an ended chat on the bus");
-                    }
-                    return Err(self::ended(ending));
-                }
-                let persisted = app
-                    .store
-                    .max_seq(draft.room_id)
-                    .await
-                    .map_err(unavailable)?;
-                floor = Some(persisted);
+                floor = Some(Box::pin(seq_floor(app, draft.room_id)).await?);
             }
             AppendOutcome::Cold => return Err(Refusal::Unavailable),
         }
     }
+}
+
+/// The room's counter is gone (new room, or Redis lost its data): the seq to
+/// resume above, what is persisted, so seqs never go backwards. A support chat
+/// that ended meanwhile is told to the bus again.
+async fn seq_floor(app: &App, room_id: Uuid) -> Result<i64, Refusal> {
+    let unavailable = |error: sqlx::Error| {
+        tracing::warn!(%error, "cannot read the persisted seq floor");
+        Refusal::Unavailable
+    };
+    if let Some(ending) = ended_chat(app, room_id).await.map_err(unavailable)? {
+        if let Err(error) = app.bus.end_room(room_id, ending).await {
+            tracing::warn!(%error, "cannot mark an ended chat on the bus");
+        }
+        return Err(self::ended(ending));
+    }
+    app.store.max_seq(room_id).await.map_err(unavailable)
 }
 
 fn ended(ending: Ending) -> Refusal {

@@ -9,7 +9,6 @@ use crate::limits::Limits;
 use crate::moderation::Moderation;
 use chatter_shared::auth::{Identity, Tokens};
 use chatter_shared::config::Config;
-use chatter_shared::ingest::AppendLimits;
 use chatter_shared::store::Store;
 use dashmap::DashMap;
 use std::sync::Arc;
@@ -31,7 +30,6 @@ pub struct App {
     pub tokens: Tokens,
     pub store: Store,
     pub bus: Bus,
-    pub append_limits: AppendLimits,
     pub hub: Hub,
     /// The database's part of opening a WebSocket, batched (`crate::arrivals`).
     pub arrivals: Arrivals,
@@ -73,12 +71,6 @@ impl App {
             arrivals: Arrivals::start(store.clone(), shutdown.clone()),
             limits: Arc::new(Limits::new(&config)),
             moderation: Arc::new(Moderation::new(&config)),
-            append_limits: AppendLimits {
-                dedupe_ttl_secs: config.dedupe_ttl_secs,
-                max_backlog: config.ingest_max_backlog,
-                recent_log_size: config.recent_log_size,
-                recent_log_ttl_secs: config.recent_log_ttl_secs,
-            },
             config,
             tokens,
             store,

@@ -1,11 +1,11 @@
 //! The ingest path: how an accepted message enters Redis, and how the worker reads it back.
 //!
-//! One script call per message does everything atomically, in a single round trip:
+//! One script call does everything atomically, in a single round trip:
 //! 1. a repeated `(room, sender, message_temp_id)` returns the original id and seq;
 //! 2. the room's counter assigns the next sequence number;
 //! 3. the message is appended to the durable ingest stream (the worker persists it);
 //! 4. the finished `MessageReceived` frame is published on the room's channel and
-//!    kept in the room's recent log (a capped sorted set) for `Resume`.
+//!    kept in the room's recent log (a capped list) for `Resume`.
 //!
 //! A support chat that has ended (expired or closed) has a marker key the script
 //! checks after the dedupe (a resend of a message accepted before the end still
@@ -13,6 +13,13 @@
 //!
 //! Because the frame is spliced together inside Redis (`HEAD .. seq .. tail`),
 //! receiving gateways forward the published bytes to their sockets untouched.
+//!
+//! **Batches.** A gateway with many senders has many appends in flight at once.
+//! They are handed to one task, the [`Appender`], which sends whatever has queued
+//! up as one call of the script (each message still handled on its own, in
+//! order): one command, one write and one script start per batch instead of per
+//! message, and the sender's task waits on a reply channel rather than holding a
+//! Redis client's (large) future. A quiet gateway sends batches of one.
 //!
 //! **Sequence floor.** If the room's counter is missing (a new room, or Redis lost
 //! its data) the script answers `cold` instead of starting at 1; the caller reads the
@@ -24,50 +31,60 @@ use crate::protocol::{MESSAGE_RECEIVED_HEAD, MessageReceivedTail};
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use std::borrow::Cow;
+use std::sync::Arc;
 use time::OffsetDateTime;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const APPEND_LUA: &str = r#"
--- KEYS: 1 seq counter, 2 dedupe key, 3 ingest stream, 4 recent log, 5 ended marker
--- ARGV: 1 room channel, 2 message id, 3 room id, 4 sender, 5 body, 6 temp id ('' = none),
---       7 parent id ('' = none), 8 created_at (unix micros), 9 frame head, 10 frame tail,
---       11 dedupe ttl secs, 12 max backlog (0 = unbounded), 13 seq floor ('' = unknown),
---       14 recent log size, 15 recent log ttl secs
-if ARGV[6] ~= '' then
-  local seen = redis.call('GET', KEYS[2])
-  if seen then return {'dup', seen} end
+-- A batch of messages, each appended on its own, in order.
+-- KEYS, 5 per message: seq counter, dedupe key, ingest stream, recent log, ended marker.
+-- ARGV: 1 frame head, 2 dedupe ttl secs, 3 max backlog (0 = unbounded), 4 recent log
+--   size, 5 recent log ttl secs, then 10 per message: room channel, message id, room id,
+--   sender, body, temp id ('' = none), parent id ('' = none), created_at (unix micros),
+--   frame tail, seq floor ('' = unknown).
+-- Returns one reply per message: {'new', seq}, {'dup', 'id:seq'}, {'ended', how},
+-- {'cold'} or {'full'}.
+local head, dedupe_ttl, max_backlog = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local log_size, log_ttl = tonumber(ARGV[4]), ARGV[5]
+local function append(k, a)
+  local counter, dedupe, stream, log, ended = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
+  local temp, floor = ARGV[a + 6], ARGV[a + 10]
+  if temp ~= '' then
+    local seen = redis.call('GET', dedupe)
+    if seen then return {'dup', seen} end
+  end
+  local ending = redis.call('GET', ended)
+  if ending then return {'ended', ending} end
+  if redis.call('EXISTS', counter) == 0 then
+    if floor == '' then return {'cold'} end
+    redis.call('SET', counter, floor, 'NX')
+  end
+  if max_backlog > 0 and redis.call('XLEN', stream) >= max_backlog then return {'full'} end
+  local seq = redis.call('INCR', counter)
+  redis.call('XADD', stream, '*', 'id', ARGV[a + 2], 'room', ARGV[a + 3], 'seq', seq,
+    'sender', ARGV[a + 4], 'body', ARGV[a + 5], 'temp', temp, 'parent', ARGV[a + 7], 'at', ARGV[a + 8])
+  if temp ~= '' then
+    redis.call('SET', dedupe, ARGV[a + 2] .. ':' .. seq, 'EX', dedupe_ttl)
+  end
+  local frame = head .. seq .. ARGV[a + 9]
+  redis.call('PUBLISH', ARGV[a + 1], frame)
+  -- A list, not a sorted set: appends come in seq order, so the log is the
+  -- room's newest seqs in order, and RPUSH + LTRIM cost a fraction of ZADD +
+  -- ZREMRANGEBYRANK on frame-sized members.
+  if redis.call('RPUSH', log, frame) > log_size then
+    redis.call('LTRIM', log, -log_size, -1)
+  end
+  redis.call('EXPIRE', log, log_ttl)
+  return {'new', tostring(seq)}
 end
-local ended = redis.call('GET', KEYS[5])
-if ended then return {'ended', ended} end
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  if ARGV[13] == '' then return {'cold'} end
-  redis.call('SET', KEYS[1], ARGV[13], 'NX')
+local replies = {}
+for i = 0, #KEYS / 5 - 1 do
+  replies[i + 1] = append(5 * i, 5 + 10 * i)
 end
-local max_backlog = tonumber(ARGV[12])
-if max_backlog > 0 and redis.call('XLEN', KEYS[3]) >= max_backlog then return {'full'} end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'room', ARGV[3], 'seq', seq, 'sender', ARGV[4],
-  'body', ARGV[5], 'temp', ARGV[6], 'parent', ARGV[7], 'at', ARGV[8])
-if ARGV[6] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[2] .. ':' .. seq, 'EX', ARGV[11])
-end
-local frame = ARGV[9] .. seq .. ARGV[10]
-redis.call('PUBLISH', ARGV[1], frame)
-redis.call('ZADD', KEYS[4], seq, frame)
-redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -(tonumber(ARGV[14]) + 1))
-redis.call('EXPIRE', KEYS[4], ARGV[15])
-return {'new', tostring(seq)}
+return replies
 "#;
-
-/// The loaded ingest script; cheap to clone.
-#[derive(Clone)]
-pub struct AppendScript(Script);
-
-impl Default for AppendScript {
-    fn default() -> Self {
-        AppendScript(Script::from_lua(APPEND_LUA))
-    }
-}
 
 /// A message the gateway has validated and wants to append.
 #[derive(Debug, Clone)]
@@ -111,6 +128,8 @@ impl Ending {
     }
 }
 
+/// The limits the ingest script enforces, from the configuration.
+#[derive(Debug, Clone)]
 pub struct AppendLimits {
     pub dedupe_ttl_secs: u64,
     pub max_backlog: u64,
@@ -118,15 +137,53 @@ pub struct AppendLimits {
     pub recent_log_ttl_secs: u64,
 }
 
-impl AppendScript {
+impl AppendLimits {
+    pub fn from_config(config: &crate::config::Config) -> AppendLimits {
+        AppendLimits {
+            dedupe_ttl_secs: config.dedupe_ttl_secs,
+            max_backlog: config.ingest_max_backlog,
+            recent_log_size: config.recent_log_size.max(1),
+            recent_log_ttl_secs: config.recent_log_ttl_secs.max(1),
+        }
+    }
+}
+
+/// Appends queued for the next batch, at most; past it senders wait.
+const QUEUED_APPENDS: usize = 4096;
+/// Messages in one script call, at most: Redis runs nothing else meanwhile.
+const BATCH: usize = 32;
+/// Batches sent and not yet answered, at most.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// Keys and arguments of one message, and where its reply goes.
+struct Append {
+    keys: Vec<String>,
+    args: Vec<Value>,
+    reply: oneshot::Sender<Result<Value, Error>>,
+}
+
+/// Hands messages to the batching task (see the module doc); cheap to clone.
+#[derive(Clone)]
+pub struct Appender {
+    appends: mpsc::Sender<Append>,
+}
+
+impl Appender {
+    /// Starts the batching task; it stops with `stop`, answering what it holds
+    /// by dropping it (the senders see the bus as unavailable).
+    pub fn start(client: Client, limits: AppendLimits, stop: CancellationToken) -> Appender {
+        let (appends, queued) = mpsc::channel(QUEUED_APPENDS);
+        tokio::spawn(send_batches(client, limits, queued, stop));
+        Appender { appends }
+    }
+
+    /// Appends one message: the script's outcome for it. `floor` is the
+    /// persisted seq to resume above after a [`AppendOutcome::Cold`].
     pub async fn append(
         &self,
-        client: &Client,
         message: &NewMessage<'_>,
-        limits: &AppendLimits,
         floor: Option<i64>,
     ) -> Result<AppendOutcome, Error> {
-        let temp_id = message.temp_id.unwrap_or("");
         let tail = MessageReceivedTail {
             id: message.id,
             room_id: message.room_id,
@@ -139,36 +196,150 @@ impl AppendScript {
             deleted_at: None,
         }
         .encode();
-        let keys = vec![
-            keyspace::room_seq(message.room_id),
-            keyspace::dedupe(message.room_id, message.sender_id, temp_id),
-            keyspace::INGEST_STREAM.to_owned(),
-            keyspace::recent_log(message.room_id),
-            keyspace::room_ended(message.room_id),
-        ];
-        let args: Vec<Value> = vec![
-            keyspace::room_channel(message.room_id).into(),
-            message.id.to_string().into(),
-            message.room_id.to_string().into(),
-            message.sender_id.into(),
-            message.body.into(),
-            temp_id.into(),
-            message
-                .parent_id
-                .map(|p| p.to_string())
-                .unwrap_or_default()
-                .into(),
-            micros(message.created_at).to_string().into(),
-            MESSAGE_RECEIVED_HEAD.into(),
-            tail.into(),
-            limits.dedupe_ttl_secs.to_string().into(),
-            limits.max_backlog.to_string().into(),
-            floor.map(|f| f.to_string()).unwrap_or_default().into(),
-            limits.recent_log_size.max(1).to_string().into(),
-            limits.recent_log_ttl_secs.max(1).to_string().into(),
-        ];
-        let reply: Vec<String> = self.0.evalsha_with_reload(client, keys, args).await?;
-        parse_reply(&reply)
+        // A second try only after Redis forgot the script (restart, flush): the
+        // batch that met `NOSCRIPT` loaded it again.
+        let mut tries = 2;
+        loop {
+            tries -= 1;
+            let (reply, answer) = oneshot::channel();
+            let append = Append {
+                keys: keys_of(message),
+                args: args_of(message, &tail, floor),
+                reply,
+            };
+            let gone = || Error::new(ErrorKind::Canceled, "the gateway is shutting down");
+            self.appends.send(append).await.map_err(|_| gone())?;
+            match answer.await.map_err(|_| gone())? {
+                Err(error) if is_noscript(&error) && tries > 0 => continue,
+                Err(error) => return Err(error),
+                Ok(reply) => return parse_reply(&reply.convert::<Vec<String>>()?),
+            }
+        }
+    }
+}
+
+fn keys_of(message: &NewMessage<'_>) -> Vec<String> {
+    vec![
+        keyspace::room_seq(message.room_id),
+        keyspace::dedupe(
+            message.room_id,
+            message.sender_id,
+            message.temp_id.unwrap_or(""),
+        ),
+        keyspace::INGEST_STREAM.to_owned(),
+        keyspace::recent_log(message.room_id),
+        keyspace::room_ended(message.room_id),
+    ]
+}
+
+fn args_of(message: &NewMessage<'_>, tail: &str, floor: Option<i64>) -> Vec<Value> {
+    vec![
+        keyspace::room_channel(message.room_id).into(),
+        message.id.to_string().into(),
+        message.room_id.to_string().into(),
+        message.sender_id.into(),
+        message.body.into(),
+        message.temp_id.unwrap_or("").into(),
+        message
+            .parent_id
+            .map(|p| p.to_string())
+            .unwrap_or_default()
+            .into(),
+        micros(message.created_at).to_string().into(),
+        tail.into(),
+        floor.map(|f| f.to_string()).unwrap_or_default().into(),
+    ]
+}
+
+fn is_noscript(error: &Error) -> bool {
+    error.details().starts_with("NOSCRIPT")
+}
+
+/// The batching task: whatever has queued up (at most [`BATCH`]) goes out as
+/// one script call, with up to [`BATCHES_IN_FLIGHT`] calls unanswered at once.
+async fn send_batches(
+    client: Client,
+    limits: AppendLimits,
+    mut queued: mpsc::Receiver<Append>,
+    stop: CancellationToken,
+) {
+    let script = Script::from_lua(APPEND_LUA);
+    let constants: Vec<Value> = vec![
+        MESSAGE_RECEIVED_HEAD.into(),
+        limits.dedupe_ttl_secs.to_string().into(),
+        limits.max_backlog.to_string().into(),
+        limits.recent_log_size.to_string().into(),
+        limits.recent_log_ttl_secs.to_string().into(),
+    ];
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => return,
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let received = tokio::select! {
+            () = stop.cancelled() => return,
+            received = queued.recv_many(&mut batch, BATCH) => received,
+        };
+        if received == 0 {
+            return;
+        }
+        let appends = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+        let (client, script, constants) = (client.clone(), script.clone(), constants.clone());
+        tokio::spawn(async move {
+            send_batch(&client, &script, constants, appends).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One script call for `appends`; each sender gets its own message's reply.
+async fn send_batch(client: &Client, script: &Script, mut args: Vec<Value>, appends: Vec<Append>) {
+    let mut keys = Vec::with_capacity(appends.len() * 5);
+    let mut replies = Vec::with_capacity(appends.len());
+    args.reserve(appends.len() * 10);
+    for append in appends {
+        keys.extend(append.keys);
+        args.extend(append.args);
+        replies.push(append.reply);
+    }
+    match client
+        .evalsha::<Vec<Value>, _, _, _>(script.sha1().clone(), keys, args)
+        .await
+    {
+        Ok(answers) if answers.len() == replies.len() => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Ok(answers) => {
+            let error = Error::new(
+                ErrorKind::Parse,
+                format!(
+                    "the ingest script answered {} of {} messages",
+                    answers.len(),
+                    replies.len()
+                ),
+            );
+            replies
+                .into_iter()
+                .for_each(|reply| drop(reply.send(Err(error.clone()))));
+        }
+        Err(error) => {
+            // Redis forgot the script: load it, and the senders call again.
+            if is_noscript(&error)
+                && let Err(load) = script.load(client).await
+            {
+                tracing::warn!(error = %load, "cannot load the ingest script");
+            }
+            replies
+                .into_iter()
+                .for_each(|reply| drop(reply.send(Err(error.clone()))));
+        }
     }
 }
 
@@ -184,18 +355,40 @@ pub struct RecentLog {
 
 const RECENT_LUA: &str = r#"
 -- KEYS: 1 seq counter, 2 recent log. ARGV: 1 after seq, 2 at most this many.
--- One call, so the two agree. Only the frames after ARGV[1] are read: a client
--- that missed three messages costs three frames, not the whole log.
-return {redis.call('GET', KEYS[1]) or '0',
-  redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])}
+-- One call, so the two agree. The log holds the room's newest seqs in order,
+-- ending at the counter, so the frames after ARGV[1] are its last (counter -
+-- ARGV[1]) entries: a client that missed three messages costs three frames,
+-- not the whole log. (The reader keeps only frames above ARGV[1], so a log
+-- that is not what this assumes can cost a resync, never a wrong frame.)
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local missed = last - tonumber(ARGV[1])
+if missed <= 0 then return {tostring(last), {}} end
+local stop = -missed + tonumber(ARGV[2]) - 1
+if stop > -1 then stop = -1 end
+return {tostring(last), redis.call('LRANGE', KEYS[2], -missed, stop)}
 "#;
 
 const REWRITE_LUA: &str = r#"
--- KEYS: 1 recent log. ARGV: 1 seq, 2 frame. Replaces the frame at seq, if it is
--- still in the log, so that Resume replays an edit or a deletion, not the original.
-if redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1]) > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
-  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+-- KEYS: 1 seq counter, 2 recent log. ARGV: 1 seq, 2 frame, 3 how the frame at
+-- that seq begins (HEAD .. seq .. ','). Replaces the frame at seq, if the log
+-- still holds it, so that Resume replays an edit or a deletion, not the
+-- original. Its place is known from the counter; checked, and searched for if
+-- the log is not what that assumes.
+local len = redis.call('LLEN', KEYS[2])
+if len == 0 then return 0 end
+local prefix = ARGV[3]
+local function holds(frame) return frame and string.sub(frame, 1, #prefix) == prefix end
+local last = tonumber(redis.call('GET', KEYS[1]) or '0')
+local index = len - 1 - (last - tonumber(ARGV[1]))
+if index >= 0 and index < len and holds(redis.call('LINDEX', KEYS[2], index)) then
+  redis.call('LSET', KEYS[2], index, ARGV[2])
+  return 1
+end
+for i, frame in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if holds(frame) then
+    redis.call('LSET', KEYS[2], i - 1, ARGV[2])
+    return 1
+  end
 end
 return 0
 "#;
@@ -239,6 +432,7 @@ impl RecentScript {
             .filter_map(|frame| {
                 crate::protocol::peek_message_received(&frame).map(|(_, seq)| (seq, frame))
             })
+            .filter(|(seq, _)| *seq > after_seq)
             .collect();
         Ok(RecentLog { last_seq, frames })
     }
@@ -251,8 +445,9 @@ impl RecentScript {
         seq: i64,
         frame: String,
     ) -> Result<(), Error> {
-        let keys = vec![keyspace::recent_log(room_id)];
-        let args: Vec<Value> = vec![seq.into(), frame.into()];
+        let keys = vec![keyspace::room_seq(room_id), keyspace::recent_log(room_id)];
+        let prefix = format!("{MESSAGE_RECEIVED_HEAD}{seq},");
+        let args: Vec<Value> = vec![seq.into(), frame.into(), prefix.into()];
         let _: i64 = self.rewrite.evalsha_with_reload(client, keys, args).await?;
         Ok(())
     }

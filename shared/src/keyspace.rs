@@ -13,7 +13,7 @@
 //! | `chatter:notify:due` | sorted set, score = unix ms | held notifications by the end of their window |
 //! | `chatter:events` | stream | events for the outbound webhook (consumer group `webhooks`) |
 //! | `chatter:webhooks:dead` | stream | webhook calls that failed after every retry (`MAXLEN ~ DEAD_LETTER_MAX_LEN`) |
-//! | `chatter:recent:<room>` | sorted set, score = seq | the newest `RECENT_LOG_SIZE` frames of the room, for `Resume`; expires after `RECENT_LOG_TTL_SECS` of quiet |
+//! | `chatter:log:<room>` | list, oldest first | the newest `RECENT_LOG_SIZE` frames of the room in seq order, for `Resume`; expires after `RECENT_LOG_TTL_SECS` of quiet (the sorted set `chatter:recent:<room>` of earlier releases: a new name, so old and new gateways in a rolling upgrade never write one key as two types) |
 //! | `chatter:ticket:<token>` | string (JSON identity) | single-use WebSocket ticket, `TICKET_TTL_SECS` |
 //! | `chatter:ended:<room>` | string `expired` / `closed` | a support chat that ended: the ingest script refuses its messages; no TTL |
 //! | channel `chatter:room:<room>` | pub/sub | ready-to-send frames for a room's members |
@@ -66,7 +66,7 @@ pub fn room_seq(room_id: Uuid) -> String {
 }
 
 pub fn recent_log(room_id: Uuid) -> String {
-    format!("chatter:recent:{room_id}")
+    format!("chatter:log:{room_id}")
 }
 
 pub fn dedupe(room_id: Uuid, sender_id: &str, temp_id: &str) -> String {

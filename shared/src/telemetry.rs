@@ -308,6 +308,23 @@ pub enum Process {
     Worker,
 }
 
+/// How often recorded histogram samples are folded into their buckets.
+const METRICS_UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds recorded histogram samples into their buckets every few seconds until
+/// `stop`. The recorder keeps every sample of a histogram until it is folded,
+/// and only `render` (a scrape) or this upkeep folds them: without it, a process
+/// nobody scrapes grows by every delivery it times.
+pub async fn keep_metrics(stop: tokio_util::sync::CancellationToken) {
+    let handle = metrics();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(METRICS_UPKEEP_EVERY) => handle.run_upkeep(),
+        }
+    }
+}
+
 static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
     std::sync::OnceLock::new();
 

@@ -438,9 +438,9 @@ async fn a_resume_reads_only_the_missed_frames_from_the_recent_log() {
                 while let Ok(Incoming::Frame(_)) = alice.recv(Duration::from_millis(50)).await {}
             }
         }
-        let log = format!("chatter:recent:{room}");
+        let log = format!("chatter:log:{room}");
         eventually(FRAME_WAIT, || async {
-            let logged = cluster.redis().cmd(&["ZCARD", &log]).await?.as_int();
+            let logged = cluster.redis().cmd(&["LLEN", &log]).await?.as_int();
             let unstored = cluster
                 .redis()
                 .cmd(&["XLEN", "chatter:ingest"])

@@ -107,6 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         probes_stop.clone(),
     ));
     tokio::spawn(sample_backlog(redis, probes_stop.clone()));
+    tokio::spawn(chatter_shared::telemetry::keep_metrics(probes_stop.clone()));
     tracing::info!(consumer = %persister.consumer(), %http_addr, "worker ready");
     tokio::spawn({
         let (shutdown, give_up) = (shutdown.clone(), give_up.clone());

@@ -92,7 +92,8 @@ impl ContentPolicy {
         let Some(service) = &self.service else {
             return Verdict::Allow;
         };
-        service.ask(room_id, sender_id, message).await
+        // Boxed: an HTTP call's future would make every send's future large.
+        Box::pin(service.ask(room_id, sender_id, message)).await
     }
 
     /// Counts a rejection against `sender_id`; true when it reaches

@@ -153,7 +153,7 @@ pub async fn check_send(app: &App, draft: &Draft<'_>) -> Result<SendVerdict, Ref
         Verdict::Unavailable => Err(Refusal::ContentRejected),
         Verdict::Reject => {
             if policy.strike(draft.sender_id) {
-                content::close_for_strikes(app, draft.sender_id).await;
+                Box::pin(content::close_for_strikes(app, draft.sender_id)).await;
             }
             Err(Refusal::ContentRejected)
         }

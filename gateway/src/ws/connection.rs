@@ -18,6 +18,7 @@ use chatter_shared::protocol::{
 };
 use chatter_shared::store::SupportState;
 use chatter_shared::telemetry::metric;
+use futures::SinkExt;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,9 @@ use tracing::Instrument;
 /// Rooms a socket remembers its last `Typing` for; past it the memory is reset
 /// (at worst one extra `Typing` is passed on).
 const TYPING_ROOMS: usize = 64;
+
+/// Queued frames written to a socket with one flush, at most.
+const WRITE_BATCH: usize = 64;
 
 /// What handling one inbound frame decided.
 enum Next {
@@ -93,24 +97,34 @@ impl Connection {
         let conn = registration.conn.clone();
         let shutdown = self.state.shutdown.clone();
         let drain_window = Duration::from_secs(self.state.config.drain_window_secs);
-        // Set when the pod starts draining: this socket's own moment to close.
-        let mut close_at: Option<tokio::time::Instant> = None;
+        // Set when the pod starts draining; `closing` then holds this socket's
+        // own moment to close.
+        let mut draining = false;
         let idle_timeout = Duration::from_secs(self.state.config.idle_timeout_secs);
         let mut heartbeat =
             tokio::time::interval(Duration::from_secs(self.state.config.ping_interval_secs));
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
+        // The futures every wake-up would otherwise build and register again
+        // (the shutdown token's waiter list is shared by every socket): made
+        // once, polled by reference.
+        let shutting_down = shutdown.cancelled();
+        let overflowed = conn.overflowed.cancelled();
+        let hold_ends = tokio::time::sleep_until(self.watch.hold_ends());
+        let closing = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(shutting_down, overflowed, hold_ends, closing);
         loop {
             tokio::select! {
-                () = shutdown.cancelled(), if close_at.is_none() => {
+                () = &mut shutting_down, if !draining => {
                     // Keep serving until a random moment in the drain window, so
                     // clients reconnect to other pods gradually, not all at once.
-                    close_at = Some(tokio::time::Instant::now() + random_delay(drain_window));
+                    closing.as_mut().reset(tokio::time::Instant::now() + random_delay(drain_window));
+                    draining = true;
                 }
-                () = tokio::time::sleep_until(close_at.unwrap_or_else(tokio::time::Instant::now)), if close_at.is_some() => {
+                () = &mut closing, if draining => {
                     return Some((CloseCode::ServerShutdown, "server shutting down; reconnect".into()));
                 }
-                () = conn.overflowed.cancelled() => {
+                () = &mut overflowed => {
                     if let Some((code, reason)) = conn.ordered_close() {
                         return Some((code, reason.to_owned().into()));
                     }
@@ -123,17 +137,14 @@ impl Connection {
                 // The hold ends at its deadline, or early when held frames fill
                 // half the queue: a busy room must not make a new socket look
                 // like a slow consumer before it has spoken.
-                () = tokio::time::sleep_until(self.watch.hold_ends()), if self.watch.holding() => {
+                () = &mut hold_ends, if self.watch.holding() => {
                     self.watch.release();
                 }
                 () = conn.half_full.notified(), if self.watch.holding() => {
                     self.watch.release();
                 }
                 frame = inbox.recv(), if !self.watch.holding() => {
-                    let frame = frame?;
-                    if self.watch.admit(frame.as_str()) {
-                        self.socket.send(Message::Text(frame)).await.ok()?;
-                    }
+                    self.write_queued(frame?, &mut inbox).await?;
                 }
                 incoming = self.socket.recv() => {
                     let message = match incoming? {
@@ -145,9 +156,11 @@ impl Connection {
                     };
                     last_heard = Instant::now();
                     metrics::counter!(metric::FRAMES_IN).increment(1);
-                    // Boxed: handling a frame awaits Redis and the database, and
-                    // those futures are ~9 KiB. Inline, every idle socket's task
-                    // would carry that space; boxed, only a frame being handled does.
+                    // Boxed: inline, every idle socket's task would carry the
+                    // space of handling a frame; boxed, only a frame being
+                    // handled does. `handle` boxes its large branches, so this
+                    // is a small allocation (1.3 KB): a 16 KB one per message cost
+                    // glibc's slow path, more of it the more sockets fragmented the heap.
                     let next = Box::pin(self.handle(message, &conn)).await;
                     // The first frame (normally `Resume`) has been answered: live
                     // frames held since the upgrade may flow now.
@@ -166,6 +179,29 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Writes `first` and whatever else is already queued (up to
+    /// [`WRITE_BATCH`] frames) with one flush: a socket that fell behind
+    /// catches up in a few writes instead of one system call per frame.
+    /// `None`: the socket is gone.
+    async fn write_queued(
+        &mut self,
+        first: Utf8Bytes,
+        inbox: &mut mpsc::Receiver<Utf8Bytes>,
+    ) -> Option<()> {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(frame) = next.take() {
+            if self.watch.admit(frame.as_str()) {
+                self.socket.feed(Message::Text(frame)).await.ok()?;
+            }
+            written += 1;
+            if written < WRITE_BATCH {
+                next = inbox.try_recv().ok();
+            }
+        }
+        self.socket.flush().await.ok()
     }
 
     async fn handle(&mut self, message: Message, conn: &Arc<Conn>) -> Next {
@@ -201,16 +237,19 @@ impl Connection {
                 if let Some(permission) = permissions::for_frame(&frame).missing(&self.identity) {
                     return self.missing_permission(frame, permission).await;
                 }
+                // The frames that wait on the database are boxed each: kept
+                // inline they would make every frame's future (and its
+                // allocation, see `serve`) as large as the largest of them.
                 match frame {
                     ClientFrame::SendMessage(send) => self.send_message(send, conn).await,
-                    ClientFrame::Resume(request) => self.resume(request, conn).await,
-                    ClientFrame::SubscribePresence => self.subscribe_presence(conn).await,
+                    ClientFrame::Resume(request) => Box::pin(self.resume(request, conn)).await,
+                    ClientFrame::SubscribePresence => Box::pin(self.subscribe_presence(conn)).await,
                     ClientFrame::Ping => reply(&mut self.socket, &ServerFrame::Pong {}).await,
                     ClientFrame::Typing(typing) => self.typing(typing, conn).await,
-                    ClientFrame::MarkRead(mark) => self.mark_read(mark, conn).await,
-                    ClientFrame::Join(join) => self.join(join, conn).await,
-                    ClientFrame::Load => self.load().await,
-                    ClientFrame::JoinUser(claim) => self.claim(claim.room_id, conn).await,
+                    ClientFrame::MarkRead(mark) => Box::pin(self.mark_read(mark, conn)).await,
+                    ClientFrame::Join(join) => Box::pin(self.join(join, conn)).await,
+                    ClientFrame::Load => Box::pin(self.load()).await,
+                    ClientFrame::JoinUser(claim) => Box::pin(self.claim(claim.room_id, conn)).await,
                 }
             }
             Err(error) => {
@@ -366,7 +405,8 @@ impl Connection {
             room_id: typing.room_id,
         }
         .to_json();
-        room_events::to_room(&self.state.bus, typing.room_id, frame).await;
+        // Boxed: a publish's future is larger than the rest of `handle`.
+        Box::pin(room_events::to_room(&self.state.bus, typing.room_id, frame)).await;
         Next::Continue
     }
 

@@ -38,6 +38,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Initial read buffer per socket (see `upgrade`).
 const READ_BUFFER_BYTES: usize = 1024;
 
+/// Written frames collected before tungstenite writes to the socket (see
+/// `connection::write_queued`, which flushes after each batch).
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 #[derive(Deserialize)]
 pub struct WsParams {
     token: Option<String>,
@@ -105,10 +109,11 @@ pub async fn upgrade(
         .max_frame_size(hard_cap)
         // tungstenite allocates a 128 KiB read buffer per socket by default and
         // batches writes up to 128 KiB: most of a connection's memory. Chat frames
-        // are small; a small read buffer grows when a big frame needs it, and
-        // writing each frame straight away suits latency.
+        // are small; a small read buffer grows when a big frame needs it. Writes
+        // are buffered only between a batch's frames (the socket loop flushes
+        // after each batch), so a frame never waits for the next one.
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0);
+        .write_buffer_size(WRITE_BUFFER_BYTES);
 
     let token = params
         .token
