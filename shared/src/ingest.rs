@@ -45,7 +45,7 @@ const APPEND_LUA: &str = r#"
 --   sender, body, temp id ('' = none), parent id ('' = none), created_at (unix micros),
 --   frame tail, seq floor ('' = unknown).
 -- Returns one reply per message: {'new', seq}, {'dup', 'id:seq'}, {'ended', how},
--- {'cold'} or {'full'}.
+-- {'cold'}, {'full'} or {'error', why}.
 local head, dedupe_ttl, max_backlog = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local log_size, log_ttl = tonumber(ARGV[4]), ARGV[5]
 local function append(k, a)
@@ -81,7 +81,14 @@ local function append(k, a)
 end
 local replies = {}
 for i = 0, #KEYS / 5 - 1 do
-  replies[i + 1] = append(5 * i, 5 + 10 * i)
+  -- One message's error (say, a key of the wrong type) is that message's
+  -- answer, not the batch's: the messages before it were accepted.
+  local ok, reply = pcall(append, 5 * i, 5 + 10 * i)
+  if ok then
+    replies[i + 1] = reply
+  else
+    replies[i + 1] = {'error', type(reply) == 'table' and reply.err or tostring(reply)}
+  end
 end
 return replies
 "#;
@@ -476,6 +483,13 @@ fn parse_reply(reply: &[String]) -> Result<AppendOutcome, Error> {
             })
         }
         Some("cold") => Ok(AppendOutcome::Cold),
+        Some("error") => Err(Error::new(
+            ErrorKind::Unknown,
+            format!(
+                "the ingest script failed for this message: {}",
+                reply.get(1).map(String::as_str).unwrap_or("")
+            ),
+        )),
         Some("full") => Ok(AppendOutcome::BacklogFull),
         Some("ended") => match reply.get(1).map(String::as_str) {
             Some("closed") => Ok(AppendOutcome::Ended(Ending::Closed)),
@@ -586,6 +600,7 @@ mod tests {
             Some(AppendOutcome::Duplicate { id, seq: 3 })
         );
         assert_eq!(parse_reply(&s(&["cold"])).ok(), Some(AppendOutcome::Cold));
+        assert!(parse_reply(&s(&["error", "WRONGTYPE"])).is_err());
         assert!(parse_reply(&s(&["what"])).is_err());
     }
 

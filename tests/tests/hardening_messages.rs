@@ -667,3 +667,69 @@ async fn an_entry_that_is_not_utf8_is_dead_lettered_byte_for_byte() {
     .await
     .expect("the stream is drained and nothing is pending");
 }
+
+/// A gateway sends its queued appends as one call of the ingest script
+/// (`shared/src/ingest.rs`, `Appender`). A message that fails inside Redis — here
+/// its room's counter is a hash, so `INCR` fails — is refused alone, before it
+/// is numbered or delivered; messages to other rooms sent at the same moment
+/// (many of them in the same batch) are confirmed and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_that_fails_in_redis_fails_alone_in_its_batch() {
+    const SENDERS: usize = 20;
+    let cluster = Cluster::builder(binaries!())
+        .start()
+        .await
+        .expect("cluster");
+    let users: Vec<String> = (0..=SENDERS).map(|i| format!("batch{i}")).collect();
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    ensure_users(&cluster, &refs).await.expect("users");
+    let broken = create_room(&cluster, 0, refs[0], &["batch1"])
+        .await
+        .expect("room");
+    let mut rooms = Vec::new();
+    for user in &refs[1..] {
+        rooms.push(create_room(&cluster, 0, user, &[]).await.expect("room"));
+    }
+    let mut sockets = Vec::new();
+    for user in &refs {
+        sockets.push(connect(&cluster, user).await);
+    }
+    // The broken room's counter exists (so the script does not ask for the
+    // seq floor) but is no counter.
+    let counter = format!("chatter:seq:{broken}");
+    cluster.redis().cmd(&["DEL", &counter]).await.expect("DEL");
+    cluster
+        .redis()
+        .cmd(&["HSET", &counter, "not", "a counter"])
+        .await
+        .expect("HSET");
+
+    // Everyone sends at once; each socket's frame reaches the gateway's
+    // appender at about the same moment.
+    let sends = sockets.iter_mut().enumerate().map(|(i, ws)| {
+        let room = if i == 0 {
+            broken.clone()
+        } else {
+            rooms[i - 1].clone()
+        };
+        async move {
+            send_and_confirm(ws, &room, &format!("m{i}"), &format!("t{i}"))
+                .await
+                .expect("confirmation")
+        }
+    });
+    let answers = futures::future::join_all(sends).await;
+    assert_eq!(answers[0]["confirmed"], false, "{}", answers[0]);
+    assert_eq!(answers[0]["reason"], "unavailable", "{}", answers[0]);
+    for answer in &answers[1..] {
+        assert_eq!(answer["confirmed"], true, "{answer}");
+        assert_eq!(answer["seq"], 1, "{answer}");
+    }
+    for ws in &mut sockets[1..] {
+        assert_eq!(next_message(ws).await.expect("delivered")["seq"], 1);
+    }
+    sockets[0]
+        .expect_silence("MessageReceived", SILENCE)
+        .await
+        .expect("the failed message is delivered to no one");
+}
