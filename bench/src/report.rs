@@ -701,7 +701,7 @@ fn observations(md: &mut String, r: &Results, cores: usize) {
     if let Some(d) = &r.persist {
         let get = |k: &str| d.cpu.get(k).copied().unwrap_or(0.0);
         notes.push(format!(
-            "**Persistence.** While draining, the worker used {:.2} cores, Postgres {:.2}, Redis {:.2}; the machine was {:.2} of {cores} cores busy. One worker stores one batch (WORKER_BATCH_SIZE, default 500) at a time: read, insert, acknowledge.",
+            "**Persistence.** While draining, the worker used {:.2} cores, Postgres {:.2}, Redis {:.2}; the machine was {:.2} of {cores} cores busy. One worker reads, stores and acknowledges batches (WORKER_BATCH_SIZE, default 500) in a pipeline: while one batch is in Postgres the next is read and the one before acknowledged.",
             get("chatter-worker"),
             get("postgres"),
             get("redis-server"),
