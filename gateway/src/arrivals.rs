@@ -10,9 +10,9 @@
 //! a batch to fill.
 
 use chatter_shared::auth::Identity;
+use chatter_shared::batches::answer_in_batches;
 use chatter_shared::store::{Arrival, Arrived, Store};
-use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Users answered by one statement.
@@ -70,32 +70,13 @@ impl Arrivals {
     }
 }
 
-async fn run(store: Store, mut queue: mpsc::Receiver<Request>, shutdown: CancellationToken) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        // A permit first: while every statement is busy, requests pile up
-        // in the queue and the next batch takes them together.
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
-            permit = in_flight.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            received = queue.recv_many(&mut batch, BATCH) => if received == 0 { return },
-        }
-        let requests = std::mem::take(&mut batch);
-        batch.reserve(BATCH);
+async fn run(store: Store, queue: mpsc::Receiver<Request>, shutdown: CancellationToken) {
+    // Each batch ends on its own: the statement is bounded by the pool's timeouts.
+    answer_in_batches(queue, BATCH, IN_FLIGHT, shutdown, |requests| {
         let store = store.clone();
-        // Ends on its own: the statement is bounded by the pool's timeouts.
-        tokio::spawn(async move {
-            answer(&store, requests).await;
-            drop(permit);
-        });
-    }
+        async move { answer(&store, requests).await }
+    })
+    .await;
 }
 
 async fn answer(store: &Store, requests: Vec<Request>) {

@@ -31,9 +31,8 @@ use crate::protocol::{MESSAGE_RECEIVED_HEAD, MessageReceivedTail};
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use std::borrow::Cow;
-use std::sync::Arc;
 use time::OffsetDateTime;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -267,7 +266,7 @@ fn is_noscript(error: &Error) -> bool {
 async fn send_batches(
     client: Client,
     limits: AppendLimits,
-    mut queued: mpsc::Receiver<Append>,
+    queued: mpsc::Receiver<Append>,
     stop: CancellationToken,
 ) {
     let script = Script::from_lua(APPEND_LUA);
@@ -278,30 +277,11 @@ async fn send_batches(
         limits.recent_log_size.to_string().into(),
         limits.recent_log_ttl_secs.to_string().into(),
     ];
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let permit = tokio::select! {
-            () = stop.cancelled() => return,
-            permit = in_flight.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let received = tokio::select! {
-            () = stop.cancelled() => return,
-            received = queued.recv_many(&mut batch, BATCH) => received,
-        };
-        if received == 0 {
-            return;
-        }
-        let appends = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+    crate::batches::answer_in_batches(queued, BATCH, BATCHES_IN_FLIGHT, stop, |appends| {
         let (client, script, constants) = (client.clone(), script.clone(), constants.clone());
-        tokio::spawn(async move {
-            send_batch(&client, &script, constants, appends).await;
-            drop(permit);
-        });
-    }
+        async move { send_batch(&client, &script, constants, appends).await }
+    })
+    .await;
 }
 
 /// One script call for `appends`; each sender gets its own message's reply.

@@ -5,6 +5,7 @@
 //! to, say, the ingest stream's field names is made in exactly one place.
 
 pub mod auth;
+pub mod batches;
 pub mod config;
 pub mod error_mail;
 pub mod events;
