@@ -391,11 +391,9 @@ pub struct IdleResult {
     pub ceiling_default_buffers: Option<IdleSide>,
 }
 
-/// Idle authenticated connections on one gateway: RSS per connection and the time
-/// to connect them all. One process may hold ~19,900 sockets here, so the count is
-/// what fits under the limit, not the 50,000 asked for.
-pub async fn idle(bench: &Bench) -> Result<IdleResult> {
-    let dir = bench.dir("idle")?;
+/// The open-file limit, and how many idle sockets one gateway process can hold
+/// under it (the idle target, or what fits; fewer with `--quick`).
+fn sockets_one_gateway_holds(bench: &Bench) -> (u64, usize) {
     let fd_limit = sys::nofile_limit();
     let fits = usize::try_from(fd_limit.saturating_sub(GATEWAY_FD_RESERVE)).unwrap_or(usize::MAX);
     let n = if bench.quick {
@@ -403,6 +401,15 @@ pub async fn idle(bench: &Bench) -> Result<IdleResult> {
     } else {
         IDLE_TARGET.min(fits)
     };
+    (fd_limit, n)
+}
+
+/// Idle authenticated connections on one gateway: RSS per connection and the time
+/// to connect them all. One process may hold ~19,900 sockets here, so the count is
+/// what fits under the limit, not the 50,000 asked for.
+pub async fn idle(bench: &Bench) -> Result<IdleResult> {
+    let dir = bench.dir("idle")?;
+    let (fd_limit, n) = sockets_one_gateway_holds(bench);
     eprintln!("idle: {n} connections on one gateway (fd limit {fd_limit})");
 
     let deployment = Deployment::start(&dir, &bench.bins, 1, false).await?;
@@ -498,14 +505,8 @@ pub struct StormResult {
 /// time from SIGTERM until every socket is open again, and the reconnect rate.
 pub async fn storm(bench: &Bench) -> Result<StormResult> {
     let dir = bench.dir("storm")?;
-    let fd_limit = sys::nofile_limit();
     // The survivor ends up holding every socket.
-    let fits = usize::try_from(fd_limit.saturating_sub(GATEWAY_FD_RESERVE)).unwrap_or(usize::MAX);
-    let n = if bench.quick {
-        2_000
-    } else {
-        IDLE_TARGET.min(fits)
-    };
+    let (_, n) = sockets_one_gateway_holds(bench);
     let window = STORM_DRAIN_WINDOW_SECS;
     eprintln!("storm: {n} idle sockets on 2 gateways, drain one (window {window}s)");
     let mut deployment = Deployment::start_with(

@@ -10,21 +10,7 @@ use std::time::Duration;
 async fn loadgen_against_the_ceiling_loses_nothing() {
     let dir = std::env::temp_dir().join(format!("chatter-bench-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let env = vec![
-        ("HOST".to_owned(), "127.0.0.1".to_owned()),
-        ("PORT".to_owned(), "0".to_owned()),
-    ];
-    let mut servers = Vec::new();
-    for i in 0..2 {
-        let server = Gateway::spawn(
-            &PathBuf::from(env!("CARGO_BIN_EXE_chatter-ceiling")),
-            &env,
-            &dir.join(format!("ceiling-{i}.log")),
-        )
-        .await
-        .expect("ceiling starts");
-        servers.push(server);
-    }
+    let servers = start_ceilings(&dir).await;
     let target = Target::Ceiling {
         servers: servers.iter().map(Gateway::addr).collect(),
     };
@@ -71,21 +57,7 @@ async fn idle_sockets_reconnect_to_the_other_server() {
         std::process::id()
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let env = vec![
-        ("HOST".to_owned(), "127.0.0.1".to_owned()),
-        ("PORT".to_owned(), "0".to_owned()),
-    ];
-    let mut servers = Vec::new();
-    for i in 0..2 {
-        let server = Gateway::spawn(
-            &PathBuf::from(env!("CARGO_BIN_EXE_chatter-ceiling")),
-            &env,
-            &dir.join(format!("ceiling-{i}.log")),
-        )
-        .await
-        .expect("ceiling starts");
-        servers.push(server);
-    }
+    let mut servers = start_ceilings(&dir).await;
     let target = Target::Ceiling {
         servers: servers.iter().map(Gateway::addr).collect(),
     };
@@ -113,4 +85,24 @@ async fn idle_sockets_reconnect_to_the_other_server() {
     assert!(status.first_close_us > 0 && status.last_reconnect_us >= status.first_close_us);
     run.quit().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two ceiling servers on free ports, logging into `dir`.
+async fn start_ceilings(dir: &std::path::Path) -> Vec<Gateway> {
+    let env = vec![
+        ("HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("PORT".to_owned(), "0".to_owned()),
+    ];
+    let mut servers = Vec::new();
+    for i in 0..2 {
+        let server = Gateway::spawn(
+            &PathBuf::from(env!("CARGO_BIN_EXE_chatter-ceiling")),
+            &env,
+            &dir.join(format!("ceiling-{i}.log")),
+        )
+        .await
+        .expect("ceiling starts");
+        servers.push(server);
+    }
+    servers
 }
