@@ -104,6 +104,50 @@ pub struct NewMessage<'a> {
     pub created_at: OffsetDateTime,
 }
 
+// What an accepted message becomes, built here for both buses: the Redis one
+// hands these to `APPEND_LUA`, the embedded mode's in-process one uses them
+// itself, so a socket and the worker cannot tell which bus accepted it.
+impl NewMessage<'_> {
+    /// The `MessageReceived` frame's bytes after its seq, serialized once per
+    /// message (the seq is not known yet); [`received_frame`] completes it.
+    pub fn frame_tail(&self) -> String {
+        MessageReceivedTail {
+            id: self.id,
+            room_id: self.room_id,
+            sender_id: Cow::Borrowed(self.sender_id),
+            message: Cow::Borrowed(self.body),
+            created_at: self.created_at,
+            message_temp_id: self.temp_id.map(Cow::Borrowed),
+            parent_id: self.parent_id,
+            edited_at: None,
+            deleted_at: None,
+        }
+        .encode()
+    }
+
+    /// The ingest stream entry this message becomes with `seq`: what the
+    /// script's `XADD` writes from `args_of` (the worker reads it back), and
+    /// what the in-process bus queues for the embedded worker.
+    pub fn entry(&self, seq: i64) -> IngestEntry {
+        IngestEntry {
+            id: self.id,
+            room_id: self.room_id,
+            seq,
+            sender_id: self.sender_id.to_owned(),
+            body: self.body.to_owned(),
+            temp_id: self.temp_id.map(str::to_owned),
+            parent_id: self.parent_id,
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// The complete `MessageReceived` frame, `HEAD .. seq .. tail`: spliced as
+/// `APPEND_LUA` splices it inside Redis.
+pub fn received_frame(seq: i64, tail: &str) -> String {
+    format!("{MESSAGE_RECEIVED_HEAD}{seq}{tail}")
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendOutcome {
     /// Stored in the stream and published with this seq.
@@ -190,18 +234,7 @@ impl Appender {
         message: &NewMessage<'_>,
         floor: Option<i64>,
     ) -> Result<AppendOutcome, Error> {
-        let tail = MessageReceivedTail {
-            id: message.id,
-            room_id: message.room_id,
-            sender_id: Cow::Borrowed(message.sender_id),
-            message: Cow::Borrowed(message.body),
-            created_at: message.created_at,
-            message_temp_id: message.temp_id.map(Cow::Borrowed),
-            parent_id: message.parent_id,
-            edited_at: None,
-            deleted_at: None,
-        }
-        .encode();
+        let tail = message.frame_tail();
         // A second try only after Redis forgot the script (restart, flush): the
         // batch that met `NOSCRIPT` loaded it again.
         let mut tries = 2;
@@ -582,6 +615,43 @@ mod tests {
         assert_eq!(parse_reply(&s(&["cold"])).ok(), Some(AppendOutcome::Cold));
         assert!(parse_reply(&s(&["error", "WRONGTYPE"])).is_err());
         assert!(parse_reply(&s(&["what"])).is_err());
+    }
+
+    #[test]
+    fn both_buses_build_the_same_frame_and_entry() {
+        let message = NewMessage {
+            id: Uuid::now_v7(),
+            room_id: Uuid::now_v7(),
+            sender_id: "alice",
+            body: "hi",
+            temp_id: Some("t-1"),
+            parent_id: Some(Uuid::now_v7()),
+            created_at: crate::protocol::now_micros(),
+        };
+        let entry = message.entry(7);
+        // The script's stream fields (its `XADD`, from these arguments) are
+        // the entry's, which the in-process bus queues as it is.
+        let args = args_of(&message, &message.frame_tail(), None);
+        let text = |i: usize| args[i].as_str().map(|v| v.into_owned());
+        let fields: HashMap<String, String> = entry.to_fields().into_iter().collect();
+        let named = ["id", "room", "sender", "body", "temp", "parent", "at"];
+        for (i, name) in (1..).zip(named) {
+            assert_eq!(text(i).as_ref(), fields.get(name), "field {name}");
+        }
+        // Spliced here as the script splices it: what history replays too.
+        let view = crate::protocol::MessageView {
+            id: entry.id,
+            room_id: entry.room_id,
+            seq: entry.seq,
+            sender_id: entry.sender_id.clone(),
+            message: entry.body.clone(),
+            created_at: entry.created_at,
+            message_temp_id: entry.temp_id.clone(),
+            parent_id: entry.parent_id,
+            edited_at: None,
+            deleted_at: None,
+        };
+        assert_eq!(received_frame(7, &message.frame_tail()), view.to_frame());
     }
 
     #[test]

@@ -17,6 +17,9 @@
 
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
 
 pub const PRESENCE_CHANNEL: &str = "chatter:presence";
 pub const GATEWAYS: &str = "chatter:gateways";
@@ -96,22 +99,18 @@ redis.call('DEL', KEYS[2])
 return offline
 "#;
 
-/// The presence scripts, loaded once per process.
+/// One gateway's part of cluster-wide presence: its users' registrations, its
+/// liveness entry, and the reaping of gateways that stopped beating. The Redis
+/// bus only forwards to it, so presence's keys and scripts live in this module
+/// alone. One per gateway process; cheap to clone.
 #[derive(Clone)]
-pub struct PresenceScripts {
+pub struct GatewayPresence {
+    client: Client,
+    /// This gateway's id in the presence keys.
+    gateway_id: Arc<str>,
     up: Script,
     down: Script,
     reap: Script,
-}
-
-impl Default for PresenceScripts {
-    fn default() -> Self {
-        PresenceScripts {
-            up: Script::from_lua(UP_LUA),
-            down: Script::from_lua(DOWN_LUA),
-            reap: Script::from_lua(REAP_LUA),
-        }
-    }
 }
 
 fn now_rfc3339() -> String {
@@ -120,18 +119,30 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-impl PresenceScripts {
-    /// First local connection of each of `users` on `gateway_id`: which of
+fn now_ms() -> i128 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000
+}
+
+impl GatewayPresence {
+    /// A gateway with a fresh id: a restarted pod is a new gateway, and the
+    /// old one's users are reaped with it.
+    pub fn new(client: Client) -> GatewayPresence {
+        GatewayPresence {
+            client,
+            gateway_id: Uuid::new_v4().to_string().into(),
+            up: Script::from_lua(UP_LUA),
+            down: Script::from_lua(DOWN_LUA),
+            reap: Script::from_lua(REAP_LUA),
+        }
+    }
+
+    /// First local connection of each of `users` on this gateway: which of
     /// them came online (in the cluster), in order.
-    pub async fn up(
-        &self,
-        client: &Client,
-        gateway_id: &str,
-        users: &[String],
-    ) -> Result<Vec<bool>, Error> {
+    pub async fn up(&self, users: &[String]) -> Result<Vec<bool>, Error> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
+        let gateway_id = self.gateway_id.as_ref();
         let mut keys = Vec::with_capacity(users.len() + 1);
         keys.push(gateway_users(gateway_id));
         keys.extend(users.iter().map(|user| user_gateways(user)));
@@ -143,21 +154,20 @@ impl PresenceScripts {
             args.push(user.clone());
             args.push(changed_frame(user, true, None));
         }
-        let came_online: Vec<i64> = self.up.evalsha_with_reload(client, keys, args).await?;
+        let came_online: Vec<i64> = self
+            .up
+            .evalsha_with_reload(&self.client, keys, args)
+            .await?;
         Ok(came_online.into_iter().map(|n| n == 1).collect())
     }
 
-    /// Last local connection of each of `users` gone: which of them went
-    /// offline (in the cluster), in order.
-    pub async fn down(
-        &self,
-        client: &Client,
-        gateway_id: &str,
-        users: &[String],
-    ) -> Result<Vec<bool>, Error> {
+    /// Last local connection of each of `users` on this gateway gone: which
+    /// of them went offline (in the cluster), in order.
+    pub async fn down(&self, users: &[String]) -> Result<Vec<bool>, Error> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
+        let gateway_id = self.gateway_id.as_ref();
         let mut keys = Vec::with_capacity(users.len() + 2);
         keys.push(gateway_users(gateway_id));
         keys.push(LAST_SEEN.to_owned());
@@ -170,20 +180,84 @@ impl PresenceScripts {
             args.push(user.clone());
             args.push(changed_frame(user, false, Some(&now)));
         }
-        let went_offline: Vec<i64> = self.down.evalsha_with_reload(client, keys, args).await?;
+        let went_offline: Vec<i64> = self
+            .down
+            .evalsha_with_reload(&self.client, keys, args)
+            .await?;
         Ok(went_offline.into_iter().map(|n| n == 1).collect())
+    }
+
+    /// Whether each of `users` is online anywhere, and when each was last seen.
+    pub async fn of(&self, users: &[String]) -> Result<Vec<(bool, Option<String>)>, Error> {
+        let online = online(&self.client, users).await?;
+        let last_seen: Vec<Option<String>> = if users.is_empty() {
+            Vec::new()
+        } else {
+            self.client.hmget(LAST_SEEN, users.to_vec()).await?
+        };
+        Ok(online.into_iter().zip(last_seen).collect())
+    }
+
+    /// Refreshes this gateway's liveness entry (valid for 2/3 of `ttl`); true
+    /// if it was missing (first beat, Redis lost its data, or the gateway was
+    /// reaped after a stall), in which case its users must be registered again.
+    pub async fn heartbeat(&self, ttl: Duration) -> Result<bool, Error> {
+        let expires = now_ms() + i128::try_from(ttl.as_millis() * 2 / 3).unwrap_or(0);
+        let added: i64 = self
+            .client
+            .zadd(
+                GATEWAYS,
+                None,
+                None,
+                false,
+                false,
+                (expires as f64, self.gateway_id.as_ref()),
+            )
+            .await?;
+        Ok(added == 1)
+    }
+
+    /// Takes the users of gateways that stopped beating offline; the users who
+    /// went offline (each reaped by exactly one gateway).
+    pub async fn reap_dead_gateways(&self) -> Result<Vec<String>, Error> {
+        let dead: Vec<String> = self
+            .client
+            .zrangebyscore(GATEWAYS, "-inf", now_ms() as f64, false, None)
+            .await?;
+        let mut offline = Vec::new();
+        for gateway in dead
+            .iter()
+            .filter(|g| g.as_str() != self.gateway_id.as_ref())
+        {
+            let users = self.reap(gateway).await?;
+            tracing::info!(
+                gateway,
+                offline = users.len(),
+                "reaped a gateway that stopped beating"
+            );
+            offline.extend(users);
+        }
+        Ok(offline)
     }
 
     /// Takes a dead gateway's users offline (once, whoever calls first); the
     /// users who went offline.
-    pub async fn reap(&self, client: &Client, dead_gateway: &str) -> Result<Vec<String>, Error> {
+    async fn reap(&self, dead_gateway: &str) -> Result<Vec<String>, Error> {
         let keys = vec![
             GATEWAYS.to_owned(),
             gateway_users(dead_gateway),
             LAST_SEEN.to_owned(),
         ];
         let args = vec![dead_gateway.to_owned(), now_rfc3339()];
-        self.reap.evalsha_with_reload(client, keys, args).await
+        self.reap
+            .evalsha_with_reload(&self.client, keys, args)
+            .await
+    }
+
+    /// Leaves the cluster's presence on a clean stop.
+    pub async fn leave(&self) -> Result<(), Error> {
+        let _: i64 = self.client.zrem(GATEWAYS, self.gateway_id.as_ref()).await?;
+        Ok(())
     }
 }
 

@@ -50,7 +50,7 @@ fn decode(notice: &str) -> Option<Change<'_>> {
 /// logged: the others catch up at their next full reload.
 pub async fn announce(app: &App, change: Change<'_>) {
     apply(app, change).await;
-    if let Bus::Redis { .. } = &app.bus
+    if let Bus::Redis(_) = &app.bus
         && let Err(error) = app
             .bus
             .publish(keyspace::MODERATION_CHANNEL, change.encode())
