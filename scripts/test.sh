@@ -3,7 +3,8 @@
 #   1. the Kubernetes manifests rendered and validated (scripts/check-k8s.sh),
 #   2. deploy/ linted (scripts/check-deploy.sh: hadolint, shellcheck, nginx -t),
 #   3. unit tests and the end-to-end suite (cargo test), which starts its own
-#      redis-server, Postgres and nginx processes on free ports,
+#      redis-server (also a six-node Redis Cluster), Postgres and nginx processes
+#      on free ports,
 #   4. the local load-balanced cluster's smoke test, on debug binaries of the same build,
 #   5. the JavaScript client's tests (node --test, against the gateway binary built in 4).
 #
@@ -19,6 +20,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# tests/tests/redis_cluster.rs forms its Redis Cluster with redis-cli --cluster create.
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 # tests/tests/security.rs makes its RSA keys with the openssl command.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # tests/tests/rolling_restart.rs and the local cluster put nginx in front.

@@ -1,7 +1,7 @@
 //! End-to-end test harness for chatter.
 //!
-//! Everything here is real: a `redis-server` and a `postgres` per test, the
-//! product's gateway and worker binaries as child processes, a small HTTP
+//! Everything here is real: a `redis-server` (or a six-node Redis Cluster,
+//! [`RedisCluster`]) and a `postgres` per test, the product's gateway and worker binaries as child processes, a small HTTP
 //! server standing in for the notification service, and real WebSocket/HTTP
 //! clients. Ports are always chosen by the kernel and waits always poll with a
 //! deadline, so tests can run in parallel and don't depend on timing luck.
@@ -33,6 +33,7 @@ pub mod notif;
 pub mod postgres;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 mod sys;
 pub mod traffic;
 pub mod wait;
@@ -43,6 +44,7 @@ pub use notif::{NotifCall, NotifFake};
 pub use postgres::PostgresServer;
 pub use process::{ChildProcess, Gateway, ProcessKind, Worker};
 pub use redis::{RedisServer, Resp};
+pub use redis_cluster::RedisCluster;
 pub use wait::{eventually, until};
 pub use ws::{CloseInfo, ConnectError, Incoming, WsClient};
 

@@ -4,6 +4,10 @@
 //! outage, so the harness owns the process (not daemonized) and restarts it on
 //! the same port and directory: clients reconnect to the same URL and the
 //! append-only file brings the data back.
+//!
+//! The same server also runs as one node of a Redis Cluster
+//! ([`RedisServer::start_cluster_node`]); `redis_cluster.rs` forms six of them
+//! into a cluster.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,6 +30,9 @@ const START_ATTEMPTS: usize = 3;
 /// A running `redis-server` child process. Killed when dropped.
 pub struct RedisServer {
     port: u16,
+    /// The cluster bus port when this server is a Redis Cluster node. Chosen
+    /// like `port` (Redis's default, port + 10000, may be above 65535 or taken).
+    cluster_bus_port: Option<u16>,
     dir: TempDir,
     child: Option<Child>,
 }
@@ -33,18 +40,34 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a fresh, empty server and waits until it answers `PING`.
     pub async fn start() -> Result<Self> {
+        Self::start_in_mode(false).await
+    }
+
+    /// Starts a fresh, empty Redis Cluster node (`cluster-enabled`, its
+    /// `nodes.conf` in its own folder, so a restart rejoins the cluster as the
+    /// same node) and waits until it answers `PING`. It owns no slots until it
+    /// is part of a cluster.
+    pub async fn start_cluster_node() -> Result<Self> {
+        Self::start_in_mode(true).await
+    }
+
+    async fn start_in_mode(cluster: bool) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("chatter-redis-")
             .tempdir_in(sys::scratch_root())
             .context("creating a temp dir for redis")?;
         let mut server = RedisServer {
             port: 0,
+            cluster_bus_port: None,
             dir,
             child: None,
         };
         let mut last_err = anyhow!("redis never started");
         for _ in 0..START_ATTEMPTS {
             server.port = sys::free_port()?;
+            if cluster {
+                server.cluster_bus_port = Some(sys::free_port()?);
+            }
             match server.launch().await {
                 Ok(()) => return Ok(server),
                 Err(err) => last_err = err,
@@ -65,6 +88,11 @@ impl RedisServer {
     /// Redis's own log file (startup errors, AOF loading, client errors).
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("redis.log")
+    }
+
+    /// The server's pid; `None` once [`kill`](Self::kill)ed.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the server process is still alive.
@@ -100,22 +128,7 @@ impl RedisServer {
     /// error reply becomes `Err`. Enough for tests to inspect keys and streams
     /// without a Redis client crate.
     pub async fn cmd(&self, args: &[&str]) -> Result<Resp> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .with_context(|| format!("connecting to redis on port {}", self.port))?;
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .context("writing to redis")?;
-        let mut reader = BufReader::new(stream);
-        match read_resp(&mut reader).await? {
-            Resp::Error(msg) => bail!("redis {:?} failed: {msg}", args.first().unwrap_or(&"")),
-            reply => Ok(reply),
-        }
+        cmd(self.port, args).await
     }
 
     /// Spawns redis-server on `self.port` and waits until it answers `PING`.
@@ -123,7 +136,8 @@ impl RedisServer {
         let dir = self.dir.path();
         let stderr =
             std::fs::File::create(dir.join("redis.stderr")).context("creating redis.stderr")?;
-        let child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
             .arg(dir)
@@ -136,7 +150,22 @@ impl RedisServer {
                 "",
             ])
             .arg("--logfile")
-            .arg(self.log_path())
+            .arg(self.log_path());
+        if let Some(bus_port) = self.cluster_bus_port {
+            command.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                &bus_port.to_string(),
+                // A dead master is marked failed after 1 s (not the default 15),
+                // so a failover fits in a test.
+                "--cluster-node-timeout",
+                "1000",
+            ]);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -189,6 +218,28 @@ impl Drop for RedisServer {
             );
         }
         self.kill();
+    }
+}
+
+/// Sends one command to the Redis on `127.0.0.1:port` on a fresh connection
+/// and returns the reply; a Redis error reply (including a cluster node's
+/// `MOVED`) becomes `Err`.
+pub(crate) async fn cmd(port: u16, args: &[&str]) -> Result<Resp> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("connecting to redis on port {port}"))?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .context("writing to redis")?;
+    let mut reader = BufReader::new(stream);
+    match read_resp(&mut reader).await? {
+        Resp::Error(msg) => bail!("redis {:?} failed: {msg}", args.first().unwrap_or(&"")),
+        reply => Ok(reply),
     }
 }
 
