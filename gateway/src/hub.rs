@@ -24,9 +24,11 @@
 
 mod dispatch;
 pub(crate) mod membership;
+mod outbox;
 mod sequence;
 mod subscriptions;
 
+pub use outbox::Inbox;
 pub use sequence::RecentReader;
 
 use axum::extract::ws::Utf8Bytes;
@@ -39,6 +41,7 @@ use dashmap::DashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use membership::Rechecks;
+use outbox::{Outbox, Pushed};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -56,7 +59,7 @@ const MEMBERSHIP_QUEUE: usize = 4096;
 pub struct Conn {
     pub id: u64,
     pub user_id: String,
-    outbox: mpsc::Sender<Utf8Bytes>,
+    outbox: Outbox,
     /// The rooms this connection may send to and receive from. A std mutex: held
     /// only for set operations and the matching registry update, never across an
     /// `.await`.
@@ -118,14 +121,13 @@ impl Conn {
     /// Queues a frame for the socket. A full queue marks the connection as a slow
     /// consumer instead of letting memory grow.
     pub fn push(&self, frame: Utf8Bytes) {
-        match self.outbox.try_send(frame) {
-            // One atomic load per push; a notification only past half full.
-            Ok(()) if self.outbox.capacity() * 2 <= self.outbox.max_capacity() => {
+        match self.outbox.push(frame) {
+            // A notification only past half full.
+            Pushed::Queued { queued } if queued * 2 >= self.outbox.capacity() => {
                 self.half_full.notify_one()
             }
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => self.overflowed.cancel(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Pushed::Queued { .. } | Pushed::Closed => {}
+            Pushed::Full => self.overflowed.cancel(),
         }
     }
 
@@ -303,12 +305,11 @@ impl Hub {
         &self,
         user_id: &str,
         queue: usize,
-    ) -> Result<(Registration, mpsc::Receiver<Utf8Bytes>), Error> {
-        let (outbox, inbox) = mpsc::channel(queue);
+    ) -> Result<(Registration, Inbox), Error> {
         let conn = Arc::new(Conn {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user_id: user_id.to_owned(),
-            outbox,
+            outbox: Outbox::new(queue),
             rooms: Mutex::new(Rooms::default()),
             overflowed: CancellationToken::new(),
             half_full: Notify::new(),
@@ -323,6 +324,7 @@ impl Hub {
         if self.join(&conn, &channel) {
             self.mark_presence(user_id);
         }
+        let inbox = Inbox::new(conn.clone());
         let registration = Registration {
             hub: self.clone(),
             conn,
@@ -578,7 +580,7 @@ impl Hub {
                 continue;
             }
             for conn in entry.value() {
-                let queued = conn.outbox.max_capacity() - conn.outbox.capacity();
+                let queued = conn.outbox.len();
                 total += queued;
                 fullest = fullest.max(queued);
             }

@@ -476,7 +476,7 @@ mod tests {
         );
         for (user, _registration, inbox) in &mut inboxes {
             let mut frames = Vec::new();
-            while let Ok(frame) = inbox.try_recv() {
+            while let Some(frame) = inbox.try_recv() {
                 frames.push(frame.as_str().to_owned());
             }
             if *user == "carol" {
