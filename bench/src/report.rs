@@ -178,7 +178,8 @@ fn summary(md: &mut String, r: &Results) {
     let _ = writeln!(
         md,
         "The targets of issue 12. Every baseline was measured in this run, on this machine, \
-         with the same load.\n"
+         with the same load. For a target that is missed, [README.md](README.md#what-limits-the-targets-still-missed) \
+         gives the profile that shows what limits it and what would move it.\n"
     );
     let _ = writeln!(
         md,
