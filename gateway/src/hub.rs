@@ -28,7 +28,7 @@ mod outbox;
 mod sequence;
 mod subscriptions;
 
-pub use outbox::Inbox;
+pub use outbox::{Delivery, Inbox};
 pub use sequence::RecentReader;
 
 use axum::extract::ws::Utf8Bytes;
@@ -41,7 +41,7 @@ use dashmap::DashMap;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use membership::Rechecks;
-use outbox::{Outbox, Pushed};
+use outbox::Outbox;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -64,13 +64,11 @@ pub struct Conn {
     /// only for set operations and the matching registry update, never across an
     /// `.await`.
     rooms: Mutex<Rooms>,
-    /// Cancelled when the socket must close: its outbox overflowed, or (with
-    /// `replaced` set) a newer connection of its user took its place.
-    pub overflowed: CancellationToken,
-    /// Signalled when a push leaves the queue half full or more: a new socket
-    /// holding its live frames (waiting for `Resume`) lets them flow then,
-    /// before the queue overflows. Polling for it raced fast bursts.
-    pub half_full: Notify,
+    /// Cancelled when the socket must close: a close order came
+    /// (`ordered_close`), or a newer connection of its user took its place
+    /// (`replaced`). An overflow and the drain come through the queue
+    /// ([`Inbox::recv`]).
+    pub must_close: CancellationToken,
     /// Set by [`Hub::replace_oldest`]: close with 4008, not as a slow consumer.
     replaced: AtomicBool,
     /// Told by a close order (kick, ban, single session, strikes; see
@@ -121,14 +119,7 @@ impl Conn {
     /// Queues a frame for the socket. A full queue marks the connection as a slow
     /// consumer instead of letting memory grow.
     pub fn push(&self, frame: Utf8Bytes) {
-        match self.outbox.push(frame) {
-            // A notification only past half full.
-            Pushed::Queued { queued } if queued * 2 >= self.outbox.capacity() => {
-                self.half_full.notify_one()
-            }
-            Pushed::Queued { .. } | Pushed::Closed => {}
-            Pushed::Full => self.overflowed.cancel(),
-        }
+        self.outbox.push(frame);
     }
 
     /// Whether a newer connection of the same user replaced this one (4008).
@@ -311,8 +302,7 @@ impl Hub {
             user_id: user_id.to_owned(),
             outbox: Outbox::new(queue),
             rooms: Mutex::new(Rooms::default()),
-            overflowed: CancellationToken::new(),
-            half_full: Notify::new(),
+            must_close: CancellationToken::new(),
             replaced: AtomicBool::new(false),
             ordered_close: OnceLock::new(),
             session: Uuid::now_v7(),
@@ -349,7 +339,7 @@ impl Hub {
         let excess = live.saturating_sub(max);
         for conn in members.iter().filter(|c| !c.is_replaced()).take(excess) {
             conn.replaced.store(true, Ordering::Relaxed);
-            conn.overflowed.cancel();
+            conn.must_close.cancel();
             metrics::counter!(metric::REPLACED_CONNECTIONS).increment(1);
         }
     }
@@ -362,7 +352,7 @@ impl Hub {
                 continue;
             }
             let _ = conn.ordered_close.set((code, reason.into()));
-            conn.overflowed.cancel();
+            conn.must_close.cancel();
         }
     }
 
@@ -568,6 +558,19 @@ impl Hub {
     pub fn has_local_user(&self, user_id: &str) -> bool {
         self.channels
             .contains_key(keyspace::user_channel(user_id).as_str())
+    }
+
+    /// Tells every local socket that the pod drains: each closes at a moment
+    /// of its own within the drain window. One sweep at the start of the
+    /// drain, instead of every socket's task polling the shared shutdown token
+    /// at each of its wake-ups (each poll of a waiting future takes that token's
+    /// lock). A socket that starts after the sweep sees the token at its start.
+    pub fn drain(&self) {
+        for entry in self.channels.iter() {
+            if entry.key().starts_with(USER_CHANNEL_PREFIX) {
+                entry.value().iter().for_each(|conn| conn.outbox.drain());
+            }
+        }
     }
 
     /// Frames waiting in local socket queues, over all sockets and in the

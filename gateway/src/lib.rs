@@ -236,6 +236,7 @@ pub async fn serve(
     shutdown.cancelled().await;
     metrics::gauge!(metric::DRAINING).set(1.0);
     // Sockets close themselves at random moments within the drain window.
+    state.hub.drain();
     let drain_window = Duration::from_secs(state.config.drain_window_secs);
     tracing::info!(
         open = state.sockets.len(),

@@ -33,16 +33,25 @@ struct Queue {
     waiting: Option<Waker>,
     /// The socket's task is gone: frames pushed now would never leave.
     closed: bool,
+    /// A frame did not fit: every later one is refused too (the socket is
+    /// closed as a slow consumer, so its client resumes from before the first
+    /// frame it missed, never across a hole).
+    overflowed: bool,
+    /// The pod drains, and the socket's task has not been told yet.
+    drain_untold: bool,
 }
 
-/// What [`Outbox::push`] did with a frame.
-pub(crate) enum Pushed {
-    /// Queued; `queued` frames are waiting now, this one included.
-    Queued { queued: usize },
-    /// The queue is full: the socket is a slow consumer.
-    Full,
-    /// The socket's task is gone; the frame was dropped.
-    Closed,
+/// What the socket's task is woken for.
+pub enum Delivery {
+    /// The next frame to write.
+    Frame(Utf8Bytes),
+    /// While the socket holds its frames (waiting for `Resume`): they fill half
+    /// the queue, so it must let them flow before it overflows.
+    Crowded,
+    /// A frame did not fit: close the socket as a slow consumer.
+    Overflowed,
+    /// The pod drains: close within the drain window.
+    Drain,
 }
 
 impl Outbox {
@@ -53,31 +62,43 @@ impl Outbox {
         }
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.lock().frames.len()
     }
 
-    pub(crate) fn push(&self, frame: Utf8Bytes) -> Pushed {
+    /// Queues `frame`, or marks the queue overflowed if it is full.
+    pub(crate) fn push(&self, frame: Utf8Bytes) {
         let mut queue = self.lock();
         if queue.closed {
-            return Pushed::Closed;
+            return;
         }
-        if queue.frames.len() >= self.capacity {
-            return Pushed::Full;
+        if queue.overflowed || queue.frames.len() >= self.capacity {
+            queue.overflowed = true;
+            let waiting = queue.waiting.take();
+            drop(queue);
+            if let Some(waker) = waiting {
+                waker.wake();
+            }
+            return;
         }
         queue.frames.push_back(frame);
-        let queued = queue.frames.len();
         let waiting = queue.waiting.take();
         drop(queue);
         // Woken outside the lock: the task may run at once on another thread.
         if let Some(waker) = waiting {
             waker.wake();
         }
-        Pushed::Queued { queued }
+    }
+
+    /// Tells the socket's task that the pod drains.
+    pub(crate) fn drain(&self) {
+        let mut queue = self.lock();
+        queue.drain_untold = true;
+        let waiting = queue.waiting.take();
+        drop(queue);
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -98,20 +119,42 @@ impl Inbox {
         Inbox { conn }
     }
 
-    /// Waits for the next frame.
-    pub async fn recv(&mut self) -> Utf8Bytes {
+    /// Waits for what the socket's task must act on. While `holding`, frames
+    /// stay queued and only a crowded queue, an overflow or the drain wake it.
+    ///
+    /// With `yield_first`, the first poll only schedules the task again: the
+    /// socket loop polls this first (an outbound frame is the common wake-up),
+    /// and a queue that is never empty must not keep the loop from reading the
+    /// socket.
+    pub async fn recv(&mut self, holding: bool, yield_first: bool) -> Delivery {
+        let mut yielded = !yield_first;
         poll_fn(|cx| {
-            let mut queue = self.conn.outbox.lock();
-            match queue.frames.pop_front() {
-                Some(frame) => Poll::Ready(frame),
-                None => {
-                    match &mut queue.waiting {
-                        Some(waker) if waker.will_wake(cx.waker()) => {}
-                        waiting => *waiting = Some(cx.waker().clone()),
-                    }
-                    Poll::Pending
-                }
+            if !yielded {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
+            let capacity = self.conn.outbox.capacity;
+            let mut queue = self.conn.outbox.lock();
+            if queue.overflowed {
+                return Poll::Ready(Delivery::Overflowed);
+            }
+            if queue.drain_untold {
+                queue.drain_untold = false;
+                return Poll::Ready(Delivery::Drain);
+            }
+            if holding {
+                if queue.frames.len() * 2 >= capacity {
+                    return Poll::Ready(Delivery::Crowded);
+                }
+            } else if let Some(frame) = queue.frames.pop_front() {
+                return Poll::Ready(Delivery::Frame(frame));
+            }
+            match &mut queue.waiting {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                waiting => *waiting = Some(cx.waker().clone()),
+            }
+            Poll::Pending
         })
         .await
     }

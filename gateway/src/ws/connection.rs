@@ -2,7 +2,7 @@
 
 use super::close;
 use super::throttle::{Throttle, Verdict, millis_ceil};
-use crate::hub::{Conn, Inbox, PresenceScope, Registration};
+use crate::hub::{Conn, Delivery, Inbox, PresenceScope, Registration};
 use crate::messages::{self, Draft, Refusal};
 use crate::permissions::{self, Permission};
 use crate::read_state::{self, ReadError};
@@ -34,6 +34,10 @@ const TYPING_ROOMS: usize = 64;
 
 /// Queued frames written to a socket with one flush, at most.
 const WRITE_BATCH: usize = 64;
+
+/// Write batches in a row after which the socket loop looks at everything
+/// else (the socket's inbound side, timers) before the next one.
+const FAIR_TURN: u32 = 4;
 
 /// Waits for `timer` if there is one, forever if not.
 async fn until(timer: &mut Option<Pin<Box<Sleep>>>) {
@@ -110,60 +114,76 @@ impl Connection {
         mut inbox: Inbox,
     ) -> Option<(CloseCode, Cow<'static, str>)> {
         let conn = registration.conn.clone();
-        let shutdown = self.state.shutdown.clone();
         let drain_window = Duration::from_secs(self.state.config.drain_window_secs);
         let idle_timeout = Duration::from_secs(self.state.config.idle_timeout_secs);
         let mut heartbeat =
             tokio::time::interval(Duration::from_secs(self.state.config.ping_interval_secs));
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
-        // The futures every wake-up would otherwise build and register again
-        // (the shutdown token's waiter list is shared by every socket): made
-        // once, polled by reference.
-        let shutting_down = shutdown.cancelled();
-        let overflowed = conn.overflowed.cancelled();
-        tokio::pin!(shutting_down, overflowed);
+        // Made once and polled by reference: rebuilt, it would register and
+        // remove a waiter at every wake-up.
+        let must_close = conn.must_close.cancelled();
+        tokio::pin!(must_close);
         // Timers that only some moments need, boxed so that an idle socket's
         // task does not carry them: the end of the hold (the first seconds)
         // and, once the pod drains, this socket's own moment to close.
         let mut hold_ends = Some(Box::pin(tokio::time::sleep_until(self.watch.hold_ends())));
         let mut closing: Option<Pin<Box<Sleep>>> = None;
+        // Keep serving until a random moment in the drain window, so clients
+        // reconnect to other pods gradually, not all at once. A socket that
+        // started after the hub told every socket of the drain learns it here.
+        let close_within_window = || Some(Box::pin(tokio::time::sleep(random_delay(drain_window))));
+        if self.state.shutdown.is_cancelled() {
+            closing = close_within_window();
+        }
+        // Frames written since the socket was last read from (see `recv`).
+        let mut streak = 0;
         loop {
             if !self.watch.holding() {
                 hold_ends = None;
             }
+            let yield_first = streak >= FAIR_TURN;
+            if yield_first {
+                streak = 0;
+            }
             tokio::select! {
-                () = &mut shutting_down, if closing.is_none() => {
-                    // Keep serving until a random moment in the drain window, so
-                    // clients reconnect to other pods gradually, not all at once.
-                    closing = Some(Box::pin(tokio::time::sleep(random_delay(drain_window))));
+                // First, because an outbound frame is the common wake-up: most
+                // wake-ups then poll nothing else.
+                biased;
+                delivery = inbox.recv(self.watch.holding(), yield_first) => match delivery {
+                    Delivery::Frame(frame) => {
+                        streak += 1;
+                        self.write_queued(frame, &mut inbox).await?;
+                    }
+                    // A busy room must not make a new socket look like a slow
+                    // consumer before it has spoken.
+                    Delivery::Crowded => self.watch.release(),
+                    Delivery::Overflowed => {
+                        metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
+                        return Some((CloseCode::ConnectionClosed, "too slow: the send queue is full".into()));
+                    }
+                    Delivery::Drain => {
+                        if closing.is_none() {
+                            closing = close_within_window();
+                        }
+                    }
+                },
+                () = &mut must_close => {
+                    if let Some((code, reason)) = conn.ordered_close() {
+                        return Some((code, reason.to_owned().into()));
+                    }
+                    return Some((CloseCode::NewDevice, "replaced by a newer connection of the same user".into()));
                 }
                 () = until(&mut closing) => {
                     return Some((CloseCode::ServerShutdown, "server shutting down; reconnect".into()));
                 }
-                () = &mut overflowed => {
-                    if let Some((code, reason)) = conn.ordered_close() {
-                        return Some((code, reason.to_owned().into()));
-                    }
-                    if conn.is_replaced() {
-                        return Some((CloseCode::NewDevice, "replaced by a newer connection of the same user".into()));
-                    }
-                    metrics::counter!(metric::SLOW_CONSUMERS).increment(1);
-                    return Some((CloseCode::ConnectionClosed, "too slow: the send queue is full".into()));
-                }
-                // The hold ends at its deadline, or early when held frames fill
-                // half the queue: a busy room must not make a new socket look
-                // like a slow consumer before it has spoken.
+                // The hold ends at its deadline, or early when held frames
+                // crowd the queue (above).
                 () = until(&mut hold_ends) => {
                     self.watch.release();
                 }
-                () = conn.half_full.notified(), if self.watch.holding() => {
-                    self.watch.release();
-                }
-                frame = inbox.recv(), if !self.watch.holding() => {
-                    self.write_queued(frame, &mut inbox).await?;
-                }
                 incoming = self.socket.recv() => {
+                    streak = 0;
                     let message = match incoming? {
                         Ok(message) => message,
                         Err(error) => {
