@@ -1021,7 +1021,7 @@ fn fanout_section(md: &mut String, f: &FanoutResult) {
          (connection i on gateway i mod 2), plus 1 worker; ceiling: 2 `chatter-ceiling` \
          processes, a room's members on one. Every member sends, in turn; a message is \
          delivered to all {} members (the sender's socket included). First a fixed {} msg/s, then \
-         a rising rate (×{RAMP_FACTOR} while p99 ≤ {P99_BOUND_MS} ms and nothing is lost, then bisection).\n",
+         a rising rate (×{RAMP_FACTOR} while p99 ≤ {P99_BOUND_MS} ms and nothing is lost, then bisection; the first failing step is run once more before it counts).\n",
         int(f.connections as f64),
         f.room_size,
         f.room_size,
@@ -1080,7 +1080,7 @@ fn pairs_section(md: &mut String, p: &PairsResult) {
          gateways, both send, plus 1 worker; ceiling: 2 processes, a pair on one. A message is \
          delivered twice (to the peer and back to the sender's socket). The rate rises \
          ×{RAMP_FACTOR} while the deliveries to the peer have p99 ≤ {P99_BOUND_MS} ms and nothing is \
-         lost, then bisects.\n",
+         lost, then bisects; the first failing step is run once more before it counts.\n",
         int(p.connections as f64),
         int(p.connections as f64 / 2.0)
     );
