@@ -179,3 +179,57 @@ impl Drop for Inbox {
         queue.waiting = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Delivery;
+    use crate::hub::Hub;
+    use axum::extract::ws::Utf8Bytes;
+
+    fn frame(n: u32) -> Utf8Bytes {
+        Utf8Bytes::from(format!("frame {n}"))
+    }
+
+    fn text(delivery: Delivery) -> String {
+        match delivery {
+            Delivery::Frame(frame) => frame.as_str().to_owned(),
+            Delivery::Crowded => "crowded".into(),
+            Delivery::Overflowed => "overflowed".into(),
+            Delivery::Drain => "drain".into(),
+        }
+    }
+
+    /// Frames come out in order; past the capacity the socket is told it
+    /// overflowed, and no later frame gets in behind the missing one.
+    #[tokio::test]
+    async fn a_full_queue_refuses_every_later_frame_and_says_it_overflowed() {
+        let (hub, _events) = Hub::for_tests(1);
+        let (registration, mut inbox) = hub.register("carol", 2).await.expect("registered");
+        registration.conn.push(frame(1));
+        assert_eq!(text(inbox.recv(false, false).await), "frame 1");
+        registration.conn.push(frame(2));
+        registration.conn.push(frame(3));
+        registration.conn.push(frame(4));
+        assert_eq!(text(inbox.recv(false, false).await), "overflowed");
+        assert_eq!(registration.conn.outbox.len(), 2, "frame 4 was refused");
+    }
+
+    /// While holding, frames stay queued until they fill half the queue; the
+    /// drain is told once; `yield_first` still delivers on the next poll.
+    #[tokio::test]
+    async fn holding_waits_for_a_crowded_queue_and_the_drain_is_told_once() {
+        let (hub, _events) = Hub::for_tests(1);
+        let (registration, mut inbox) = hub.register("dave", 4).await.expect("registered");
+        registration.conn.push(frame(1));
+        registration.conn.push(frame(2));
+        assert_eq!(text(inbox.recv(true, false).await), "crowded");
+        hub.drain();
+        assert_eq!(text(inbox.recv(false, true).await), "drain");
+        assert_eq!(text(inbox.recv(false, false).await), "frame 1");
+        assert_eq!(
+            inbox.try_recv().map(|f| f.as_str().to_owned()),
+            Some("frame 2".into())
+        );
+        assert!(inbox.try_recv().is_none());
+    }
+}
