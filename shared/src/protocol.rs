@@ -175,9 +175,17 @@ impl ClientFrame {
             message: format!("invalid data for {}: {error}", envelope.kind),
             reference,
         };
-        // `data` of a known type, parsed into that type's fields.
+        // `data` of a known type, parsed into that type's fields. Not from an
+        // array: serde would fill the fields by position, and `["<room>", "hi"]`
+        // would be a `SendMessage` that names none of its fields.
         fn data<T: serde::de::DeserializeOwned>(raw: Option<&RawValue>) -> serde_json::Result<T> {
-            serde_json::from_str(raw.map(RawValue::get).unwrap_or("null"))
+            let text = raw.map(RawValue::get).unwrap_or("null");
+            if text.trim_start().starts_with('[') {
+                return Err(serde::de::Error::custom(
+                    "data is a JSON object, not an array",
+                ));
+            }
+            serde_json::from_str(text)
         }
         let parsed = match envelope.kind.as_ref() {
             "SendMessage" => data(envelope.data).map(ClientFrame::SendMessage),
@@ -615,6 +623,9 @@ mod tests {
             ClientFrame::parse(r#"{"type":"Ping"}"#),
             Ok(ClientFrame::Ping)
         );
+        // Found by the fuzz test: fields by position are not fields.
+        let array = r#"{"type":"SendMessage","data":["01a23151-22f5-7769-98c2-695ab3fc40e5",""]}"#;
+        assert_eq!(ClientFrame::parse(array).expect_err("bad").code, "bad_data");
     }
 
     #[test]
