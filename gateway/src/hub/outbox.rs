@@ -39,6 +39,9 @@ struct Queue {
     overflowed: bool,
     /// The pod drains, and the socket's task has not been told yet.
     drain_untold: bool,
+    /// The socket's task waits while holding its frames: a push wakes it only
+    /// once they crowd the queue, not for every frame it would leave queued.
+    holding: bool,
 }
 
 /// What the socket's task is woken for.
@@ -82,7 +85,12 @@ impl Outbox {
             return;
         }
         queue.frames.push_back(frame);
-        let waiting = queue.waiting.take();
+        let crowded = queue.frames.len() * 2 >= self.capacity;
+        let waiting = if queue.holding && !crowded {
+            None
+        } else {
+            queue.waiting.take()
+        };
         drop(queue);
         // Woken outside the lock: the task may run at once on another thread.
         if let Some(waker) = waiting {
@@ -150,6 +158,7 @@ impl Inbox {
             } else if let Some(frame) = queue.frames.pop_front() {
                 return Poll::Ready(Delivery::Frame(frame));
             }
+            queue.holding = holding;
             match &mut queue.waiting {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
                 waiting => *waiting = Some(cx.waker().clone()),
