@@ -32,7 +32,7 @@ pub use outbox::{Delivery, Inbox};
 pub use sequence::RecentReader;
 
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::keyspace::{self, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
+use chatter_shared::keyspace::{self, Keyspace, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
 use chatter_shared::presence::PRESENCE_CHANNEL;
 use chatter_shared::protocol::CloseCode;
 use chatter_shared::store::Store;
@@ -222,6 +222,9 @@ impl Hub {
             None => (None, None),
         };
         let (subscriber, reader) = subscriber.unzip();
+        let keyspace = reader
+            .as_ref()
+            .map_or(Keyspace::Single, |reader| reader.script.keyspace());
         let mut hub = Hub::registry(requests, membership);
         hub.reader = reader;
         if let (Some(subscriber), Some(request_rx)) = (subscriber, request_rx) {
@@ -230,6 +233,7 @@ impl Hub {
             tokio::spawn(subscriptions::manage_subscriptions(
                 hub.clone(),
                 subscriber.clone(),
+                keyspace,
                 request_rx,
                 reconnects,
                 shutdown.clone(),
@@ -243,6 +247,7 @@ impl Hub {
             tokio::spawn(tokio::task::unconstrained(dispatch::dispatch(
                 hub.clone(),
                 subscriber,
+                keyspace,
                 shutdown.clone(),
             )));
         }

@@ -91,9 +91,10 @@ pub async fn serve(
                 chatter_shared::redis::connect_subscriber(&redis_url, StreamDepth::NOTICES)
                     .await
                     .context("cannot connect to Redis (REDIS_URL)")?;
+            let keyspace = config.keyspace();
             let reader = hub::RecentReader {
                 client: redis.clone(),
-                script: chatter_shared::ingest::RecentScript::default(),
+                script: chatter_shared::ingest::RecentScript::new(keyspace),
                 limit: config.recent_log_size,
             };
             let hub = hub::Hub::start(
@@ -105,7 +106,12 @@ pub async fn serve(
             let events = Events::redis(&config, redis.clone());
             (
                 store,
-                bus::Bus::redis(redis, AppendLimits::from_config(&config), hub_stop.clone()),
+                bus::Bus::redis(
+                    redis,
+                    keyspace,
+                    AppendLimits::from_config(&config),
+                    hub_stop.clone(),
+                ),
                 hub,
                 None,
                 redis_risks,

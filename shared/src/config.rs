@@ -46,6 +46,10 @@ pub struct Config {
     // --- backends ---
     pub database_url: Option<String>,
     pub redis_url: Option<String>,
+    /// On Redis Cluster (`redis-cluster://` in `REDIS_URL`): how many logical
+    /// shards the rooms are spread over (see `keyspace.rs`). Fixed at deploy,
+    /// like a topic's partitions: a room's keys and stream are found by it.
+    pub redis_shards: u16,
     /// Postgres pool size per process.
     pub database_max_connections: u32,
     /// Embedded mode (no `REDIS_URL`, no `DATABASE_URL`): where the SQLite file and
@@ -265,6 +269,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             database_url: None,
             redis_url: None,
+            redis_shards: 64,
             database_max_connections: 20,
             data_dir: "./data".into(),
             jwt_algorithm: JwtAlgorithm::HS256,
@@ -522,6 +527,19 @@ impl Config {
         }
     }
 
+    /// How Redis keys and channels are laid out: sharded over `REDIS_SHARDS`
+    /// when `REDIS_URL` names a Redis Cluster, today's single-node names otherwise.
+    pub fn keyspace(&self) -> crate::keyspace::Keyspace {
+        match &self.redis_url {
+            Some(url) if crate::keyspace::is_cluster_url(url) => {
+                crate::keyspace::Keyspace::Sharded {
+                    shards: self.redis_shards,
+                }
+            }
+            _ => crate::keyspace::Keyspace::Single,
+        }
+    }
+
     /// The secret that authorizes service calls (`SERVICE_SECRET`), if configured.
     ///
     /// Never `NOTIFICATION_AUTH`: chatter sends that value to the notification
@@ -566,6 +584,7 @@ impl Config {
                 self.max_connections_per_user as u64,
             ),
             ("REST_RATE_PER_SEC", u64::from(self.rest_rate_per_sec)),
+            ("REDIS_SHARDS", u64::from(self.redis_shards)),
             ("REST_RATE_BURST", u64::from(self.rest_rate_burst)),
             ("REST_IP_RATE_PER_SEC", u64::from(self.rest_ip_rate_per_sec)),
             ("REST_IP_RATE_BURST", u64::from(self.rest_ip_rate_burst)),
@@ -592,6 +611,15 @@ impl Config {
                     problem: "must be greater than 0".into(),
                 });
             }
+        }
+        if usize::from(self.redis_shards) > crate::keyspace::MAX_SHARDS {
+            return Err(ConfigError::Key {
+                key: "REDIS_SHARDS",
+                problem: format!(
+                    "at most {} (one per hash slot of a Redis Cluster)",
+                    crate::keyspace::MAX_SHARDS
+                ),
+            });
         }
         self.validate_secrets()?;
         self.validate_identity_settings()?;
@@ -743,6 +771,7 @@ impl std::fmt::Debug for Config {
             log_format,
             database_url,
             redis_url,
+            redis_shards,
             database_max_connections,
             data_dir,
             jwt_algorithm,
@@ -854,6 +883,7 @@ impl std::fmt::Debug for Config {
             .field("log_format", log_format)
             .field("database_url", &url(database_url))
             .field("redis_url", &url(redis_url))
+            .field("redis_shards", redis_shards)
             .field("database_max_connections", database_max_connections)
             .field("data_dir", data_dir)
             .field("jwt_algorithm", jwt_algorithm)
@@ -1013,6 +1043,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log_format",
     "database_url",
     "redis_url",
+    "redis_shards",
     "database_max_connections",
     "data_dir",
     "jwt_algorithm",

@@ -26,7 +26,7 @@
 //! highest persisted seq from Postgres and calls again with it as the floor, so seqs
 //! never go backwards. This costs a second round trip once per room per Redis life.
 
-use crate::keyspace;
+use crate::keyspace::{Keyspace, Shard};
 use crate::protocol::{MESSAGE_RECEIVED_HEAD, MessageReceivedTail};
 use fred::prelude::*;
 use fred::types::scripts::Script;
@@ -38,15 +38,17 @@ use uuid::Uuid;
 
 const APPEND_LUA: &str = r#"
 -- A batch of messages, each appended on its own, in order.
--- KEYS, 5 per message: seq counter, dedupe key, ingest stream, recent log, ended marker.
+-- KEYS, 5 per message: seq counter, dedupe key, ingest stream, recent log, ended marker
+--   (on Redis Cluster every key of a call in one shard, so one slot).
 -- ARGV: 1 frame head, 2 dedupe ttl secs, 3 max backlog (0 = unbounded), 4 recent log
---   size, 5 recent log ttl secs, then 10 per message: room channel, message id, room id,
+--   size, 5 recent log ttl secs, 6 PUBLISH or SPUBLISH (sharded pub/sub on Redis
+--   Cluster), then 10 per message: room channel, message id, room id,
 --   sender, body, temp id ('' = none), parent id ('' = none), created_at (unix micros),
 --   frame tail, seq floor ('' = unknown).
 -- Returns one reply per message: {'new', seq}, {'dup', 'id:seq'}, {'ended', how},
 -- {'cold'}, {'full'} or {'error', why}.
 local head, dedupe_ttl, max_backlog = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local log_size, log_ttl = tonumber(ARGV[4]), ARGV[5]
+local log_size, log_ttl, publish = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local function append(k, a)
   local counter, dedupe, stream, log, ended = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
   local temp, floor = ARGV[a + 6], ARGV[a + 10]
@@ -68,7 +70,7 @@ local function append(k, a)
     redis.call('SET', dedupe, ARGV[a + 2] .. ':' .. seq, 'EX', dedupe_ttl)
   end
   local frame = head .. seq .. ARGV[a + 9]
-  redis.call('PUBLISH', ARGV[a + 1], frame)
+  redis.call(publish, ARGV[a + 1], frame)
   -- A list, not a sorted set: appends come in seq order, so the log is the
   -- room's newest seqs in order, and RPUSH + LTRIM cost a fraction of ZADD +
   -- ZREMRANGEBYRANK on frame-sized members.
@@ -82,7 +84,7 @@ local replies = {}
 for i = 0, #KEYS / 5 - 1 do
   -- One message's error (say, a key of the wrong type) is that message's
   -- answer, not the batch's: the messages before it were accepted.
-  local ok, reply = pcall(append, 5 * i, 5 + 10 * i)
+  local ok, reply = pcall(append, 5 * i, 6 + 10 * i)
   if ok then
     replies[i + 1] = reply
   else
@@ -182,6 +184,8 @@ impl Ending {
 #[derive(Debug, Clone)]
 pub struct AppendLimits {
     pub dedupe_ttl_secs: u64,
+    /// `INGEST_MAX_BACKLOG`, for all shards together: each shard's stream is
+    /// held to its part of it.
     pub max_backlog: u64,
     pub recent_log_size: u64,
     pub recent_log_ttl_secs: u64,
@@ -207,6 +211,8 @@ const BATCHES_IN_FLIGHT: usize = 4;
 
 /// Keys and arguments of one message, and where its reply goes.
 struct Append {
+    /// A script call covers one shard: its keys must share a slot.
+    shard: Shard,
     keys: Vec<String>,
     args: Vec<Value>,
     reply: oneshot::Sender<Result<Value, Error>>,
@@ -216,15 +222,21 @@ struct Append {
 #[derive(Clone)]
 pub struct Appender {
     appends: mpsc::Sender<Append>,
+    keyspace: Keyspace,
 }
 
 impl Appender {
     /// Starts the batching task; it stops with `stop`, answering what it holds
     /// by dropping it (the senders see the bus as unavailable).
-    pub fn start(client: Client, limits: AppendLimits, stop: CancellationToken) -> Appender {
+    pub fn start(
+        client: Client,
+        keyspace: Keyspace,
+        limits: AppendLimits,
+        stop: CancellationToken,
+    ) -> Appender {
         let (appends, queued) = mpsc::channel(QUEUED_APPENDS);
-        tokio::spawn(send_batches(client, limits, queued, stop));
-        Appender { appends }
+        tokio::spawn(send_batches(client, keyspace, limits, queued, stop));
+        Appender { appends, keyspace }
     }
 
     /// Appends one message: the script's outcome for it. `floor` is the
@@ -241,9 +253,11 @@ impl Appender {
         loop {
             tries -= 1;
             let (reply, answer) = oneshot::channel();
+            let shard = self.keyspace.shard_of_room(message.room_id);
             let append = Append {
-                keys: keys_of(message),
-                args: args_of(message, &tail, floor),
+                shard,
+                keys: keys_of(shard, message),
+                args: args_of(shard, message, &tail, floor),
                 reply,
             };
             let gone = || Error::new(ErrorKind::Canceled, "the gateway is shutting down");
@@ -257,23 +271,23 @@ impl Appender {
     }
 }
 
-fn keys_of(message: &NewMessage<'_>) -> Vec<String> {
+fn keys_of(shard: Shard, message: &NewMessage<'_>) -> Vec<String> {
     vec![
-        keyspace::room_seq(message.room_id),
-        keyspace::dedupe(
+        shard.room_seq(message.room_id),
+        shard.dedupe(
             message.room_id,
             message.sender_id,
             message.temp_id.unwrap_or(""),
         ),
-        keyspace::INGEST_STREAM.to_owned(),
-        keyspace::recent_log(message.room_id),
-        keyspace::room_ended(message.room_id),
+        shard.ingest(),
+        shard.recent_log(message.room_id),
+        shard.room_ended(message.room_id),
     ]
 }
 
-fn args_of(message: &NewMessage<'_>, tail: &str, floor: Option<i64>) -> Vec<Value> {
+fn args_of(shard: Shard, message: &NewMessage<'_>, tail: &str, floor: Option<i64>) -> Vec<Value> {
     vec![
-        keyspace::room_channel(message.room_id).into(),
+        shard.room_channel(message.room_id).into(),
         message.id.to_string().into(),
         message.room_id.to_string().into(),
         message.sender_id.into(),
@@ -295,29 +309,54 @@ fn is_noscript(error: &Error) -> bool {
 }
 
 /// The batching task: whatever has queued up (at most [`BATCH`]) goes out as
-/// one script call, with up to [`BATCHES_IN_FLIGHT`] calls unanswered at once.
+/// one script call per shard it spans, with up to [`BATCHES_IN_FLIGHT`]
+/// batches unanswered at once.
 async fn send_batches(
     client: Client,
+    keyspace: Keyspace,
     limits: AppendLimits,
     queued: mpsc::Receiver<Append>,
     stop: CancellationToken,
 ) {
     let script = Script::from_lua(APPEND_LUA);
+    let shards = keyspace.shards().len() as u64;
+    // Each shard's stream holds its part of the backlog (0 stays unbounded).
+    let per_shard_backlog = limits.max_backlog.div_ceil(shards);
     let constants: Vec<Value> = vec![
         MESSAGE_RECEIVED_HEAD.into(),
         limits.dedupe_ttl_secs.to_string().into(),
-        limits.max_backlog.to_string().into(),
+        per_shard_backlog.to_string().into(),
         limits.recent_log_size.to_string().into(),
         limits.recent_log_ttl_secs.to_string().into(),
+        if keyspace.sharded() { "SPUBLISH" } else { "PUBLISH" }.into(),
     ];
     crate::batches::answer_in_batches(queued, BATCH, BATCHES_IN_FLIGHT, stop, |appends| {
         let (client, script, constants) = (client.clone(), script.clone(), constants.clone());
-        async move { send_batch(&client, &script, constants, appends).await }
+        async move {
+            let calls = by_shard(appends)
+                .into_iter()
+                .map(|appends| send_batch(&client, &script, constants.clone(), appends));
+            futures::future::join_all(calls).await;
+        }
     })
     .await;
 }
 
-/// One script call for `appends`; each sender gets its own message's reply.
+/// `appends` split by shard, each part in the order it came: a room's messages
+/// stay in order, since a room has one shard. One part on a single Redis.
+fn by_shard(appends: Vec<Append>) -> Vec<Vec<Append>> {
+    let mut parts: Vec<Vec<Append>> = Vec::new();
+    for append in appends {
+        match parts.iter_mut().find(|part| part[0].shard == append.shard) {
+            Some(part) => part.push(append),
+            None => parts.push(vec![append]),
+        }
+    }
+    parts
+}
+
+/// One script call for `appends` (one shard); each sender gets its own
+/// message's reply.
 async fn send_batch(client: &Client, script: &Script, mut args: Vec<Value>, appends: Vec<Append>) {
     let mut keys = Vec::with_capacity(appends.len() * 5);
     let mut replies = Vec::with_capacity(appends.len());
@@ -419,18 +458,23 @@ return 0
 pub struct RecentScript {
     read: Script,
     rewrite: Script,
-}
-
-impl Default for RecentScript {
-    fn default() -> Self {
-        RecentScript {
-            read: Script::from_lua(RECENT_LUA),
-            rewrite: Script::from_lua(REWRITE_LUA),
-        }
-    }
+    keyspace: Keyspace,
 }
 
 impl RecentScript {
+    pub fn new(keyspace: Keyspace) -> RecentScript {
+        RecentScript {
+            read: Script::from_lua(RECENT_LUA),
+            rewrite: Script::from_lua(REWRITE_LUA),
+            keyspace,
+        }
+    }
+
+    /// The layout the scripts' keys follow (the hub's channels follow it too).
+    pub fn keyspace(&self) -> Keyspace {
+        self.keyspace
+    }
+
     /// The room's counter and at most `limit` logged frames with a seq above
     /// `after_seq`, ascending.
     pub async fn read(
@@ -440,7 +484,8 @@ impl RecentScript {
         after_seq: i64,
         limit: u64,
     ) -> Result<RecentLog, Error> {
-        let keys = vec![keyspace::room_seq(room_id), keyspace::recent_log(room_id)];
+        let shard = self.keyspace.shard_of_room(room_id);
+        let keys = vec![shard.room_seq(room_id), shard.recent_log(room_id)];
         let args: Vec<Value> = vec![after_seq.into(), limit.max(1).to_string().into()];
         let (last_seq, frames): (String, Vec<String>) =
             self.read.evalsha_with_reload(client, keys, args).await?;
@@ -465,7 +510,8 @@ impl RecentScript {
         seq: i64,
         frame: String,
     ) -> Result<(), Error> {
-        let keys = vec![keyspace::room_seq(room_id), keyspace::recent_log(room_id)];
+        let shard = self.keyspace.shard_of_room(room_id);
+        let keys = vec![shard.room_seq(room_id), shard.recent_log(room_id)];
         let prefix = format!("{MESSAGE_RECEIVED_HEAD}{seq},");
         let args: Vec<Value> = vec![seq.into(), frame.into(), prefix.into()];
         let _: i64 = self.rewrite.evalsha_with_reload(client, keys, args).await?;
@@ -631,7 +677,12 @@ mod tests {
         let entry = message.entry(7);
         // The script's stream fields (its `XADD`, from these arguments) are
         // the entry's, which the in-process bus queues as it is.
-        let args = args_of(&message, &message.frame_tail(), None);
+        let args = args_of(
+            Keyspace::Single.shard_of_room(message.room_id),
+            &message,
+            &message.frame_tail(),
+            None,
+        );
         let text = |i: usize| args[i].as_str().map(|v| v.into_owned());
         let fields: HashMap<String, String> = entry.to_fields().into_iter().collect();
         let named = ["id", "room", "sender", "body", "temp", "parent", "at"];

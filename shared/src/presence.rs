@@ -14,7 +14,13 @@
 //! gateway stops refreshing its entry; any live gateway then *reaps* it — one
 //! script, run once (the `ZREM` of the gateway decides who) — taking its users
 //! offline within the TTL, with no cleanup by the dead pod.
+//!
+//! On Redis Cluster every presence key starts `chatter:{presence}:` instead
+//! (one slot, so each script stays in it; see [`PresenceKeys`]). Presence
+//! changes with connects and disconnects, not with messages: one master
+//! carries it.
 
+use crate::keyspace::Keyspace;
 use fred::prelude::*;
 use fred::types::scripts::Script;
 use std::sync::Arc;
@@ -22,15 +28,37 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub const PRESENCE_CHANNEL: &str = "chatter:presence";
-pub const GATEWAYS: &str = "chatter:gateways";
-pub const LAST_SEEN: &str = "chatter:last_seen";
 
-pub fn user_gateways(user_id: &str) -> String {
-    format!("chatter:presence:{user_id}")
+/// The presence keys of the table above, in the keyspace's layout.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceKeys {
+    prefix: &'static str,
 }
 
-pub fn gateway_users(gateway_id: &str) -> String {
-    format!("chatter:gateway:{gateway_id}:users")
+impl PresenceKeys {
+    pub fn new(keyspace: Keyspace) -> PresenceKeys {
+        PresenceKeys {
+            prefix: keyspace.presence_prefix(),
+        }
+    }
+
+    pub fn gateways(self) -> String {
+        format!("{}gateways", self.prefix)
+    }
+
+    pub fn last_seen(self) -> String {
+        format!("{}last_seen", self.prefix)
+    }
+
+    /// Where `user_id` is connected.
+    pub fn user_gateways(self, user_id: &str) -> String {
+        format!("{}presence:{user_id}", self.prefix)
+    }
+
+    /// Who is connected on `gateway_id`.
+    pub fn gateway_users(self, gateway_id: &str) -> String {
+        format!("{}gateway:{gateway_id}:users", self.prefix)
+    }
 }
 
 /// The `PresenceChanged` frame (built here so Lua and Rust agree on the bytes).
@@ -82,11 +110,12 @@ return gone
 "#;
 
 const REAP_LUA: &str = r#"
--- KEYS: 1 gateways, 2 dead gateway's users, 3 last seen hash. ARGV: 1 dead gateway, 2 now (RFC 3339)
+-- KEYS: 1 gateways, 2 dead gateway's users, 3 last seen hash. ARGV: 1 dead gateway,
+-- 2 now (RFC 3339), 3 what a user's gateways key starts with (in KEYS[1]'s slot).
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return {} end
 local offline = {}
 for _, user in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local key = 'chatter:presence:' .. user
+  local key = ARGV[3] .. user
   redis.call('ZREM', key, ARGV[1])
   if redis.call('ZCARD', key) == 0 then
     redis.call('HSET', KEYS[3], user, ARGV[2])
@@ -106,6 +135,7 @@ return offline
 #[derive(Clone)]
 pub struct GatewayPresence {
     client: Client,
+    keys: PresenceKeys,
     /// This gateway's id in the presence keys.
     gateway_id: Arc<str>,
     up: Script,
@@ -126,9 +156,10 @@ fn now_ms() -> i128 {
 impl GatewayPresence {
     /// A gateway with a fresh id: a restarted pod is a new gateway, and the
     /// old one's users are reaped with it.
-    pub fn new(client: Client) -> GatewayPresence {
+    pub fn new(client: Client, keyspace: Keyspace) -> GatewayPresence {
         GatewayPresence {
             client,
+            keys: PresenceKeys::new(keyspace),
             gateway_id: Uuid::new_v4().to_string().into(),
             up: Script::from_lua(UP_LUA),
             down: Script::from_lua(DOWN_LUA),
@@ -144,8 +175,8 @@ impl GatewayPresence {
         }
         let gateway_id = self.gateway_id.as_ref();
         let mut keys = Vec::with_capacity(users.len() + 1);
-        keys.push(gateway_users(gateway_id));
-        keys.extend(users.iter().map(|user| user_gateways(user)));
+        keys.push(self.keys.gateway_users(gateway_id));
+        keys.extend(users.iter().map(|user| self.keys.user_gateways(user)));
         let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
         let mut args = Vec::with_capacity(2 * users.len() + 2);
         args.push(gateway_id.to_owned());
@@ -169,9 +200,9 @@ impl GatewayPresence {
         }
         let gateway_id = self.gateway_id.as_ref();
         let mut keys = Vec::with_capacity(users.len() + 2);
-        keys.push(gateway_users(gateway_id));
-        keys.push(LAST_SEEN.to_owned());
-        keys.extend(users.iter().map(|user| user_gateways(user)));
+        keys.push(self.keys.gateway_users(gateway_id));
+        keys.push(self.keys.last_seen());
+        keys.extend(users.iter().map(|user| self.keys.user_gateways(user)));
         let now = now_rfc3339();
         let mut args = Vec::with_capacity(2 * users.len() + 2);
         args.push(gateway_id.to_owned());
@@ -189,11 +220,11 @@ impl GatewayPresence {
 
     /// Whether each of `users` is online anywhere, and when each was last seen.
     pub async fn of(&self, users: &[String]) -> Result<Vec<(bool, Option<String>)>, Error> {
-        let online = online(&self.client, users).await?;
+        let online = online(&self.client, self.keys, users).await?;
         let last_seen: Vec<Option<String>> = if users.is_empty() {
             Vec::new()
         } else {
-            self.client.hmget(LAST_SEEN, users.to_vec()).await?
+            self.client.hmget(self.keys.last_seen(), users.to_vec()).await?
         };
         Ok(online.into_iter().zip(last_seen).collect())
     }
@@ -206,7 +237,7 @@ impl GatewayPresence {
         let added: i64 = self
             .client
             .zadd(
-                GATEWAYS,
+                self.keys.gateways(),
                 None,
                 None,
                 false,
@@ -222,7 +253,7 @@ impl GatewayPresence {
     pub async fn reap_dead_gateways(&self) -> Result<Vec<String>, Error> {
         let dead: Vec<String> = self
             .client
-            .zrangebyscore(GATEWAYS, "-inf", now_ms() as f64, false, None)
+            .zrangebyscore(self.keys.gateways(), "-inf", now_ms() as f64, false, None)
             .await?;
         let mut offline = Vec::new();
         for gateway in dead
@@ -244,11 +275,15 @@ impl GatewayPresence {
     /// users who went offline.
     async fn reap(&self, dead_gateway: &str) -> Result<Vec<String>, Error> {
         let keys = vec![
-            GATEWAYS.to_owned(),
-            gateway_users(dead_gateway),
-            LAST_SEEN.to_owned(),
+            self.keys.gateways(),
+            self.keys.gateway_users(dead_gateway),
+            self.keys.last_seen(),
         ];
-        let args = vec![dead_gateway.to_owned(), now_rfc3339()];
+        let args = vec![
+            dead_gateway.to_owned(),
+            now_rfc3339(),
+            self.keys.user_gateways(""),
+        ];
         self.reap
             .evalsha_with_reload(&self.client, keys, args)
             .await
@@ -256,19 +291,26 @@ impl GatewayPresence {
 
     /// Leaves the cluster's presence on a clean stop.
     pub async fn leave(&self) -> Result<(), Error> {
-        let _: i64 = self.client.zrem(GATEWAYS, self.gateway_id.as_ref()).await?;
+        let _: i64 = self
+            .client
+            .zrem(self.keys.gateways(), self.gateway_id.as_ref())
+            .await?;
         Ok(())
     }
 }
 
 /// Which of `users` are online anywhere in the cluster (one pipelined round trip).
-pub async fn online(client: &Client, users: &[String]) -> Result<Vec<bool>, Error> {
+pub async fn online(
+    client: &Client,
+    keys: PresenceKeys,
+    users: &[String],
+) -> Result<Vec<bool>, Error> {
     if users.is_empty() {
         return Ok(Vec::new());
     }
     let pipeline = client.pipeline();
     for user in users {
-        let _: () = pipeline.exists(user_gateways(user)).await?;
+        let _: () = pipeline.exists(keys.user_gateways(user)).await?;
     }
     let counts: Vec<i64> = pipeline.all().await?;
     Ok(counts.into_iter().map(|n| n > 0).collect())

@@ -26,7 +26,7 @@ impl Backend {
 
 /// Runs each named `async fn name(backend: Backend)` once per backend, as the
 /// tests `cluster::name` and `embedded::name`. (For tests that take a started
-/// cluster instead, see [`on_both_backends!`](crate::on_both_backends).)
+/// cluster instead, see [`on_every_backend!`](crate::on_every_backend).)
 #[macro_export]
 macro_rules! for_each_backend {
     ($($test:ident),* $(,)?) => {

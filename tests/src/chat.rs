@@ -374,13 +374,14 @@ pub async fn run_with_cluster(
 }
 
 /// Runs each named test once per backend, as `cluster::name` (Redis, Postgres,
-/// two gateways and a worker) and `embedded::name` (one process whose single
-/// gateway answers for both gateway indexes). Each entry is `name: setup`, where
-/// `setup` may configure the builder further (`|b| b` for nothing); the test is
-/// an `async fn name(cluster: &Cluster) -> anyhow::Result<()>` run through
-/// [`run_with_cluster`].
+/// two gateways and a worker), `redis_cluster::name` (the same on a six-node
+/// Redis Cluster: sharded keys and pub/sub) and `embedded::name` (one process
+/// whose single gateway answers for both gateway indexes). Each entry is
+/// `name: setup`, where `setup` may configure the builder further (`|b| b` for
+/// nothing); the test is an `async fn name(cluster: &Cluster) ->
+/// anyhow::Result<()>` run through [`run_with_cluster`].
 #[macro_export]
-macro_rules! on_both_backends {
+macro_rules! on_every_backend {
     ($($test:ident: $setup:expr),* $(,)?) => {
         mod cluster {
             $(
@@ -388,6 +389,18 @@ macro_rules! on_both_backends {
                 async fn $test() {
                     let setup: fn($crate::ClusterBuilder) -> $crate::ClusterBuilder = $setup;
                     let builder = $crate::Cluster::builder($crate::binaries!()).gateways(2);
+                    $crate::chat::run_with_cluster(setup(builder), super::$test).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let setup: fn($crate::ClusterBuilder) -> $crate::ClusterBuilder = $setup;
+                    let builder = $crate::Cluster::builder($crate::binaries!())
+                        .gateways(2)
+                        .on_redis_cluster();
                     $crate::chat::run_with_cluster(setup(builder), super::$test).await
                 }
             )*

@@ -23,6 +23,7 @@ use crate::notif::NotifFake;
 use crate::postgres::PostgresServer;
 use crate::process::{Gateway, Worker};
 use crate::redis::RedisServer;
+use crate::redis_cluster::RedisCluster;
 use crate::ws::{ConnectError, WsClient};
 
 /// Paths of the product binaries; build it with [`binaries!`](crate::binaries).
@@ -39,6 +40,7 @@ pub struct ClusterBuilder {
     gateways: usize,
     workers: Option<usize>,
     embedded: bool,
+    on_redis_cluster: bool,
     env: Vec<(String, String)>,
     removed: Vec<String>,
 }
@@ -74,27 +76,46 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs on a six-node Redis Cluster ([`RedisCluster`], `redis-cluster://`
+    /// in `REDIS_URL`) instead of one `redis-server`.
+    pub fn on_redis_cluster(mut self) -> Self {
+        self.on_redis_cluster = true;
+        self
+    }
+
     pub async fn start(self) -> Result<Cluster> {
         let dir = tempfile::Builder::new()
             .prefix("chatter-e2e-")
             .tempdir()
             .context("creating the cluster dir")?;
-        let (redis, postgres, notif) = if self.embedded {
-            (None, None, NotifFake::start().await?)
+        let (redis, redis_cluster, postgres, notif) = if self.embedded {
+            (None, None, None, NotifFake::start().await?)
+        } else if self.on_redis_cluster {
+            let (redis_cluster, postgres, notif) = tokio::try_join!(
+                RedisCluster::start(),
+                PostgresServer::start(),
+                NotifFake::start()
+            )?;
+            (None, Some(redis_cluster), Some(postgres), notif)
         } else {
             let (redis, postgres, notif) = tokio::try_join!(
                 RedisServer::start(),
                 PostgresServer::start(),
                 NotifFake::start()
             )?;
-            (Some(redis), Some(postgres), notif)
+            (Some(redis), None, Some(postgres), notif)
         };
 
         let secret = || uuid::Uuid::new_v4().simple().to_string();
         let (jwt_secret, service_secret, notif_auth) = (secret(), secret(), secret());
         let mut env: Vec<(String, String)> = Vec::new();
-        if let (Some(redis), Some(postgres)) = (&redis, &postgres) {
-            env.push(("REDIS_URL".into(), redis.url()));
+        let redis_url = match (&redis, &redis_cluster) {
+            (Some(redis), _) => Some(redis.url()),
+            (_, Some(redis_cluster)) => Some(redis_cluster.url()),
+            _ => None,
+        };
+        if let (Some(redis_url), Some(postgres)) = (redis_url, &postgres) {
+            env.push(("REDIS_URL".into(), redis_url));
             env.push(("DATABASE_URL".into(), postgres.url()));
         }
         let defaults = [
@@ -134,6 +155,7 @@ impl ClusterBuilder {
             workers: Vec::new(),
             notif,
             redis,
+            redis_cluster,
             postgres,
             binaries: self.binaries,
             env,
@@ -179,6 +201,7 @@ pub struct Cluster {
     workers: Vec<Worker>,
     notif: NotifFake,
     redis: Option<RedisServer>,
+    redis_cluster: Option<RedisCluster>,
     postgres: Option<PostgresServer>,
     binaries: Binaries,
     env: Vec<(String, String)>,
@@ -198,6 +221,7 @@ impl Cluster {
             gateways: 1,
             workers: None,
             embedded: false,
+            on_redis_cluster: false,
             env: Vec::new(),
             removed: Vec::new(),
         }
@@ -341,6 +365,19 @@ impl Cluster {
         self.redis
             .as_mut()
             .expect("this cluster runs in embedded mode: no Redis")
+    }
+
+    /// Panics unless built [`ClusterBuilder::on_redis_cluster`].
+    pub fn redis_cluster(&self) -> &RedisCluster {
+        self.redis_cluster
+            .as_ref()
+            .expect("this cluster runs on one redis-server")
+    }
+
+    pub fn redis_cluster_mut(&mut self) -> &mut RedisCluster {
+        self.redis_cluster
+            .as_mut()
+            .expect("this cluster runs on one redis-server")
     }
 
     /// Panics in embedded mode (there is no Postgres).

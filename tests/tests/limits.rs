@@ -23,7 +23,7 @@ use std::collections::{BinaryHeap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
-chatter_tests::on_both_backends!(
+chatter_tests::on_every_backend!(
     a_flush_of_300_is_slowed_down_and_all_confirmed_on_one_socket: |b| b,
     a_client_that_ignores_retry_after_is_closed_with_4013: |b| b
         .env("FRAMES_PER_SEC", "5")

@@ -1059,7 +1059,7 @@ async fn kick_latency_across_gateways() {
     .await
 }
 
-chatter_tests::on_both_backends! {
+chatter_tests::on_every_backend! {
     admin_routes_need_the_admin_role: |b| b,
     the_audit_log_pages_newest_first: |b| b,
     a_kick_on_one_gateway_closes_sockets_on_the_other_within_a_second: |b| b,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// How long a test listens to show that something does not arrive.
 const SILENCE: Duration = Duration::from_millis(700);
 
-chatter_tests::on_both_backends!(
+chatter_tests::on_every_backend!(
     membership_changes_reach_open_sockets_on_both_gateways: |b| b,
     deleting_a_room_tells_every_member_and_refuses_what_follows: |b| b,
     direct_rooms_are_one_per_pair_and_read_as_a_conversation: |b| b,

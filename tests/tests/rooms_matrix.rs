@@ -17,7 +17,7 @@ use chatter_tests::{Auth, Cluster, WsClient};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-chatter_tests::on_both_backends!(
+chatter_tests::on_every_backend!(
     authorization_matrix: |b| b,
     bad_input_table: |b| b.env("MAX_ROOM_MEMBERS", "5"),
 );

@@ -24,7 +24,7 @@ use tokio::net::{TcpSocket, TcpStream};
 const ISSUER: &str = "https://id.chatter.test";
 const AUDIENCE: &str = "chatter-e2e";
 
-chatter_tests::on_both_backends!(
+chatter_tests::on_every_backend!(
     forged_expired_and_misaddressed_tokens_are_refused:
         |b| b.env("JWT_ISSUER", super::ISSUER).env("JWT_AUDIENCE", super::AUDIENCE),
     a_ticket_works_once_on_any_gateway_and_not_after_it_expires:

@@ -40,7 +40,7 @@ pub struct Stored {
 #[derive(Clone)]
 pub enum Presence {
     /// Cluster-wide presence in Redis.
-    Redis(fred::clients::Client),
+    Redis(fred::clients::Client, chatter_shared::presence::PresenceKeys),
     /// The embedded mode's in-process view.
     Local(std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>),
 }
@@ -50,7 +50,7 @@ impl Presence {
     /// offline: a notification too many beats one missed.
     async fn online(&self, users: &[String]) -> Vec<bool> {
         match self {
-            Presence::Redis(client) => chatter_shared::presence::online(client, users)
+            Presence::Redis(client, keys) => chatter_shared::presence::online(client, *keys, users)
                 .await
                 .unwrap_or_else(|error| {
                     tracing::warn!(%error, "cannot read presence; notifying everyone");

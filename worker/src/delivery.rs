@@ -11,9 +11,12 @@
 //! least once: the receiver deduplicates by the id each call carries.
 //!
 //! At most `concurrency` entries are in flight per worker: reads ask for as many
-//! entries as there are free slots, so nothing queues in memory.
+//! entries as there are free slots, so little queues in memory. On Redis
+//! Cluster a plan has one stream per shard (`keyspace.rs`), polled together
+//! (`streams.rs`).
 
 use crate::batch::{RETRY_MIN, sleep_or_cancel};
+use crate::streams::{self, GroupStreams};
 use chatter_shared::telemetry::metric;
 use fred::prelude::*;
 use fred::types::scripts::Script;
@@ -50,9 +53,11 @@ pub trait Attempt: Send + Sync + 'static {
     fn dead_letter(&self, fields: &HashMap<String, String>) -> Vec<(String, String)>;
 }
 
-/// Which stream, for whom, and how hard to try.
+/// Which streams, for whom, and how hard to try.
 pub struct Plan {
-    pub stream: &'static str,
+    /// One on a single Redis; one per shard (and the gateways' own, for the
+    /// events) on Redis Cluster.
+    pub streams: Vec<String>,
     pub group: &'static str,
     pub dead_letter: &'static str,
     pub dead_letter_max_len: u64,
@@ -75,17 +80,6 @@ struct Shared<A> {
     ack: Script,
 }
 
-/// Creates the consumer group (and the stream) if missing.
-pub async fn ensure_group(redis: &Client, stream: &str, group: &str) -> anyhow::Result<()> {
-    let created: Result<(), Error> = redis.xgroup_create(stream, group, "0", true).await;
-    match created {
-        Err(error) if !error.details().contains("BUSYGROUP") => Err(anyhow::anyhow!(
-            "cannot create the consumer group {group} of {stream}: {error}"
-        )),
-        _ => Ok(()),
-    }
-}
-
 /// Reads and delivers until `shutdown`, then waits (bounded) for in-flight
 /// deliveries. `reader` is a connection of its own for the blocking reads.
 pub async fn run<A: Attempt>(
@@ -106,6 +100,12 @@ pub async fn run<A: Attempt>(
     let tracker = TaskTracker::new();
     let mut next_claim = Instant::now();
     let mut backoff = RETRY_MIN;
+    let mut streams = GroupStreams::new(
+        plan.streams.clone(),
+        plan.group,
+        plan.consumer.clone(),
+        plan.block_ms,
+    );
     while !shutdown.is_cancelled() {
         if slots.available_permits() == 0 {
             tokio::select! {
@@ -117,68 +117,61 @@ pub async fn run<A: Attempt>(
         let free = slots.available_permits() as u64;
         let entries = if Instant::now() >= next_claim {
             next_claim = Instant::now() + plan.claim_every;
-            reclaim(&shared, free).await
-        } else {
-            match read(&shared, &reader, free).await {
-                Ok(entries) => {
-                    backoff = RETRY_MIN;
-                    entries
-                }
-                Err(error) => {
-                    metrics::counter!(metric::REDIS_ERRORS).increment(1);
-                    if error.details().contains("NOGROUP") {
-                        let _ = ensure_group(&shared.redis, plan.stream, plan.group).await;
-                    }
-                    tracing::warn!(%error, stream = plan.stream, "cannot read; retrying");
-                    sleep_or_cancel(&mut backoff, &shutdown).await;
-                    continue;
-                }
+            let mut claimed = Vec::new();
+            for index in 0..plan.streams.len() {
+                claimed.push((index, reclaim(&shared, index, free).await));
             }
+            claimed
+        } else {
+            // Free slots shared over the streams, at least one each.
+            let count = free.div_ceil(plan.streams.len().max(1) as u64);
+            let round = streams
+                .read::<String, String>(&reader, &shared.redis, count, &shutdown)
+                .await;
+            for (index, error) in &round.failed {
+                let stream = &plan.streams[*index];
+                metrics::counter!(metric::REDIS_ERRORS).increment(1);
+                if error.details().contains("NOGROUP") {
+                    let _ = streams::ensure_group(&shared.redis, std::slice::from_ref(stream), plan.group).await;
+                }
+                tracing::warn!(%error, %stream, "cannot read; retrying");
+            }
+            if round.failed.is_empty() {
+                backoff = RETRY_MIN;
+            } else if round.entries.is_empty() {
+                sleep_or_cancel(&mut backoff, &shutdown).await;
+                continue;
+            }
+            round.entries
         };
-        for (id, fields) in entries {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                break;
-            };
-            let (shared, shutdown) = (shared.clone(), shutdown.clone());
-            tracker.spawn(async move {
-                deliver(&shared, id, fields, &shutdown).await;
-                drop(permit);
-            });
+        for (index, entries) in entries {
+            for (id, fields) in entries {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let (shared, shutdown) = (shared.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    deliver(&shared, index, id, fields, &shutdown).await;
+                    drop(permit);
+                });
+            }
         }
     }
     tracker.close();
     let _ = tokio::time::timeout(FINISH_GRACE, tracker.wait()).await;
 }
 
-type Entries = Vec<(String, HashMap<String, String>)>;
+type Entries = streams::Entries<String, String>;
 
-async fn read<A>(shared: &Shared<A>, reader: &Client, count: u64) -> Result<Entries, Error> {
+/// Entries of stream `index` another worker (or this one, before a restart)
+/// left pending too long.
+async fn reclaim<A>(shared: &Shared<A>, index: usize, count: u64) -> Entries {
     let plan = &shared.plan;
-    let reply: Value = reader
-        .xreadgroup(
-            plan.group,
-            plan.consumer.as_str(),
-            Some(count),
-            Some(plan.block_ms),
-            false,
-            plan.stream,
-            ">",
-        )
-        .await?;
-    if reply.is_null() {
-        return Ok(Vec::new());
-    }
-    let mut streams = reply.into_xread_response::<String, String, String, String>()?;
-    Ok(streams.remove(plan.stream).unwrap_or_default())
-}
-
-/// Entries another worker (or this one, before a restart) left pending too long.
-async fn reclaim<A>(shared: &Shared<A>, count: u64) -> Entries {
-    let plan = &shared.plan;
+    let stream = plan.streams[index].as_str();
     let claimed: Result<(String, Entries), Error> = shared
         .redis
         .xautoclaim_values(
-            plan.stream,
+            stream,
             plan.group,
             plan.consumer.as_str(),
             plan.claim_idle.as_millis() as u64,
@@ -192,7 +185,7 @@ async fn reclaim<A>(shared: &Shared<A>, count: u64) -> Entries {
             if !entries.is_empty() {
                 tracing::info!(
                     count = entries.len(),
-                    stream = plan.stream,
+                    stream,
                     "reclaimed pending deliveries of a dead consumer"
                 );
             }
@@ -200,7 +193,7 @@ async fn reclaim<A>(shared: &Shared<A>, count: u64) -> Entries {
         }
         Err(error) => {
             metrics::counter!(metric::REDIS_ERRORS).increment(1);
-            tracing::warn!(%error, stream = plan.stream, "cannot reclaim pending deliveries");
+            tracing::warn!(%error, stream, "cannot reclaim pending deliveries");
             Vec::new()
         }
     }
@@ -211,11 +204,13 @@ async fn reclaim<A>(shared: &Shared<A>, count: u64) -> Entries {
 /// when shutdown interrupts the retries or Redis refuses the dead letter.
 async fn deliver<A: Attempt>(
     shared: &Shared<A>,
+    index: usize,
     id: String,
     fields: HashMap<String, String>,
     shutdown: &CancellationToken,
 ) {
     let plan = &shared.plan;
+    let stream = plan.streams[index].as_str();
     let mut wait = plan.backoff;
     let mut problem = String::new();
     for attempt in 1..=plan.retries.saturating_add(1) {
@@ -229,11 +224,11 @@ async fn deliver<A: Attempt>(
         match shared.target.attempt(&fields, attempt).await {
             Ok(()) => {
                 metrics::counter!(plan.metric, "outcome" => "sent").increment(1);
-                acknowledge(shared, &id).await;
+                acknowledge(shared, stream, &id).await;
                 return;
             }
             Err(error) => {
-                tracing::debug!(attempt, %error, stream = plan.stream, "delivery attempt failed");
+                tracing::debug!(attempt, %error, stream, "delivery attempt failed");
                 problem = error;
             }
         }
@@ -258,8 +253,8 @@ async fn deliver<A: Attempt>(
     match added {
         Ok(_) => {
             metrics::counter!(plan.metric, "outcome" => "dead_lettered").increment(1);
-            tracing::warn!(%problem, stream = plan.stream, "delivery dead-lettered");
-            acknowledge(shared, &id).await;
+            tracing::warn!(%problem, stream, "delivery dead-lettered");
+            acknowledge(shared, stream, &id).await;
         }
         Err(error) => {
             metrics::counter!(metric::REDIS_ERRORS).increment(1);
@@ -268,15 +263,15 @@ async fn deliver<A: Attempt>(
     }
 }
 
-async fn acknowledge<A>(shared: &Shared<A>, id: &str) {
+async fn acknowledge<A>(shared: &Shared<A>, stream: &str, id: &str) {
     let plan = &shared.plan;
     let acked: Result<i64, Error> = shared
         .ack
-        .evalsha_with_reload(&shared.redis, vec![plan.stream], vec![plan.group, id])
+        .evalsha_with_reload(&shared.redis, vec![stream], vec![plan.group, id])
         .await;
     if let Err(error) = acked {
         // Left pending: another delivery after the claim timeout (at least once).
         metrics::counter!(metric::REDIS_ERRORS).increment(1);
-        tracing::warn!(%error, stream = plan.stream, "cannot acknowledge a delivery");
+        tracing::warn!(%error, stream, "cannot acknowledge a delivery");
     }
 }

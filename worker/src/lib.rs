@@ -18,6 +18,7 @@ pub mod embedded;
 pub mod notify;
 pub mod outbox;
 pub mod persist;
+pub mod streams;
 pub mod webhook;
 
 use anyhow::Context;
@@ -74,7 +75,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         store: store.clone(),
         notifier,
         dead_letters,
-        presence: batch::Presence::Redis(redis.clone()),
+        presence: batch::Presence::Redis(
+            redis.clone(),
+            chatter_shared::presence::PresenceKeys::new(config.keyspace()),
+        ),
         events: chatter_shared::events::Events::redis(&config, redis.clone()),
     };
     let persister = persist::Persister::new(&config, batches, redis.clone(), reader).await?;
@@ -106,7 +110,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         },
         probes_stop.clone(),
     ));
-    tokio::spawn(sample_backlog(redis, probes_stop.clone()));
+    tokio::spawn(sample_backlog(
+        redis,
+        config.keyspace(),
+        probes_stop.clone(),
+    ));
     tokio::spawn(chatter_shared::telemetry::keep_metrics(probes_stop.clone()));
     tracing::info!(consumer = %persister.consumer(), %http_addr, "worker ready");
     tokio::spawn({
@@ -145,14 +153,15 @@ async fn start_deliveries(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     use chatter_shared::keyspace::*;
     let mut tasks = Vec::new();
+    let shards = config.keyspace().shards();
     let claim_idle = |budget: Duration| {
         // Longer than a delivery can take, or a live worker's entries would be
         // taken from it while it still tries them.
         Duration::from_millis(config.worker_claim_idle_ms).max(budget + Duration::from_secs(2))
     };
-    let plan = |stream, group, dead_letter, metric, concurrency, retries, backoff, budget| {
+    let plan = |streams, group, dead_letter, metric, concurrency, retries, backoff, budget| {
         delivery::Plan {
-            stream,
+            streams,
             group,
             dead_letter,
             dead_letter_max_len: config.dead_letter_max_len,
@@ -167,9 +176,10 @@ async fn start_deliveries(
         }
     };
     if let Some(target) = notify::NotifTarget::from_config(config)? {
-        delivery::ensure_group(redis, NOTIFY_OUTBOX, NOTIFY_GROUP).await?;
+        let outboxes: Vec<String> = shards.iter().map(|shard| shard.notify_outbox()).collect();
+        streams::ensure_group(redis, &outboxes, NOTIFY_GROUP).await?;
         let plan = plan(
-            NOTIFY_OUTBOX,
+            outboxes,
             NOTIFY_GROUP,
             NOTIFY_DEAD_LETTER,
             metric::NOTIFICATIONS,
@@ -191,15 +201,21 @@ async fn start_deliveries(
         if config.notification_coalesce_secs > 0 {
             tasks.push(tokio::spawn(outbox::flush_due(
                 redis.clone(),
+                config.keyspace(),
                 config.notification_coalesce_secs,
                 stop.clone(),
             )));
         }
     }
     if let Some(target) = webhook::WebhookTarget::from_config(config)? {
-        delivery::ensure_group(redis, EVENTS_STREAM, EVENTS_GROUP).await?;
+        // The gateways' own events, and the shards' `message.created` (one
+        // stream on a single Redis).
+        let mut events = vec![EVENTS_STREAM.to_owned()];
+        events.extend(shards.iter().map(|shard| shard.events()));
+        events.dedup();
+        streams::ensure_group(redis, &events, EVENTS_GROUP).await?;
         let plan = plan(
-            EVENTS_STREAM,
+            events,
             EVENTS_GROUP,
             WEBHOOK_DEAD_LETTER,
             metric::WEBHOOKS,
@@ -290,31 +306,45 @@ impl Probes {
 
 /// Samples the ingest backlog: the stream holds exactly the entries not yet
 /// stored (stored ones are deleted), and XPENDING counts those read but not
-/// acknowledged. Every worker samples; the values are cluster-wide.
-async fn sample_backlog(redis: fred::clients::Client, stop: CancellationToken) {
-    use chatter_shared::keyspace::{INGEST_GROUP, INGEST_STREAM, NOTIFY_OUTBOX};
+/// acknowledged. Every worker samples; the values are cluster-wide, summed
+/// over the shards.
+async fn sample_backlog(
+    redis: fred::clients::Client,
+    keyspace: chatter_shared::keyspace::Keyspace,
+    stop: CancellationToken,
+) {
+    use chatter_shared::keyspace::{INGEST_GROUP, Shard};
     use fred::prelude::*;
+    async fn sample(redis: &Client, shard: Shard) -> Result<(u64, u64, u64), Error> {
+        let length: u64 = redis.xlen(shard.ingest()).await?;
+        let pending: Value = redis.xpending(shard.ingest(), INGEST_GROUP, ()).await?;
+        // The summary form: [count, first id, last id, consumers].
+        let pending = match pending {
+            Value::Array(fields) => fields.first().and_then(Value::as_u64).unwrap_or(0),
+            _ => 0,
+        };
+        let outbox: u64 = redis.xlen(shard.notify_outbox()).await?;
+        Ok((length, pending, outbox))
+    }
+    let shards = keyspace.shards();
     loop {
-        let length: Result<u64, Error> = redis.xlen(INGEST_STREAM).await;
-        let pending: Result<Value, Error> = redis.xpending(INGEST_STREAM, INGEST_GROUP, ()).await;
-        match (length, pending) {
-            (Ok(length), Ok(pending)) => {
+        let samples = shards.iter().map(|&shard| sample(&redis, shard));
+        let sums = futures::future::join_all(samples)
+            .await
+            .into_iter()
+            .try_fold((0, 0, 0), |sum, sample| {
+                sample.map(|(l, p, o)| (sum.0 + l, sum.1 + p, sum.2 + o))
+            });
+        match sums {
+            Ok((length, pending, outbox)) => {
                 metrics::gauge!(metric::INGEST_BACKLOG).set(length as f64);
-                // The summary form: [count, first id, last id, consumers].
-                let count = match pending {
-                    Value::Array(fields) => fields.first().and_then(Value::as_u64).unwrap_or(0),
-                    _ => 0,
-                };
-                metrics::gauge!(metric::INGEST_PENDING).set(count as f64);
+                metrics::gauge!(metric::INGEST_PENDING).set(pending as f64);
+                metrics::gauge!(metric::NOTIFY_OUTBOX_BACKLOG).set(outbox as f64);
             }
-            (Err(error), _) | (_, Err(error)) => {
+            Err(error) => {
                 metrics::counter!(metric::REDIS_ERRORS).increment(1);
                 tracing::debug!(%error, "cannot sample the ingest backlog");
             }
-        }
-        let outbox: Result<u64, Error> = redis.xlen(NOTIFY_OUTBOX).await;
-        if let Ok(outbox) = outbox {
-            metrics::gauge!(metric::NOTIFY_OUTBOX_BACKLOG).set(outbox as f64);
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -25,9 +25,7 @@
 
 use crate::notify::Pending;
 use chatter_shared::events::Event;
-use chatter_shared::keyspace::{
-    self, EVENTS_STREAM, INGEST_GROUP, INGEST_STREAM, NOTIFY_DUE, NOTIFY_OUTBOX,
-};
+use chatter_shared::keyspace::{INGEST_GROUP, Keyspace, Shard};
 use chatter_shared::telemetry::metric;
 use fred::prelude::*;
 use fred::types::scripts::Script;
@@ -132,18 +130,21 @@ impl Outbox {
     }
 
     /// Writes `followups` and acknowledges (`XDEL`, `XACK`) the ingest entries
-    /// `ids`, atomically, in one round trip.
+    /// `ids` of `shard`, atomically, in one round trip. The batch's rooms are
+    /// all of `shard`, so its outbox, events and coalescing keys are the
+    /// shard's: one slot on Redis Cluster.
     pub async fn commit(
         &self,
         redis: &Client,
+        shard: Shard,
         ids: &[String],
         followups: &Followups,
     ) -> Result<(), Error> {
         let mut keys = vec![
-            INGEST_STREAM.to_owned(),
-            keyspace::NOTIFY_OUTBOX.to_owned(),
-            NOTIFY_DUE.to_owned(),
-            EVENTS_STREAM.to_owned(),
+            shard.ingest(),
+            shard.notify_outbox(),
+            shard.notify_due(),
+            shard.events(),
         ];
         let mut args: Vec<Value> = vec![
             INGEST_GROUP.into(),
@@ -164,8 +165,8 @@ impl Outbox {
             }
         } else {
             for (count, first, last) in by_recipient(&followups.notifications) {
-                keys.push(keyspace::notify_window(first.room_id, &first.recipient));
-                keys.push(keyspace::notify_held(first.room_id, &first.recipient));
+                keys.push(shard.notify_window(first.room_id, &first.recipient));
+                keys.push(shard.notify_held(first.room_id, &first.recipient));
                 args.extend([(count as i64).into(), json(first).into(), json(last).into()]);
             }
         }
@@ -195,28 +196,37 @@ fn by_recipient(notifications: &[Pending]) -> Vec<(usize, &Pending, &Pending)> {
 }
 
 /// Turns ended coalescing windows into notifications, until `shutdown`. Every
-/// worker runs it; the script makes each window's flush happen once.
-pub async fn flush_due(redis: Client, coalesce_secs: u64, shutdown: CancellationToken) {
+/// worker runs it, over every shard; the script makes each window's flush
+/// happen once.
+pub async fn flush_due(
+    redis: Client,
+    keyspace: Keyspace,
+    coalesce_secs: u64,
+    shutdown: CancellationToken,
+) {
     let coalesce_ms = coalesce_secs.saturating_mul(1000);
     // A quarter of the window, at most a second: a summary is late by that much.
     let every = Duration::from_millis((coalesce_ms / 4).clamp(50, 1000));
     let script = Script::from_lua(FLUSH_LUA);
+    let shards = keyspace.shards();
     loop {
-        let flushed: Result<i64, Error> = script
-            .evalsha_with_reload(
+        let flushes = shards.iter().map(|shard| {
+            script.evalsha_with_reload::<i64, _, _>(
                 &redis,
-                vec![NOTIFY_DUE, NOTIFY_OUTBOX],
+                vec![shard.notify_due(), shard.notify_outbox()],
                 vec![coalesce_ms as i64, FLUSH_LIMIT as i64],
             )
-            .await;
-        let again_at_once = match flushed {
-            Ok(n) => n as u64 >= FLUSH_LIMIT,
-            Err(error) => {
-                metrics::counter!(metric::REDIS_ERRORS).increment(1);
-                tracing::warn!(%error, "cannot flush coalesced notifications");
-                false
+        });
+        let mut again_at_once = false;
+        for flushed in futures::future::join_all(flushes).await {
+            match flushed {
+                Ok(n) => again_at_once |= n as u64 >= FLUSH_LIMIT,
+                Err(error) => {
+                    metrics::counter!(metric::REDIS_ERRORS).increment(1);
+                    tracing::warn!(%error, "cannot flush coalesced notifications");
+                }
             }
-        };
+        }
         if again_at_once {
             continue;
         }

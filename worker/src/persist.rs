@@ -1,10 +1,19 @@
 //! Reading the ingest stream and writing it to Postgres.
+//!
+//! On Redis Cluster there is one ingest stream per shard (`keyspace.rs`):
+//! every worker reads every shard through the one consumer group (polled, see
+//! `streams.rs`), so adding a worker adds a consumer on every shard without
+//! touching the others, and a dead worker's pending entries are reclaimed shard
+//! by shard. Leasing shards to workers was not chosen: it would need a lease
+//! protocol and a rebalance on every scale-up, where the group already spreads
+//! entries over whoever reads.
 
 use crate::batch::{Batches, RETRY_MIN, sleep_or_cancel};
 use crate::outbox::Outbox;
 use chatter_shared::config::Config;
 use chatter_shared::ingest::IngestEntry;
-use chatter_shared::keyspace::{INGEST_GROUP, INGEST_STREAM};
+use crate::streams::{self, GroupStreams};
+use chatter_shared::keyspace::{INGEST_GROUP, Shard};
 use chatter_shared::telemetry::metric;
 use fred::bytes::Bytes;
 use fred::prelude::*;
@@ -26,6 +35,8 @@ pub struct Persister {
     outbox: Outbox,
     redis: Client,
     reader: Client,
+    /// Every shard of the keyspace (one on a single Redis).
+    shards: Vec<Shard>,
     consumer: String,
     batch_size: u64,
     block_ms: u64,
@@ -41,15 +52,9 @@ impl Persister {
         redis: Client,
         reader: Client,
     ) -> anyhow::Result<Persister> {
-        // "0": a group created after gateways already appended still reads it all.
-        let created: Result<(), Error> = redis
-            .xgroup_create(INGEST_STREAM, INGEST_GROUP, "0", true)
-            .await;
-        if let Err(error) = created
-            && !error.details().contains("BUSYGROUP")
-        {
-            return Err(anyhow::anyhow!("cannot create the consumer group: {error}"));
-        }
+        let shards = config.keyspace().shards();
+        let streams: Vec<String> = shards.iter().map(|shard| shard.ingest()).collect();
+        streams::ensure_group(&redis, &streams, INGEST_GROUP).await?;
         let consumer = config.worker_name.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
             format!(
@@ -64,6 +69,7 @@ impl Persister {
             outbox,
             redis,
             reader,
+            shards,
             consumer,
             batch_size: config.worker_batch_size as u64,
             block_ms: config.worker_block_ms,
@@ -110,52 +116,43 @@ impl Persister {
     ) {
         let mut next_claim = Instant::now();
         let mut backoff = RETRY_MIN;
+        let mut streams = GroupStreams::new(
+            self.shards.iter().map(|shard| shard.ingest()).collect(),
+            INGEST_GROUP,
+            self.consumer.clone(),
+            self.block_ms,
+        );
         while !shutdown.is_cancelled() {
             if Instant::now() >= next_claim {
-                if !self.reclaim(&to_store, shutdown, give_up).await {
-                    return;
+                for &shard in &self.shards {
+                    if !self.reclaim(shard, &to_store, shutdown, give_up).await {
+                        return;
+                    }
                 }
                 next_claim = Instant::now() + self.claim_every;
             }
-            let read: Result<Value, Error> = self
-                .reader
-                .xreadgroup(
-                    INGEST_GROUP,
-                    self.consumer.as_str(),
-                    Some(self.batch_size),
-                    Some(self.block_ms),
-                    false,
-                    INGEST_STREAM,
-                    ">",
-                )
+            let round = streams
+                .read::<Key, Bytes>(&self.reader, &self.redis, self.batch_size, shutdown)
                 .await;
-            match read {
-                Ok(Value::Null) => backoff = RETRY_MIN, // BLOCK timed out: nothing new
-                Ok(reply) => {
-                    backoff = RETRY_MIN;
-                    match reply.into_xread_response::<String, String, Key, Bytes>() {
-                        Ok(mut streams) => {
-                            let entries = streams.remove(INGEST_STREAM).unwrap_or_default();
-                            if !self.hand_on(entries, false, &to_store).await {
-                                return;
-                            }
-                        }
-                        Err(error) => tracing::error!(%error, "unreadable XREADGROUP reply"),
-                    }
-                }
-                Err(error) => {
-                    metrics::counter!(metric::REDIS_ERRORS).increment(1);
-                    if error.details().contains("NOGROUP") {
-                        // Redis lost its data (restart without persistence): recreate.
-                        let _: Result<(), Error> = self
-                            .redis
-                            .xgroup_create(INGEST_STREAM, INGEST_GROUP, "0", true)
-                            .await;
-                    }
-                    tracing::warn!(%error, "cannot read the ingest stream; retrying");
-                    sleep_or_cancel(&mut backoff, shutdown).await;
+            for (index, entries) in round.entries {
+                if !self.hand_on(self.shards[index], entries, false, &to_store).await {
+                    return;
                 }
             }
+            if round.failed.is_empty() {
+                backoff = RETRY_MIN;
+                continue;
+            }
+            for (index, error) in &round.failed {
+                metrics::counter!(metric::REDIS_ERRORS).increment(1);
+                if error.details().contains("NOGROUP") {
+                    // Redis lost its data (restart without persistence): recreate.
+                    let stream = std::slice::from_ref(&streams.streams[*index]);
+                    let _ = streams::ensure_group(&self.redis, stream, INGEST_GROUP).await;
+                }
+                tracing::warn!(%error, stream = %streams.streams[*index], "cannot read the ingest stream; retrying");
+            }
+            sleep_or_cancel(&mut backoff, shutdown).await;
         }
     }
 
@@ -163,6 +160,7 @@ impl Persister {
     /// False if the next stage is gone.
     async fn reclaim(
         &self,
+        shard: Shard,
         to_store: &mpsc::Sender<Read>,
         shutdown: &CancellationToken,
         give_up: &CancellationToken,
@@ -172,7 +170,7 @@ impl Persister {
             let claimed: Result<(String, Vec<(String, Fields)>), Error> = self
                 .redis
                 .xautoclaim_values(
-                    INGEST_STREAM,
+                    shard.ingest(),
                     INGEST_GROUP,
                     self.consumer.as_str(),
                     self.claim_idle_ms,
@@ -188,7 +186,7 @@ impl Persister {
                             count = entries.len(),
                             "reclaimed pending entries of a dead consumer"
                         );
-                        if !self.hand_on(entries, true, to_store).await {
+                        if !self.hand_on(shard, entries, true, to_store).await {
                             return false;
                         }
                     }
@@ -212,6 +210,7 @@ impl Persister {
     /// False if the next stage is gone.
     async fn hand_on(
         &self,
+        shard: Shard,
         entries: Vec<(String, Fields)>,
         reclaimed: bool,
         to_store: &mpsc::Sender<Read>,
@@ -238,6 +237,7 @@ impl Persister {
             ids.push(stream_id);
         }
         let read = Read {
+            shard,
             ids,
             batch,
             reclaimed,
@@ -289,7 +289,7 @@ impl Persister {
                 &stored.inserted
             };
             let followups = self.batches.followups(&read.batch, notify).await;
-            self.commit(&read.ids, &followups, give_up).await;
+            self.commit(read.shard, &read.ids, &followups, give_up).await;
             tracing::debug!(
                 read = read.ids.len(),
                 stored = stored.inserted.len(),
@@ -303,6 +303,7 @@ impl Persister {
     /// XACK: the stream only holds what is not yet stored; see `outbox.rs`).
     async fn commit(
         &self,
+        shard: Shard,
         ids: &[String],
         followups: &crate::outbox::Followups,
         give_up: &CancellationToken,
@@ -313,7 +314,7 @@ impl Persister {
             // a pending id whose entry is gone is dropped by the next XAUTOCLAIM,
             // where the other order would leave an acknowledged entry in the
             // stream that nothing ever deletes.
-            match self.outbox.commit(&self.redis, ids, followups).await {
+            match self.outbox.commit(&self.redis, shard, ids, followups).await {
                 Ok(()) => return,
                 Err(error) => {
                     metrics::counter!(metric::REDIS_ERRORS).increment(1);
@@ -333,6 +334,8 @@ impl Persister {
 /// its entries (dead-lettered ones included: they are acknowledged with it)
 /// and the entries to store.
 struct Read {
+    /// The shard whose stream it came from: it is acknowledged there.
+    shard: Shard,
     ids: Vec<String>,
     batch: Vec<IngestEntry>,
     reclaimed: bool,

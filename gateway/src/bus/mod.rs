@@ -13,6 +13,7 @@ mod redis;
 pub use local::LocalBus;
 
 use chatter_shared::ingest::{AppendLimits, AppendOutcome, Ending, NewMessage, RecentLog};
+use chatter_shared::keyspace::Keyspace;
 use fred::prelude::{Client, Error};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +41,13 @@ pub enum Bus {
 
 impl Bus {
     /// The Redis bus; its appender's batching task stops with `stop`.
-    pub fn redis(client: Client, limits: AppendLimits, stop: CancellationToken) -> Bus {
-        Bus::Redis(redis::RedisBus::start(client, limits, stop))
+    pub fn redis(
+        client: Client,
+        keyspace: Keyspace,
+        limits: AppendLimits,
+        stop: CancellationToken,
+    ) -> Bus {
+        Bus::Redis(redis::RedisBus::start(client, keyspace, limits, stop))
     }
 
     /// Accepts a message; see `chatter_shared::ingest` for the Redis script.

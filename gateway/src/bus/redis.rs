@@ -7,7 +7,7 @@
 use chatter_shared::ingest::{
     AppendLimits, AppendOutcome, Appender, Ending, NewMessage, RecentLog, RecentScript,
 };
-use chatter_shared::keyspace;
+use chatter_shared::keyspace::{self, Keyspace};
 use chatter_shared::presence::GatewayPresence;
 use fred::prelude::*;
 use std::time::Duration;
@@ -19,6 +19,7 @@ use uuid::Uuid;
 #[derive(Clone)]
 pub struct RedisBus {
     client: Client,
+    keyspace: Keyspace,
     appender: Appender,
     recent: RecentScript,
     presence: GatewayPresence,
@@ -26,12 +27,18 @@ pub struct RedisBus {
 
 impl RedisBus {
     /// Starts the appender's batching task, which stops with `stop`.
-    pub fn start(client: Client, limits: AppendLimits, stop: CancellationToken) -> RedisBus {
+    pub fn start(
+        client: Client,
+        keyspace: Keyspace,
+        limits: AppendLimits,
+        stop: CancellationToken,
+    ) -> RedisBus {
         RedisBus {
-            appender: Appender::start(client.clone(), limits, stop),
-            presence: GatewayPresence::new(client.clone()),
+            appender: Appender::start(client.clone(), keyspace, limits, stop),
+            presence: GatewayPresence::new(client.clone(), keyspace),
             client,
-            recent: RecentScript::default(),
+            keyspace,
+            recent: RecentScript::new(keyspace),
         }
     }
 
@@ -46,7 +53,7 @@ impl RedisBus {
     pub async fn seed_room(&self, room_id: Uuid) -> Result<(), Error> {
         self.client
             .set(
-                keyspace::room_seq(room_id),
+                self.keyspace.room_seq(room_id),
                 0,
                 None,
                 Some(SetOptions::NX),
@@ -58,7 +65,7 @@ impl RedisBus {
     pub async fn end_room(&self, room_id: Uuid, ending: Ending) -> Result<(), Error> {
         self.client
             .set(
-                keyspace::room_ended(room_id),
+                self.keyspace.room_ended(room_id),
                 ending.as_str(),
                 None,
                 None,
@@ -67,8 +74,16 @@ impl RedisBus {
             .await
     }
 
+    /// On Redis Cluster, room and user channels are shard channels (see
+    /// `keyspace.rs`): `SPUBLISH` reaches only the node owning the slot.
     pub async fn publish(&self, channel: &str, frame: String) -> Result<(), Error> {
-        self.client.publish(channel, frame).await
+        let wire = self.keyspace.wire(channel);
+        let name = wire.name.into_owned();
+        if wire.sharded {
+            self.client.spublish(name, frame).await
+        } else {
+            self.client.publish(name, frame).await
+        }
     }
 
     pub async fn put_ticket(
@@ -104,7 +119,7 @@ impl RedisBus {
     }
 
     pub async fn latest_seq(&self, room_id: Uuid) -> Result<Option<i64>, Error> {
-        self.client.get(keyspace::room_seq(room_id)).await
+        self.client.get(self.keyspace.room_seq(room_id)).await
     }
 
     pub async fn rewrite_recent(

@@ -9,7 +9,9 @@
 use super::{Hub, membership};
 use crate::moderation::orders;
 use axum::extract::ws::Utf8Bytes;
-use chatter_shared::keyspace::{ROOM_CHANNEL_PREFIX, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX};
+use chatter_shared::keyspace::{
+    Keyspace, ROOM_CHANNEL_PREFIX, SUPPORT_AGENTS_CHANNEL, USER_CHANNEL_PREFIX,
+};
 use chatter_shared::presence::PRESENCE_CHANNEL;
 use chatter_shared::protocol::{
     MESSAGE_RECEIVED_HEAD, TYPING_HEAD, is_membership_event, peek_message_received,
@@ -90,7 +92,14 @@ impl Hub {
 }
 
 /// Reads published frames and hands them to local sockets.
-pub(super) async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: CancellationToken) {
+/// On Redis Cluster a channel's wire name carries its shard tag; the hub
+/// knows it by its gateway name (`keyspace.rs`).
+pub(super) async fn dispatch(
+    hub: Hub,
+    subscriber: SubscriberClient,
+    keyspace: Keyspace,
+    shutdown: CancellationToken,
+) {
     let mut messages = subscriber.message_rx();
     loop {
         let message = tokio::select! {
@@ -103,7 +112,7 @@ pub(super) async fn dispatch(hub: Hub, subscriber: SubscriberClient, shutdown: C
                     tracing::warn!(channel = %message.channel, "dropping a non-text pub/sub payload");
                     continue;
                 };
-                hub.route(&message.channel, frame);
+                hub.route(&keyspace.from_wire(&message.channel), frame);
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::error!(

@@ -9,9 +9,10 @@
 //! re-check of every local user.
 
 use super::Hub;
+use chatter_shared::keyspace::Keyspace;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,7 @@ pub(super) enum Request {
 pub(super) async fn manage_subscriptions(
     hub: Hub,
     subscriber: SubscriberClient,
+    keyspace: Keyspace,
     mut requests: mpsc::Receiver<Request>,
     mut reconnects: broadcast::Receiver<Server>,
     shutdown: CancellationToken,
@@ -89,7 +91,7 @@ pub(super) async fn manage_subscriptions(
         }
         let mut result = Ok(());
         if !add.is_empty() {
-            match subscriber.subscribe(add.clone()).await {
+            match change(&subscriber, keyspace, &add, Change::Subscribe).await {
                 Ok(()) => subscribed.extend(add),
                 Err(error) => {
                     tracing::warn!(%error, "SUBSCRIBE failed; will retry");
@@ -98,7 +100,7 @@ pub(super) async fn manage_subscriptions(
             }
         }
         if !remove.is_empty() {
-            match subscriber.unsubscribe(remove.clone()).await {
+            match change(&subscriber, keyspace, &remove, Change::Unsubscribe).await {
                 Ok(()) => remove.iter().for_each(|channel| {
                     subscribed.remove(channel);
                 }),
@@ -116,4 +118,49 @@ pub(super) async fn manage_subscriptions(
             let _ = reply.send(result.clone());
         }
     }
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// (Un)subscribes the gateway's `channels` by their wire names: notice
+/// channels with one `SUBSCRIBE`; on Redis Cluster room and user channels with
+/// one `SSUBSCRIBE` per hash slot (a shard), since Redis refuses one that spans
+/// slots, all sent at once. An error if any call failed (the caller retries
+/// them all; subscribing twice is harmless).
+async fn change(
+    subscriber: &SubscriberClient,
+    keyspace: Keyspace,
+    channels: &[String],
+    change: Change,
+) -> Result<(), Error> {
+    let mut classic = Vec::new();
+    let mut by_slot: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for channel in channels {
+        let wire = keyspace.wire(channel);
+        if wire.sharded {
+            let slot = fred::util::redis_keyslot(wire.name.as_bytes());
+            by_slot.entry(slot).or_default().push(wire.name.into_owned());
+        } else {
+            classic.push(wire.name.into_owned());
+        }
+    }
+    let classic = async {
+        match (classic.is_empty(), change) {
+            (true, _) => Ok(()),
+            (false, Change::Subscribe) => subscriber.subscribe(classic).await,
+            (false, Change::Unsubscribe) => subscriber.unsubscribe(classic).await,
+        }
+    };
+    let sharded = by_slot.into_values().map(|group| async move {
+        match change {
+            Change::Subscribe => subscriber.ssubscribe(group).await,
+            Change::Unsubscribe => subscriber.sunsubscribe(group).await,
+        }
+    });
+    let (classic, sharded) = tokio::join!(classic, futures::future::join_all(sharded));
+    sharded.into_iter().fold(classic, |result, each| result.and(each))
 }
