@@ -1,5 +1,6 @@
-//! Running one test body against both deployments: the cluster (Redis,
-//! Postgres, separate workers) and the embedded mode (one process, SQLite).
+//! Running one test body against every deployment: the cluster (Redis,
+//! Postgres, separate workers), the same on a Redis Cluster (sharded keys and
+//! pub/sub), and the embedded mode (one process, SQLite).
 //! The protocol is the same on both, and so are the assertions; tests that only
 //! make sense for one say why.
 
@@ -9,6 +10,8 @@ use crate::{Binaries, Cluster, ClusterBuilder};
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {
     Cluster,
+    /// The cluster on a six-node Redis Cluster instead of one `redis-server`.
+    RedisCluster,
     Embedded,
 }
 
@@ -19,13 +22,14 @@ impl Backend {
         let builder = Cluster::builder(binaries);
         match self {
             Backend::Cluster => builder,
+            Backend::RedisCluster => builder.on_redis_cluster(),
             Backend::Embedded => builder.embedded(),
         }
     }
 }
 
 /// Runs each named `async fn name(backend: Backend)` once per backend, as the
-/// tests `cluster::name` and `embedded::name`. (For tests that take a started
+/// tests `cluster::name`, `redis_cluster::name` and `embedded::name`. (For tests that take a started
 /// cluster instead, see [`on_every_backend!`](crate::on_every_backend).)
 #[macro_export]
 macro_rules! for_each_backend {
@@ -35,6 +39,14 @@ macro_rules! for_each_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $test() {
                     super::$test($crate::backend::Backend::Cluster).await
+                }
+            )*
+        }
+        mod redis_cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    super::$test($crate::backend::Backend::RedisCluster).await
                 }
             )*
         }
