@@ -328,7 +328,12 @@ async fn send_batches(
         per_shard_backlog.to_string().into(),
         limits.recent_log_size.to_string().into(),
         limits.recent_log_ttl_secs.to_string().into(),
-        if keyspace.sharded() { "SPUBLISH" } else { "PUBLISH" }.into(),
+        if keyspace.sharded() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+        .into(),
     ];
     crate::batches::answer_in_batches(queued, BATCH, BATCHES_IN_FLIGHT, stop, |appends| {
         let (client, script, constants) = (client.clone(), script.clone(), constants.clone());

@@ -300,8 +300,14 @@ mod tests {
             format!("chatter:dedupe:{room}:3:a:b:c")
         );
         let wire = Keyspace::Single.wire("chatter:user:alice");
-        assert_eq!((wire.name.as_ref(), wire.sharded), ("chatter:user:alice", false));
-        assert_eq!(Keyspace::Single.from_wire("chatter:user:alice"), "chatter:user:alice");
+        assert_eq!(
+            (wire.name.as_ref(), wire.sharded),
+            ("chatter:user:alice", false)
+        );
+        assert_eq!(
+            Keyspace::Single.from_wire("chatter:user:alice"),
+            "chatter:user:alice"
+        );
     }
 
     #[test]

@@ -224,7 +224,9 @@ impl GatewayPresence {
         let last_seen: Vec<Option<String>> = if users.is_empty() {
             Vec::new()
         } else {
-            self.client.hmget(self.keys.last_seen(), users.to_vec()).await?
+            self.client
+                .hmget(self.keys.last_seen(), users.to_vec())
+                .await?
         };
         Ok(online.into_iter().zip(last_seen).collect())
     }

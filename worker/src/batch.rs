@@ -40,7 +40,10 @@ pub struct Stored {
 #[derive(Clone)]
 pub enum Presence {
     /// Cluster-wide presence in Redis.
-    Redis(fred::clients::Client, chatter_shared::presence::PresenceKeys),
+    Redis(
+        fred::clients::Client,
+        chatter_shared::presence::PresenceKeys,
+    ),
     /// The embedded mode's in-process view.
     Local(std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>),
 }

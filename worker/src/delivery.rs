@@ -132,7 +132,12 @@ pub async fn run<A: Attempt>(
                 let stream = &plan.streams[*index];
                 metrics::counter!(metric::REDIS_ERRORS).increment(1);
                 if error.details().contains("NOGROUP") {
-                    let _ = streams::ensure_group(&shared.redis, std::slice::from_ref(stream), plan.group).await;
+                    let _ = streams::ensure_group(
+                        &shared.redis,
+                        std::slice::from_ref(stream),
+                        plan.group,
+                    )
+                    .await;
                 }
                 tracing::warn!(%error, %stream, "cannot read; retrying");
             }

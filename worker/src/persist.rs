@@ -10,9 +10,9 @@
 
 use crate::batch::{Batches, RETRY_MIN, sleep_or_cancel};
 use crate::outbox::Outbox;
+use crate::streams::{self, GroupStreams};
 use chatter_shared::config::Config;
 use chatter_shared::ingest::IngestEntry;
-use crate::streams::{self, GroupStreams};
 use chatter_shared::keyspace::{INGEST_GROUP, Shard};
 use chatter_shared::telemetry::metric;
 use fred::bytes::Bytes;
@@ -135,7 +135,10 @@ impl Persister {
                 .read::<Key, Bytes>(&self.reader, &self.redis, self.batch_size, shutdown)
                 .await;
             for (index, entries) in round.entries {
-                if !self.hand_on(self.shards[index], entries, false, &to_store).await {
+                if !self
+                    .hand_on(self.shards[index], entries, false, &to_store)
+                    .await
+                {
                     return;
                 }
             }
@@ -289,7 +292,8 @@ impl Persister {
                 &stored.inserted
             };
             let followups = self.batches.followups(&read.batch, notify).await;
-            self.commit(read.shard, &read.ids, &followups, give_up).await;
+            self.commit(read.shard, &read.ids, &followups, give_up)
+                .await;
             tracing::debug!(
                 read = read.ids.len(),
                 stored = stored.inserted.len(),

@@ -98,7 +98,11 @@ impl GroupStreams {
             .streams
             .iter()
             .map(|stream| self.read_one::<K, V>(commands, stream, count, None));
-        for (index, read) in futures::future::join_all(reads).await.into_iter().enumerate() {
+        for (index, read) in futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .enumerate()
+        {
             match read {
                 Ok(entries) if entries.is_empty() => {}
                 Ok(entries) => round.entries.push((index, entries)),

@@ -143,7 +143,10 @@ async fn change(
         let wire = keyspace.wire(channel);
         if wire.sharded {
             let slot = fred::util::redis_keyslot(wire.name.as_bytes());
-            by_slot.entry(slot).or_default().push(wire.name.into_owned());
+            by_slot
+                .entry(slot)
+                .or_default()
+                .push(wire.name.into_owned());
         } else {
             classic.push(wire.name.into_owned());
         }
@@ -162,5 +165,7 @@ async fn change(
         }
     });
     let (classic, sharded) = tokio::join!(classic, futures::future::join_all(sharded));
-    sharded.into_iter().fold(classic, |result, each| result.and(each))
+    sharded
+        .into_iter()
+        .fold(classic, |result, each| result.and(each))
 }
