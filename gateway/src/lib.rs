@@ -92,6 +92,9 @@ pub async fn serve(
                     .await
                     .context("cannot connect to Redis (REDIS_URL)")?;
             let keyspace = config.keyspace();
+            let appends = chatter_shared::redis::connect(&redis_url)
+                .await
+                .context("cannot connect to Redis (REDIS_URL)")?;
             let reader = hub::RecentReader {
                 client: redis.clone(),
                 script: chatter_shared::ingest::RecentScript::new(keyspace),
@@ -108,6 +111,7 @@ pub async fn serve(
                 store,
                 bus::Bus::redis(
                     redis,
+                    appends,
                     keyspace,
                     AppendLimits::from_config(&config),
                     hub_stop.clone(),

@@ -50,6 +50,13 @@ pub struct Config {
     /// shards the rooms are spread over (see `keyspace.rs`). Fixed at deploy,
     /// like a topic's partitions: a room's keys and stream are found by it.
     pub redis_shards: u16,
+    /// Replicas that must hold an accepted batch before its senders are told
+    /// `confirmed` (`WAIT` after the ingest call). Unset: 1 on Redis Cluster
+    /// (a failover must not lose a confirmed message), 0 on one Redis.
+    pub redis_wait_replicas: Option<u32>,
+    /// How long that `WAIT` may take; past it the batch's sends are answered
+    /// `unavailable` (the client resends; the dedupe answers the original).
+    pub redis_wait_timeout_ms: u64,
     /// Postgres pool size per process.
     pub database_max_connections: u32,
     /// Embedded mode (no `REDIS_URL`, no `DATABASE_URL`): where the SQLite file and
@@ -270,6 +277,8 @@ impl Default for Config {
             database_url: None,
             redis_url: None,
             redis_shards: 64,
+            redis_wait_replicas: None,
+            redis_wait_timeout_ms: 250,
             database_max_connections: 20,
             data_dir: "./data".into(),
             jwt_algorithm: JwtAlgorithm::HS256,
@@ -540,6 +549,13 @@ impl Config {
         }
     }
 
+    /// `REDIS_WAIT_REPLICAS`, or its default for the keyspace: 1 on Redis
+    /// Cluster, 0 on one Redis.
+    pub fn redis_wait_replicas(&self) -> u32 {
+        self.redis_wait_replicas
+            .unwrap_or(u32::from(self.keyspace().sharded()))
+    }
+
     /// The secret that authorizes service calls (`SERVICE_SECRET`), if configured.
     ///
     /// Never `NOTIFICATION_AUTH`: chatter sends that value to the notification
@@ -585,6 +601,7 @@ impl Config {
             ),
             ("REST_RATE_PER_SEC", u64::from(self.rest_rate_per_sec)),
             ("REDIS_SHARDS", u64::from(self.redis_shards)),
+            ("REDIS_WAIT_TIMEOUT_MS", self.redis_wait_timeout_ms),
             ("REST_RATE_BURST", u64::from(self.rest_rate_burst)),
             ("REST_IP_RATE_PER_SEC", u64::from(self.rest_ip_rate_per_sec)),
             ("REST_IP_RATE_BURST", u64::from(self.rest_ip_rate_burst)),
@@ -772,6 +789,8 @@ impl std::fmt::Debug for Config {
             database_url,
             redis_url,
             redis_shards,
+            redis_wait_replicas,
+            redis_wait_timeout_ms,
             database_max_connections,
             data_dir,
             jwt_algorithm,
@@ -884,6 +903,8 @@ impl std::fmt::Debug for Config {
             .field("database_url", &url(database_url))
             .field("redis_url", &url(redis_url))
             .field("redis_shards", redis_shards)
+            .field("redis_wait_replicas", redis_wait_replicas)
+            .field("redis_wait_timeout_ms", redis_wait_timeout_ms)
             .field("database_max_connections", database_max_connections)
             .field("data_dir", data_dir)
             .field("jwt_algorithm", jwt_algorithm)
@@ -1044,6 +1065,8 @@ const KNOWN_KEYS: &[&str] = &[
     "database_url",
     "redis_url",
     "redis_shards",
+    "redis_wait_replicas",
+    "redis_wait_timeout_ms",
     "database_max_connections",
     "data_dir",
     "jwt_algorithm",

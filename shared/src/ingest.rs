@@ -21,6 +21,16 @@
 //! message, and the sender's task waits on a reply channel rather than holding a
 //! Redis client's (large) future. A quiet gateway sends batches of one.
 //!
+//! **Replicas.** Redis replicates asynchronously: a master that dies before a
+//! write reached its replica loses it on failover. With `REDIS_WAIT_REPLICAS`
+//! (1 by default on Redis Cluster) each batch's call is followed by `WAIT` on
+//! the same connection, and its senders are told `confirmed` only once that
+//! many replicas hold it: one more round trip per batch (not per message).
+//! The appender has a connection of its own, since `WAIT` holds it. A master
+//! with fewer replicas than that (promoted by a failover, its replica not back
+//! yet) confirms on those it has rather than refusing every send: a confirmed
+//! message then survives any one node's loss, the case failover covers.
+//!
 //! **Sequence floor.** If the room's counter is missing (a new room, or Redis lost
 //! its data) the script answers `cold` instead of starting at 1; the caller reads the
 //! highest persisted seq from Postgres and calls again with it as the floor, so seqs
@@ -30,7 +40,11 @@ use crate::keyspace::{Keyspace, Shard};
 use crate::protocol::{MESSAGE_RECEIVED_HEAD, MessageReceivedTail};
 use fred::prelude::*;
 use fred::types::scripts::Script;
+use fred::types::{ClusterHash, CustomCommand};
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -189,6 +203,9 @@ pub struct AppendLimits {
     pub max_backlog: u64,
     pub recent_log_size: u64,
     pub recent_log_ttl_secs: u64,
+    /// Replicas that must hold a batch before it is confirmed (0: none).
+    pub wait_replicas: u32,
+    pub wait_timeout_ms: u64,
 }
 
 impl AppendLimits {
@@ -198,6 +215,8 @@ impl AppendLimits {
             max_backlog: config.ingest_max_backlog,
             recent_log_size: config.recent_log_size.max(1),
             recent_log_ttl_secs: config.recent_log_ttl_secs.max(1),
+            wait_replicas: config.redis_wait_replicas(),
+            wait_timeout_ms: config.redis_wait_timeout_ms.max(1),
         }
     }
 }
@@ -322,6 +341,11 @@ async fn send_batches(
     let shards = keyspace.shards().len() as u64;
     // Each shard's stream holds its part of the backlog (0 stays unbounded).
     let per_shard_backlog = limits.max_backlog.div_ceil(shards);
+    let wait = Wait {
+        replicas: limits.wait_replicas,
+        timeout_ms: limits.wait_timeout_ms,
+        short_handed: Arc::default(),
+    };
     let constants: Vec<Value> = vec![
         MESSAGE_RECEIVED_HEAD.into(),
         limits.dedupe_ttl_secs.to_string().into(),
@@ -337,10 +361,11 @@ async fn send_batches(
     ];
     crate::batches::answer_in_batches(queued, BATCH, BATCHES_IN_FLIGHT, stop, |appends| {
         let (client, script, constants) = (client.clone(), script.clone(), constants.clone());
+        let wait = wait.clone();
         async move {
             let calls = by_shard(appends)
                 .into_iter()
-                .map(|appends| send_batch(&client, &script, constants.clone(), appends));
+                .map(|appends| send_batch(&client, &script, &wait, constants.clone(), appends));
             futures::future::join_all(calls).await;
         }
     })
@@ -362,7 +387,13 @@ fn by_shard(appends: Vec<Append>) -> Vec<Vec<Append>> {
 
 /// One script call for `appends` (one shard); each sender gets its own
 /// message's reply.
-async fn send_batch(client: &Client, script: &Script, mut args: Vec<Value>, appends: Vec<Append>) {
+async fn send_batch(
+    client: &Client,
+    script: &Script,
+    wait: &Wait,
+    mut args: Vec<Value>,
+    appends: Vec<Append>,
+) {
     let mut keys = Vec::with_capacity(appends.len() * 5);
     let mut replies = Vec::with_capacity(appends.len());
     args.reserve(appends.len() * 10);
@@ -371,10 +402,20 @@ async fn send_batch(client: &Client, script: &Script, mut args: Vec<Value>, appe
         args.extend(append.args);
         replies.push(append.reply);
     }
-    match client
+    // The node to `WAIT` on is the one that ran the call: its keys' slot.
+    let slot = fred::util::redis_keyslot(keys.first().map_or(&b""[..], |key| key.as_bytes()));
+    let called = client
         .evalsha::<Vec<Value>, _, _, _>(script.sha1().clone(), keys, args)
-        .await
-    {
+        .await;
+    let replicated = match &called {
+        Ok(_) => wait.on(client, slot).await,
+        Err(_) => Ok(()),
+    };
+    let called = match (called, replicated) {
+        (Ok(answers), Ok(())) => Ok(answers),
+        (Ok(_), Err(error)) | (Err(error), _) => Err(error),
+    };
+    match called {
         Ok(answers) if answers.len() == replies.len() => {
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(Ok(answer));
@@ -403,6 +444,83 @@ async fn send_batch(client: &Client, script: &Script, mut args: Vec<Value>, appe
             replies
                 .into_iter()
                 .for_each(|reply| drop(reply.send(Err(error.clone()))));
+        }
+    }
+}
+
+/// `WAIT` after a batch's call (see the module doc).
+#[derive(Debug, Clone)]
+struct Wait {
+    replicas: u32,
+    timeout_ms: u64,
+    /// Slots whose master had fewer replicas than asked for, and until when
+    /// they are not waited on (a master promoted by a failover has none until
+    /// its old master rejoins): `WAIT` would time out on every batch.
+    short_handed: Arc<Mutex<HashMap<u16, Instant>>>,
+}
+
+/// How long a master found with too few replicas is not waited on.
+const SHORT_HANDED_FOR: Duration = Duration::from_secs(1);
+
+impl Wait {
+    /// Waits until the node owning `slot` has `replicas` replicas holding
+    /// this connection's writes, or all the replicas it has if it has fewer
+    /// (a promoted master, until its replica is back: refusing every send then
+    /// would make a failover an outage); an error if they do not within the
+    /// timeout.
+    async fn on(&self, client: &Client, slot: u16) -> Result<(), Error> {
+        if self.replicas == 0 || self.is_short_handed(slot) {
+            return Ok(());
+        }
+        // A custom command, to route it by slot to the connection that ran the
+        // script (fred's `wait` goes to any node); blocking: it holds the
+        // connection until it answers.
+        let command = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), true);
+        let timeout = i64::try_from(self.timeout_ms).unwrap_or(i64::MAX);
+        let args: Vec<Value> = vec![self.replicas.into(), timeout.into()];
+        let acknowledged: i64 = client.custom(command, args).await?;
+        if acknowledged >= i64::from(self.replicas) {
+            return Ok(());
+        }
+        // Too few answered: does the master have too few? `ROLE` lists the
+        // replicas connected to it.
+        let role = CustomCommand::new_static("ROLE", ClusterHash::Custom(slot), false);
+        let role: Vec<Value> = client.custom(role, Vec::<Value>::new()).await?;
+        let connected = match role.get(2) {
+            Some(Value::Array(replicas)) => replicas.len() as i64,
+            _ => 0,
+        };
+        if connected < i64::from(self.replicas) && acknowledged >= connected {
+            tracing::warn!(
+                slot,
+                connected,
+                "a Redis master has fewer replicas than REDIS_WAIT_REPLICAS; confirming on those it has"
+            );
+            if let Ok(mut short) = self.short_handed.lock() {
+                short.insert(slot, Instant::now() + SHORT_HANDED_FOR);
+            }
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "{acknowledged} of {} replicas hold the batch after {} ms",
+                self.replicas, self.timeout_ms
+            ),
+        ))
+    }
+
+    fn is_short_handed(&self, slot: u16) -> bool {
+        let Ok(mut short) = self.short_handed.lock() else {
+            return false;
+        };
+        match short.get(&slot) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                short.remove(&slot);
+                false
+            }
+            None => false,
         }
     }
 }

@@ -43,11 +43,14 @@ impl Bus {
     /// The Redis bus; its appender's batching task stops with `stop`.
     pub fn redis(
         client: Client,
+        appends: Client,
         keyspace: Keyspace,
         limits: AppendLimits,
         stop: CancellationToken,
     ) -> Bus {
-        Bus::Redis(redis::RedisBus::start(client, keyspace, limits, stop))
+        Bus::Redis(redis::RedisBus::start(
+            client, appends, keyspace, limits, stop,
+        ))
     }
 
     /// Accepts a message; see `chatter_shared::ingest` for the Redis script.

@@ -26,15 +26,17 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// Starts the appender's batching task, which stops with `stop`.
+    /// Starts the appender's batching task, which stops with `stop`, on
+    /// `appends`: a connection of its own (its `WAIT`s hold it; see `ingest.rs`).
     pub fn start(
         client: Client,
+        appends: Client,
         keyspace: Keyspace,
         limits: AppendLimits,
         stop: CancellationToken,
     ) -> RedisBus {
         RedisBus {
-            appender: Appender::start(client.clone(), keyspace, limits, stop),
+            appender: Appender::start(appends, keyspace, limits, stop),
             presence: GatewayPresence::new(client.clone(), keyspace),
             client,
             keyspace,
