@@ -20,7 +20,7 @@ use crate::coordinator::{
 };
 use crate::sys::{self, CpuSampler};
 use anyhow::{Context, Result, bail};
-use chatter_tests::{Gateway, PostgresServer, RedisServer, Resp, Worker};
+use chatter_tests::{Gateway, PostgresServer, RedisCluster, RedisServer, Resp, Worker};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -108,11 +108,61 @@ impl Bench {
 
 // ------------------------------------------------------------------ deployment
 
+/// Which Redis a deployment runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedisKind {
+    /// One `redis-server` (`redis://`): what every scenario but `scaling` uses.
+    One,
+    /// A six-node Redis Cluster, 3 masters + 3 replicas (`redis-cluster://`):
+    /// gateways and workers shard rooms over `REDIS_SHARDS` hash-tagged shards.
+    Cluster,
+}
+
+/// The Redis of a deployment: one server or a cluster.
+pub(crate) enum Redis {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    async fn start(kind: RedisKind) -> Result<Redis> {
+        Ok(match kind {
+            RedisKind::One => Redis::One(RedisServer::start().await?),
+            RedisKind::Cluster => Redis::Cluster(RedisCluster::start().await?),
+        })
+    }
+
+    /// `REDIS_URL` for the gateways and workers.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Redis::One(server) => server.url(),
+            Redis::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// The one server; an error on a cluster (the scenarios that read the single
+    /// node's `chatter:ingest` or run `redis-benchmark` need one).
+    pub(crate) fn one(&self) -> Result<&RedisServer> {
+        match self {
+            Redis::One(server) => Ok(server),
+            Redis::Cluster(_) => bail!("this needs one redis-server, not a Redis Cluster"),
+        }
+    }
+
+    /// Every `redis-server` process of it (a cluster's masters and replicas).
+    pub(crate) fn servers(&self) -> Vec<&RedisServer> {
+        match self {
+            Redis::One(server) => vec![server],
+            Redis::Cluster(cluster) => cluster.nodes().iter().collect(),
+        }
+    }
+}
+
 /// Redis, Postgres, gateways and maybe a worker; everything is killed on drop.
 pub(crate) struct Deployment {
     pub(crate) gateways: Vec<Gateway>,
     pub(crate) worker: Option<Worker>,
-    pub(crate) redis: RedisServer,
+    pub(crate) redis: Redis,
     pub(crate) postgres: PostgresServer,
     env: Vec<(String, String)>,
     jwt_secret: String,
@@ -133,11 +183,12 @@ impl Deployment {
         worker: bool,
         extra: &[(&str, String)],
     ) -> Result<Deployment> {
-        Deployment::start_opts(dir, bins, gateways, worker, extra, false).await
+        Deployment::start_opts(dir, bins, gateways, worker, extra, false, RedisKind::One).await
     }
 
-    /// [`Deployment::start_with`], and with `pg_stat_statements` loaded into
-    /// Postgres (before any gateway connects) when `pg_stats` is set.
+    /// [`Deployment::start_with`], with `pg_stat_statements` loaded into
+    /// Postgres (before any gateway connects) when `pg_stats` is set, on one
+    /// Redis or a Redis Cluster.
     pub(crate) async fn start_opts(
         dir: &Path,
         bins: &Bins,
@@ -145,9 +196,9 @@ impl Deployment {
         worker: bool,
         extra: &[(&str, String)],
         pg_stats: bool,
+        redis: RedisKind,
     ) -> Result<Deployment> {
-        let (redis, mut postgres) =
-            tokio::try_join!(RedisServer::start(), PostgresServer::start())?;
+        let (redis, mut postgres) = tokio::try_join!(Redis::start(redis), PostgresServer::start())?;
         if pg_stats {
             crate::profile::enable_pg_stat_statements(&mut postgres).await?;
         }
@@ -236,6 +287,7 @@ impl Deployment {
     async fn backlog(&self) -> Result<u64> {
         match self
             .redis
+            .one()?
             .cmd(&["XLEN", chatter_shared::keyspace::INGEST_STREAM])
             .await?
         {
@@ -794,7 +846,7 @@ pub async fn one_to_one(bench: &Bench) -> Result<PairsResult> {
     .await?;
     result.chatter = finish_side(run, None, steps, Bound::Peers).await?;
     deployment.wait_backlog_empty(Duration::from_secs(30)).await;
-    result.redis_publish = redis_benchmark(&deployment.redis).await;
+    result.redis_publish = redis_benchmark(deployment.redis.one()?).await;
     drop(deployment);
 
     let ceilings = start_ceilings(&bench.bins, &dir, 2, &[]).await?;
@@ -911,10 +963,14 @@ struct BacklogWatch {
 
 impl BacklogWatch {
     fn start(deployment: &Deployment) -> BacklogWatch {
-        let url_port = deployment.redis.port();
+        // On a cluster there is no one stream to watch: the maximum stays 0.
+        let url_port = deployment.redis.one().map(RedisServer::port).ok();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut max = 0;
+            let Some(url_port) = url_port else {
+                return max;
+            };
             for _ in 0..36_000 {
                 if let Ok(n) = xlen_on(url_port).await {
                     max = max.max(n);
