@@ -11,6 +11,7 @@
 //! | persist | 2 gateways, worker stopped | fill the ingest stream, start the worker, time the drain, then a bulk `COPY` of the same rows |
 //! | storm | 2 gateways | ~9,500 idle sockets on each; SIGTERM one: its sockets reconnect to the other |
 //! | content-policy | 2 gateways + worker, twice | 1:1 pairs at fixed rates, content policy off, then on |
+//! | scaling ([`crate::scaling`]) | one Redis, then a Redis Cluster; 2, then 4 gateways | 1:1 at one rate; fan-out at one rate |
 //!
 //! Persistence *under load* (worker rows/s and lag) is measured during the
 //! fan-out scenario's fixed-rate step.
@@ -914,7 +915,7 @@ pub(crate) async fn warm_up(run: &mut LoadRun, bench: &Bench) -> Result<()> {
 /// Several seconds (not reported) at the fixed step's own rate right before it, so
 /// the measured step starts warm rather than straight after thousands of connects
 /// and the room set-up (issue 12: a cold start gave a p99 of 105 ms there).
-async fn fixed_warm_up(run: &mut LoadRun, rate: f64, bench: &Bench) -> Result<()> {
+pub(crate) async fn fixed_warm_up(run: &mut LoadRun, rate: f64, bench: &Bench) -> Result<()> {
     let secs = if bench.quick { 2.0 } else { 6.0 };
     let warm = step(run, rate, secs, 15.0).await?;
     eprintln!(
@@ -924,7 +925,7 @@ async fn fixed_warm_up(run: &mut LoadRun, rate: f64, bench: &Bench) -> Result<()
     Ok(())
 }
 
-async fn finish_side(
+pub(crate) async fn finish_side(
     mut run: LoadRun,
     fixed: Option<StepReport>,
     steps: Vec<StepReport>,
@@ -1325,6 +1326,7 @@ pub struct Results {
     pub one_to_one: Option<PairsResult>,
     pub persist: Option<DrainResult>,
     pub storm: Option<StormResult>,
+    pub scaling: Option<crate::scaling::ScalingResult>,
     /// Scenarios that failed, with the error.
     pub failures: Vec<(String, String)>,
     pub elapsed_s: f64,
