@@ -5,6 +5,7 @@
 //! - [`coordinator`]: plans a load, starts agents, makes rooms, adds results up;
 //! - [`ceiling`]: the minimal broadcast server chatter is compared with;
 //! - [`scenarios`]: idle, fan-out, 1:1, persist and storm;
+//! - [`scaling`]: one Redis against a Redis Cluster's masters, 2 gateways against 4;
 //! - [`report`]: the results file;
 //! - [`profile`]: one load at a fixed rate with CPU, Redis, Postgres and `perf` profiles.
 
@@ -15,6 +16,7 @@ pub mod frames;
 pub mod plan;
 pub mod profile;
 pub mod report;
+pub mod scaling;
 pub mod scenarios;
 pub mod stats;
 pub mod sys;

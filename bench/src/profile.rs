@@ -15,7 +15,7 @@
 
 use crate::coordinator::{LoadRun, StepReport};
 use crate::report::int;
-use crate::scenarios::{self, Bench, Deployment};
+use crate::scenarios::{self, Bench, Deployment, RedisKind};
 use crate::sys::{self, CpuSampler, MACHINE_BUSY, MACHINE_SOFTIRQ, OTHER};
 use anyhow::{Context, Result};
 use chatter_tests::{PostgresServer, RedisServer, Resp};
@@ -76,16 +76,17 @@ pub(crate) async fn enable_pg_stat_statements(postgres: &mut PostgresServer) -> 
 /// Runs the profile and returns it as Markdown.
 pub async fn profile(bench: &Bench, options: &Options) -> Result<String> {
     let dir = bench.dir("profile")?;
-    let (deployment, pg_note) = match Deployment::start_opts(&dir, &bench.bins, 2, true, &[], true)
-        .await
-    {
-        Ok(deployment) => (deployment, None),
-        Err(error) => {
-            eprintln!("profile: without pg_stat_statements: {error:#}");
-            let deployment = Deployment::start_opts(&dir, &bench.bins, 2, true, &[], false).await?;
-            (deployment, Some(format!("{error:#}")))
-        }
-    };
+    let (deployment, pg_note) =
+        match Deployment::start_opts(&dir, &bench.bins, 2, true, &[], true, RedisKind::One).await {
+            Ok(deployment) => (deployment, None),
+            Err(error) => {
+                eprintln!("profile: without pg_stat_statements: {error:#}");
+                let deployment =
+                    Deployment::start_opts(&dir, &bench.bins, 2, true, &[], false, RedisKind::One)
+                        .await?;
+                (deployment, Some(format!("{error:#}")))
+            }
+        };
     let gateway_pid = deployment.gateways[0].pid();
     let room_size = match options.load {
         Load::Connect => 0,
@@ -108,12 +109,13 @@ pub async fn profile(bench: &Bench, options: &Options) -> Result<String> {
     }
 
     // The window.
-    let redis_before = commandstats(&deployment.redis).await?;
+    let redis_before = commandstats(deployment.redis.one()?).await?;
     let _ = deployment
         .redis
+        .one()?
         .cmd(&["CONFIG", "SET", "slowlog-log-slower-than", SLOWLOG_US])
         .await;
-    let _ = deployment.redis.cmd(&["SLOWLOG", "RESET"]).await;
+    let _ = deployment.redis.one()?.cmd(&["SLOWLOG", "RESET"]).await;
     let pg_ready = pg_note.is_none()
         && sqlx::query("SELECT pg_stat_statements_reset()")
             .execute(&deployment.postgres.pool())
@@ -145,8 +147,13 @@ pub async fn profile(bench: &Bench, options: &Options) -> Result<String> {
         Some(step) if !step.cpu.is_empty() => step.cpu.clone(),
         _ => cpu.finish(),
     };
-    let redis_after = commandstats(&deployment.redis).await?;
-    let slowlog = deployment.redis.cmd(&["SLOWLOG", "GET", "20"]).await.ok();
+    let redis_after = commandstats(deployment.redis.one()?).await?;
+    let slowlog = deployment
+        .redis
+        .one()?
+        .cmd(&["SLOWLOG", "GET", "20"])
+        .await
+        .ok();
     let statements = if pg_ready {
         top_statements(&deployment.postgres).await.ok()
     } else {
@@ -275,7 +282,7 @@ fn cpu_table(md: &mut String, cores: &BTreeMap<String, f64>, messages_per_s: Opt
 }
 
 /// `INFO commandstats`: command → (calls, µs).
-async fn commandstats(redis: &RedisServer) -> Result<BTreeMap<String, (u64, u64)>> {
+pub(crate) async fn commandstats(redis: &RedisServer) -> Result<BTreeMap<String, (u64, u64)>> {
     let reply = redis.cmd(&["INFO", "commandstats"]).await?;
     let text = reply.as_str().unwrap_or_default();
     let mut out = BTreeMap::new();

@@ -94,6 +94,9 @@ pub fn markdown(results: &Results, meta: &Meta) -> String {
     if let Some(storm) = &results.storm {
         storm_section(&mut md, storm);
     }
+    if let Some(scaling) = &results.scaling {
+        crate::scaling::section(&mut md, scaling);
+    }
     if let Some(policy) = &results.content_policy {
         policy_section(&mut md, policy);
     }
@@ -833,7 +836,7 @@ pub fn int(value: f64) -> String {
     if negative { format!("-{out}") } else { out }
 }
 
-fn cpu_cell(cpu: &BTreeMap<String, f64>) -> String {
+pub(crate) fn cpu_cell(cpu: &BTreeMap<String, f64>) -> String {
     let mut items: Vec<(&String, &f64)> = cpu
         .iter()
         .filter(|(name, _)| !name.starts_with('('))
@@ -1318,6 +1321,48 @@ mod tests {
                 ..DrainResult::default()
             }),
             storm: Some(StormResult::default()),
+            scaling: Some(crate::scaling::ScalingResult {
+                redis: vec![
+                    crate::scaling::RedisSide {
+                        nodes: vec![crate::scaling::RedisNode {
+                            role: "one".into(),
+                            commands: [("evalsha".to_owned(), (10, 100))].into(),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    },
+                    crate::scaling::RedisSide {
+                        nodes: vec![
+                            crate::scaling::RedisNode {
+                                role: "master".into(),
+                                shards: Some(21),
+                                rooms: Some(600),
+                                commands: [("spublish".to_owned(), (10, 100))].into(),
+                                ..Default::default()
+                            },
+                            crate::scaling::RedisNode {
+                                role: "replica".into(),
+                                ..Default::default()
+                            },
+                        ],
+                        logs: vec![crate::scaling::LogNote::default()],
+                        ..Default::default()
+                    },
+                ],
+                gateway_sides: vec![
+                    crate::scaling::GatewaySide {
+                        gateways: 2,
+                        gateway_cpu_s: vec![1.0, 1.0],
+                        ..Default::default()
+                    },
+                    crate::scaling::GatewaySide {
+                        gateways: 4,
+                        gateway_cpu_s: vec![0.5; 4],
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            }),
             ..Results::default()
         };
         let meta = Meta {
@@ -1334,6 +1379,7 @@ mod tests {
         let md = markdown(&results, &meta);
         assert!(md.contains("| commit | `abc` plus uncommitted changes to 3 tracked files |"));
         assert!(md.contains("## Observations"));
+        assert!(md.contains("### Gateways: 2 processes against 4"));
         let mut tables = 0;
         let mut columns: Option<usize> = None;
         for line in md.lines() {

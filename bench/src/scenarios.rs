@@ -11,6 +11,7 @@
 //! | persist | 2 gateways, worker stopped | fill the ingest stream, start the worker, time the drain, then a bulk `COPY` of the same rows |
 //! | storm | 2 gateways | ~9,500 idle sockets on each; SIGTERM one: its sockets reconnect to the other |
 //! | content-policy | 2 gateways + worker, twice | 1:1 pairs at fixed rates, content policy off, then on |
+//! | scaling ([`crate::scaling`]) | one Redis, then a Redis Cluster; 2, then 4 gateways | 1:1 at one rate; fan-out at one rate |
 //!
 //! Persistence *under load* (worker rows/s and lag) is measured during the
 //! fan-out scenario's fixed-rate step.
@@ -20,7 +21,7 @@ use crate::coordinator::{
 };
 use crate::sys::{self, CpuSampler};
 use anyhow::{Context, Result, bail};
-use chatter_tests::{Gateway, PostgresServer, RedisServer, Resp, Worker};
+use chatter_tests::{Gateway, PostgresServer, RedisCluster, RedisServer, Resp, Worker};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -108,11 +109,61 @@ impl Bench {
 
 // ------------------------------------------------------------------ deployment
 
+/// Which Redis a deployment runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RedisKind {
+    /// One `redis-server` (`redis://`): what every scenario but `scaling` uses.
+    One,
+    /// A six-node Redis Cluster, 3 masters + 3 replicas (`redis-cluster://`):
+    /// gateways and workers shard rooms over `REDIS_SHARDS` hash-tagged shards.
+    Cluster,
+}
+
+/// The Redis of a deployment: one server or a cluster.
+pub(crate) enum Redis {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    async fn start(kind: RedisKind) -> Result<Redis> {
+        Ok(match kind {
+            RedisKind::One => Redis::One(RedisServer::start().await?),
+            RedisKind::Cluster => Redis::Cluster(RedisCluster::start().await?),
+        })
+    }
+
+    /// `REDIS_URL` for the gateways and workers.
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Redis::One(server) => server.url(),
+            Redis::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// The one server; an error on a cluster (the scenarios that read the single
+    /// node's `chatter:ingest` or run `redis-benchmark` need one).
+    pub(crate) fn one(&self) -> Result<&RedisServer> {
+        match self {
+            Redis::One(server) => Ok(server),
+            Redis::Cluster(_) => bail!("this needs one redis-server, not a Redis Cluster"),
+        }
+    }
+
+    /// Every `redis-server` process of it (a cluster's masters and replicas).
+    pub(crate) fn servers(&self) -> Vec<&RedisServer> {
+        match self {
+            Redis::One(server) => vec![server],
+            Redis::Cluster(cluster) => cluster.nodes().iter().collect(),
+        }
+    }
+}
+
 /// Redis, Postgres, gateways and maybe a worker; everything is killed on drop.
 pub(crate) struct Deployment {
     pub(crate) gateways: Vec<Gateway>,
     pub(crate) worker: Option<Worker>,
-    pub(crate) redis: RedisServer,
+    pub(crate) redis: Redis,
     pub(crate) postgres: PostgresServer,
     env: Vec<(String, String)>,
     jwt_secret: String,
@@ -133,11 +184,12 @@ impl Deployment {
         worker: bool,
         extra: &[(&str, String)],
     ) -> Result<Deployment> {
-        Deployment::start_opts(dir, bins, gateways, worker, extra, false).await
+        Deployment::start_opts(dir, bins, gateways, worker, extra, false, RedisKind::One).await
     }
 
-    /// [`Deployment::start_with`], and with `pg_stat_statements` loaded into
-    /// Postgres (before any gateway connects) when `pg_stats` is set.
+    /// [`Deployment::start_with`], with `pg_stat_statements` loaded into
+    /// Postgres (before any gateway connects) when `pg_stats` is set, on one
+    /// Redis or a Redis Cluster.
     pub(crate) async fn start_opts(
         dir: &Path,
         bins: &Bins,
@@ -145,9 +197,9 @@ impl Deployment {
         worker: bool,
         extra: &[(&str, String)],
         pg_stats: bool,
+        redis: RedisKind,
     ) -> Result<Deployment> {
-        let (redis, mut postgres) =
-            tokio::try_join!(RedisServer::start(), PostgresServer::start())?;
+        let (redis, mut postgres) = tokio::try_join!(Redis::start(redis), PostgresServer::start())?;
         if pg_stats {
             crate::profile::enable_pg_stat_statements(&mut postgres).await?;
         }
@@ -236,6 +288,7 @@ impl Deployment {
     async fn backlog(&self) -> Result<u64> {
         match self
             .redis
+            .one()?
             .cmd(&["XLEN", chatter_shared::keyspace::INGEST_STREAM])
             .await?
         {
@@ -794,7 +847,7 @@ pub async fn one_to_one(bench: &Bench) -> Result<PairsResult> {
     .await?;
     result.chatter = finish_side(run, None, steps, Bound::Peers).await?;
     deployment.wait_backlog_empty(Duration::from_secs(30)).await;
-    result.redis_publish = redis_benchmark(&deployment.redis).await;
+    result.redis_publish = redis_benchmark(deployment.redis.one()?).await;
     drop(deployment);
 
     let ceilings = start_ceilings(&bench.bins, &dir, 2, &[]).await?;
@@ -862,7 +915,7 @@ pub(crate) async fn warm_up(run: &mut LoadRun, bench: &Bench) -> Result<()> {
 /// Several seconds (not reported) at the fixed step's own rate right before it, so
 /// the measured step starts warm rather than straight after thousands of connects
 /// and the room set-up (issue 12: a cold start gave a p99 of 105 ms there).
-async fn fixed_warm_up(run: &mut LoadRun, rate: f64, bench: &Bench) -> Result<()> {
+pub(crate) async fn fixed_warm_up(run: &mut LoadRun, rate: f64, bench: &Bench) -> Result<()> {
     let secs = if bench.quick { 2.0 } else { 6.0 };
     let warm = step(run, rate, secs, 15.0).await?;
     eprintln!(
@@ -872,7 +925,7 @@ async fn fixed_warm_up(run: &mut LoadRun, rate: f64, bench: &Bench) -> Result<()
     Ok(())
 }
 
-async fn finish_side(
+pub(crate) async fn finish_side(
     mut run: LoadRun,
     fixed: Option<StepReport>,
     steps: Vec<StepReport>,
@@ -911,10 +964,14 @@ struct BacklogWatch {
 
 impl BacklogWatch {
     fn start(deployment: &Deployment) -> BacklogWatch {
-        let url_port = deployment.redis.port();
+        // On a cluster there is no one stream to watch: the maximum stays 0.
+        let url_port = deployment.redis.one().map(RedisServer::port).ok();
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut max = 0;
+            let Some(url_port) = url_port else {
+                return max;
+            };
             for _ in 0..36_000 {
                 if let Ok(n) = xlen_on(url_port).await {
                     max = max.max(n);
@@ -1269,6 +1326,7 @@ pub struct Results {
     pub one_to_one: Option<PairsResult>,
     pub persist: Option<DrainResult>,
     pub storm: Option<StormResult>,
+    pub scaling: Option<crate::scaling::ScalingResult>,
     /// Scenarios that failed, with the error.
     pub failures: Vec<(String, String)>,
     pub elapsed_s: f64,

@@ -86,6 +86,53 @@ pub fn cpu_seconds_by_pid() -> BTreeMap<u32, (String, f64)> {
     totals
 }
 
+/// User+system CPU seconds of one process (`None` once it is gone).
+pub fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let ticks = if ticks > 0.0 { ticks } else { 100.0 };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / ticks)
+}
+
+/// CPU seconds of a fixed set of processes between two moments. Unlike
+/// [`CpuSampler`], which sums by name, this counts only the pids it is given:
+/// another session's `redis-server` or gateway on the same machine is not
+/// charged to this run.
+pub struct PidCpu {
+    start: Instant,
+    before: Vec<(u32, f64)>,
+}
+
+impl PidCpu {
+    pub fn start(pids: &[u32]) -> PidCpu {
+        PidCpu {
+            start: Instant::now(),
+            before: pids
+                .iter()
+                .map(|&pid| (pid, cpu_seconds_of(pid).unwrap_or(0.0)))
+                .collect(),
+        }
+    }
+
+    /// Wall seconds since `start`, and the CPU seconds each pid used since then
+    /// (0 for one that exited).
+    pub fn finish(&self) -> (f64, BTreeMap<u32, f64>) {
+        let used = self
+            .before
+            .iter()
+            .map(|&(pid, before)| {
+                let after = cpu_seconds_of(pid).unwrap_or(before);
+                (pid, (after - before).max(0.0))
+            })
+            .collect();
+        (self.start.elapsed().as_secs_f64(), used)
+    }
+}
+
 /// Processes that belong to a benchmark run; everything else on the machine is
 /// "other" load competing for the same cores.
 pub const BENCH_PROCESSES: &[&str] = &[
@@ -223,6 +270,9 @@ mod tests {
         assert!(peak_rss_kib(pid).is_some());
         let cpu = cpu_seconds_by_pid();
         assert!(cpu.contains_key(&pid));
+        assert!(cpu_seconds_of(pid).is_some());
+        let (secs, used) = PidCpu::start(&[pid]).finish();
+        assert!(secs >= 0.0 && used.get(&pid).is_some_and(|s| *s >= 0.0));
         assert!(machine().cores >= 1);
     }
 }

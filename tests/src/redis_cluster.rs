@@ -109,6 +109,12 @@ impl RedisCluster {
         self.nodes.iter().find(|node| node.port() == port)
     }
 
+    /// Every node, masters and replicas, in start order (their pids and
+    /// ports: a benchmark reads each node's CPU and `INFO commandstats`).
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
     /// The masters serving slots, ordered by their first slot, as the first
     /// running node sees them.
     pub async fn masters(&self) -> Result<Vec<Master>> {

@@ -68,6 +68,9 @@ enum Scenario {
     Persist,
     /// A drain of one gateway: its sockets reconnect to the other at once.
     Storm,
+    /// One Redis against a 3-master Redis Cluster at one rate (per-node CPU and
+    /// commandstats), then 2 gateway processes against 4 (CPU per delivery).
+    Scaling,
     /// The send path's cost of a content policy (off, then on); not part of `all`.
     ContentPolicy,
     /// Not a scenario: start Redis, Postgres, 2 gateways and a worker, print how to
@@ -132,6 +135,7 @@ async fn run(args: Args, fd_limit: u64) -> Result<bool> {
             Scenario::OneToOne,
             Scenario::Persist,
             Scenario::Storm,
+            Scenario::Scaling,
         ];
     }
     if wanted == [Scenario::Profile] {
@@ -191,6 +195,12 @@ async fn run(args: Args, fd_limit: u64) -> Result<bool> {
                 scenarios::storm(&bench)
                     .await
                     .map(|r| results.storm = Some(r)),
+            ),
+            Scenario::Scaling => (
+                "scaling",
+                chatter_bench::scaling::scaling(&bench)
+                    .await
+                    .map(|r| results.scaling = Some(r)),
             ),
             Scenario::ContentPolicy => (
                 "content-policy",
