@@ -278,7 +278,7 @@ impl Default for Config {
             redis_url: None,
             redis_shards: 64,
             redis_wait_replicas: None,
-            redis_wait_timeout_ms: 250,
+            redis_wait_timeout_ms: 1000,
             database_max_connections: 20,
             data_dir: "./data".into(),
             jwt_algorithm: JwtAlgorithm::HS256,

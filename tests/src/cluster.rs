@@ -118,6 +118,11 @@ impl ClusterBuilder {
             env.push(("REDIS_URL".into(), redis_url));
             env.push(("DATABASE_URL".into(), postgres.url()));
         }
+        if redis_cluster.is_some() {
+            // Several six-node clusters share the test machine's 2 cores: a
+            // replica's acknowledgement can take longer than in production.
+            env.push(("REDIS_WAIT_TIMEOUT_MS".into(), "2000".into()));
+        }
         let defaults = [
             ("HOST", "127.0.0.1"),
             ("PORT", "0"),

@@ -6,7 +6,9 @@
 //! `REDIS_WAIT_REPLICAS` at its cluster default of 1, a batch is confirmed once
 //! its master's replica holds it; the promoted master, alone, confirms on its
 //! own). The killed node is then started again, as an orchestrator would, and
-//! rejoins as a replica. Run with `--nocapture` for the failover figures.
+//! rejoins as a replica. A dead consumer's pending entries on every shard are
+//! reclaimed by a worker added later, and a worker added to a running one takes
+//! load without a restart. Run with `--nocapture` for the failover figures.
 
 use anyhow::{Context, Result, ensure};
 use chatter_tests::chat::{FRAME_WAIT, connect_ready, create_room, ensure_users, send_and_confirm};
@@ -317,6 +319,129 @@ async fn a_master_killed_under_traffic_fails_over_and_no_confirmed_message_is_lo
             confirmed.len()
         );
         Ok(())
+    };
+    if let Err(error) = run.await {
+        panic!("{error:?}");
+    }
+}
+
+/// `XPENDING <stream> persisters` on every master, summed: entries read and
+/// not acknowledged, and how many masters hold some.
+async fn pending_on_masters(cluster: &Cluster) -> Result<(i64, usize)> {
+    let (mut total, mut masters_holding) = (0, 0);
+    for master in cluster.redis_cluster().masters().await? {
+        let node = cluster
+            .redis_cluster()
+            .node(master.port)
+            .context("master node")?;
+        let Resp::Array(Some(streams)) = node.cmd(&["KEYS", "chatter:*:ingest"]).await? else {
+            continue;
+        };
+        let mut here = 0;
+        for stream in &streams {
+            let stream = stream.as_str().unwrap_or_default();
+            if let Resp::Array(Some(summary)) =
+                node.cmd(&["XPENDING", stream, "persisters"]).await?
+            {
+                here += summary.first().and_then(Resp::as_int).unwrap_or(0);
+            }
+        }
+        total += here;
+        masters_holding += usize::from(here > 0);
+    }
+    Ok((total, masters_holding))
+}
+
+/// One confirmed message to each of `rooms`, recorded in `confirmed`.
+async fn send_round(
+    alice: &mut WsClient,
+    rooms: &[String],
+    round: usize,
+    confirmed: &mut HashMap<String, String>,
+) -> Result<()> {
+    for (n, room) in rooms.iter().enumerate() {
+        let answer = send_and_confirm(alice, room, "kept", &format!("r{round}-{n}")).await?;
+        ensure!(answer["confirmed"] == true, "{answer}");
+        confirmed.insert(
+            answer["message_id"].as_str().unwrap_or_default().to_owned(),
+            room.clone(),
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_consumers_entries_are_reclaimed_on_every_shard_and_a_new_worker_takes_load() {
+    let mut cluster = Cluster::builder(binaries!())
+        .on_redis_cluster()
+        .env("WORKER_CLAIM_IDLE_MS", "1000")
+        .env("WORKER_CLAIM_INTERVAL_MS", "300")
+        .start()
+        .await
+        .expect("cluster");
+    let run = async {
+        ensure_users(&cluster, &["alice", "bob"]).await?;
+        let mut rooms = Vec::new();
+        for _ in 0..ROOMS {
+            rooms.push(create_room(&cluster, 0, "alice", &["bob"]).await?);
+        }
+        // The first worker made the group on every shard; with it gone,
+        // messages wait in their shards' streams.
+        cluster.worker_mut(0).kill9();
+        let mut alice = connect_ready(&cluster, 0, "alice").await?;
+        let mut confirmed = HashMap::new();
+        send_round(&mut alice, &rooms, 0, &mut confirmed).await?;
+        // A consumer that reads every shard's entries and dies holding them:
+        // the test reads them as `w-dead` and never acknowledges.
+        for master in cluster.redis_cluster().masters().await? {
+            let node = cluster
+                .redis_cluster()
+                .node(master.port)
+                .context("master node")?;
+            let Resp::Array(Some(streams)) = node.cmd(&["KEYS", "chatter:*:ingest"]).await? else {
+                continue;
+            };
+            for stream in &streams {
+                let stream = stream.as_str().unwrap_or_default();
+                node.cmd(&[
+                    "XREADGROUP",
+                    "GROUP",
+                    "persisters",
+                    "w-dead",
+                    "COUNT",
+                    "1000",
+                    "STREAMS",
+                    stream,
+                    ">",
+                ])
+                .await?;
+            }
+        }
+        let (pending, masters) = pending_on_masters(&cluster).await?;
+        ensure!(
+            pending == ROOMS as i64 && masters == 3,
+            "w-dead holds {pending} entries on {masters} masters"
+        );
+        // A new worker, and nothing else restarted: it takes them over once
+        // they have been idle WORKER_CLAIM_IDLE_MS, and stores each once.
+        let b = cluster.add_worker_with(&[("WORKER_NAME", "w-b")]).await?;
+        stored_exactly(&cluster, &confirmed).await?;
+        eventually(STORED_WAIT, || async {
+            let (pending, _) = pending_on_masters(&cluster).await?;
+            ensure!(pending == 0, "{pending} entries still pending");
+            Ok(())
+        })
+        .await?;
+        // Another worker joins; with w-b frozen, the new one alone stores
+        // what follows: it read every shard from its start.
+        cluster.add_worker_with(&[("WORKER_NAME", "w-c")]).await?;
+        let frozen =
+            rustix::process::Pid::from_raw(cluster.worker(b).pid() as i32).context("pid")?;
+        rustix::process::kill_process(frozen, rustix::process::Signal::STOP)?;
+        send_round(&mut alice, &rooms, 1, &mut confirmed).await?;
+        let stored_by_c = stored_exactly(&cluster, &confirmed).await;
+        rustix::process::kill_process(frozen, rustix::process::Signal::CONT)?;
+        stored_by_c
     };
     if let Err(error) = run.await {
         panic!("{error:?}");
