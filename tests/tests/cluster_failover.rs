@@ -12,7 +12,7 @@
 
 use anyhow::{Context, Result, ensure};
 use chatter_tests::chat::{FRAME_WAIT, connect_ready, create_room, ensure_users, send_and_confirm};
-use chatter_tests::{Cluster, Incoming, Resp, WsClient, binaries, eventually};
+use chatter_tests::{Cluster, Incoming, RedisServer, Resp, WsClient, binaries, eventually};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -192,14 +192,8 @@ async fn rooms_spread_over_every_master_and_each_message_is_stored_once() {
         .await?;
         stored_exactly(&cluster, &confirmed).await?;
         // Every shard's stream is emptied by the workers.
-        for port in masters {
-            let node = cluster.redis_cluster().node(port).context("node")?;
-            let streams = node.cmd(&["KEYS", "chatter:*:ingest"]).await?;
-            let Resp::Array(Some(streams)) = streams else {
-                anyhow::bail!("KEYS answered {streams:?}");
-            };
+        for (node, streams) in ingest_streams(&cluster).await? {
             for stream in &streams {
-                let stream = stream.as_str().unwrap_or_default();
                 let length = node.cmd(&["XLEN", stream]).await?;
                 ensure!(length.as_int() == Some(0), "{stream} holds {length:?}");
             }
@@ -325,21 +319,33 @@ async fn a_master_killed_under_traffic_fails_over_and_no_confirmed_message_is_lo
     }
 }
 
-/// `XPENDING <stream> persisters` on every master, summed: entries read and
-/// not acknowledged, and how many masters hold some.
-async fn pending_on_masters(cluster: &Cluster) -> Result<(i64, usize)> {
-    let (mut total, mut masters_holding) = (0, 0);
+/// Each master, with the shards' ingest streams it holds.
+async fn ingest_streams(cluster: &Cluster) -> Result<Vec<(&RedisServer, Vec<String>)>> {
+    let mut found = Vec::new();
     for master in cluster.redis_cluster().masters().await? {
         let node = cluster
             .redis_cluster()
             .node(master.port)
             .context("master node")?;
-        let Resp::Array(Some(streams)) = node.cmd(&["KEYS", "chatter:*:ingest"]).await? else {
-            continue;
+        let streams = match node.cmd(&["KEYS", "chatter:*:ingest"]).await? {
+            Resp::Array(Some(keys)) => keys
+                .iter()
+                .filter_map(|key| key.as_str().map(str::to_owned))
+                .collect(),
+            other => anyhow::bail!("KEYS answered {other:?}"),
         };
+        found.push((node, streams));
+    }
+    Ok(found)
+}
+
+/// `XPENDING <stream> persisters` on every master, summed: entries read and
+/// not acknowledged, and how many masters hold some.
+async fn pending_on_masters(cluster: &Cluster) -> Result<(i64, usize)> {
+    let (mut total, mut masters_holding) = (0, 0);
+    for (node, streams) in ingest_streams(cluster).await? {
         let mut here = 0;
         for stream in &streams {
-            let stream = stream.as_str().unwrap_or_default();
             if let Resp::Array(Some(summary)) =
                 node.cmd(&["XPENDING", stream, "persisters"]).await?
             {
@@ -393,16 +399,8 @@ async fn a_dead_consumers_entries_are_reclaimed_on_every_shard_and_a_new_worker_
         send_round(&mut alice, &rooms, 0, &mut confirmed).await?;
         // A consumer that reads every shard's entries and dies holding them:
         // the test reads them as `w-dead` and never acknowledges.
-        for master in cluster.redis_cluster().masters().await? {
-            let node = cluster
-                .redis_cluster()
-                .node(master.port)
-                .context("master node")?;
-            let Resp::Array(Some(streams)) = node.cmd(&["KEYS", "chatter:*:ingest"]).await? else {
-                continue;
-            };
+        for (node, streams) in ingest_streams(&cluster).await? {
             for stream in &streams {
-                let stream = stream.as_str().unwrap_or_default();
                 node.cmd(&[
                     "XREADGROUP",
                     "GROUP",
