@@ -593,6 +593,12 @@ impl RecentScript {
         }
     }
 
+    /// Both scripts' keys: the room's counter and its log.
+    fn keys(&self, room_id: Uuid) -> Vec<String> {
+        let shard = self.keyspace.shard_of_room(room_id);
+        vec![shard.room_seq(room_id), shard.recent_log(room_id)]
+    }
+
     /// The layout the scripts' keys follow (the hub's channels follow it too).
     pub fn keyspace(&self) -> Keyspace {
         self.keyspace
@@ -607,8 +613,7 @@ impl RecentScript {
         after_seq: i64,
         limit: u64,
     ) -> Result<RecentLog, Error> {
-        let shard = self.keyspace.shard_of_room(room_id);
-        let keys = vec![shard.room_seq(room_id), shard.recent_log(room_id)];
+        let keys = self.keys(room_id);
         let args: Vec<Value> = vec![after_seq.into(), limit.max(1).to_string().into()];
         let (last_seq, frames): (String, Vec<String>) =
             self.read.evalsha_with_reload(client, keys, args).await?;
@@ -633,8 +638,7 @@ impl RecentScript {
         seq: i64,
         frame: String,
     ) -> Result<(), Error> {
-        let shard = self.keyspace.shard_of_room(room_id);
-        let keys = vec![shard.room_seq(room_id), shard.recent_log(room_id)];
+        let keys = self.keys(room_id);
         let prefix = format!("{MESSAGE_RECEIVED_HEAD}{seq},");
         let args: Vec<Value> = vec![seq.into(), frame.into(), prefix.into()];
         let _: i64 = self.rewrite.evalsha_with_reload(client, keys, args).await?;

@@ -178,10 +178,6 @@ impl Keyspace {
         self.shard_of_room(room_id).room_seq(room_id)
     }
 
-    pub fn recent_log(self, room_id: Uuid) -> String {
-        self.shard_of_room(room_id).recent_log(room_id)
-    }
-
     pub fn room_ended(self, room_id: Uuid) -> String {
         self.shard_of_room(room_id).room_ended(room_id)
     }
