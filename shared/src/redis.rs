@@ -28,14 +28,14 @@ const COMMAND_CLIENT_BROADCAST: usize = 32;
 pub struct StreamDepth(pub usize);
 
 impl StreamDepth {
-    /// A gateway's room and user frames. Not smaller: with 16 Ki or 8 Ki
-    /// slots, during the burst of `tests/tests/membership.rs` (300 rooms of
-    /// 50 made at once, 15,000 events into one gateway) another room's
-    /// messages were held 260-370 ms (debug build, 2 cores at load 9); with
-    /// 64 Ki they stayed within the test's 200 ms. This ring is most of a gateway's memory at
-    /// start (about 46 MiB); only a per-channel capacity in fred would shrink
-    /// it without shrinking the pub/sub stream.
-    pub const FAN_OUT: StreamDepth = StreamDepth(64 * 1024);
+    /// A gateway's room and user frames. The dispatcher moves them into a
+    /// backlog of its own between any two frames it routes
+    /// (`gateway/src/hub/dispatch.rs`), so this ring holds only what arrives
+    /// while one frame is routed or the dispatcher waits to be scheduled:
+    /// 4 Ki slots, about 3 MiB. (At 64 Ki, before that backlog, it was about
+    /// 46 MiB, most of a gateway's memory at start; at 8 or 16 Ki the
+    /// 15,000-event burst of `tests/tests/membership.rs` overflowed it.)
+    pub const FAN_OUT: StreamDepth = StreamDepth(4 * 1024);
     /// A trickle of notices, reloaded whole when one is missed.
     pub const NOTICES: StreamDepth = StreamDepth(64);
 }

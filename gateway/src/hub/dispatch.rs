@@ -19,6 +19,7 @@ use chatter_shared::protocol::{
 use chatter_shared::telemetry::metric;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -91,9 +92,29 @@ impl Hub {
     }
 }
 
+/// How many published frames the dispatcher may hold that it has taken off
+/// the subscriber's stream but not routed yet. A burst (300 rooms of 50 made
+/// at once: 15,000 membership events into one gateway) arrives faster than it
+/// is routed; it waits here, in a queue that takes memory only while it
+/// holds frames, instead of in fred's ring, which is allocated whole at start
+/// (`StreamDepth::FAN_OUT`). Past this, frames stay in the ring, and once that
+/// overflows too they are lost and repaired (`Arrival::Missed`).
+const BACKLOG: usize = 64 * 1024;
+
+/// What the dispatcher takes off the subscriber's stream, in arrival order.
+enum Arrival {
+    Published(fred::types::Message),
+    /// The stream overflowed: this many frames were lost here.
+    Missed(u64),
+}
+
 /// Reads published frames and hands them to local sockets.
 /// On Redis Cluster a channel's wire name carries its shard tag; the hub
 /// knows it by its gateway name (`keyspace.rs`).
+///
+/// Between two frames it routes, it moves everything that has arrived from
+/// fred's ring into its own backlog, so the ring only has to hold what
+/// arrives while one frame is routed.
 pub(super) async fn dispatch(
     hub: Hub,
     subscriber: SubscriberClient,
@@ -101,20 +122,31 @@ pub(super) async fn dispatch(
     shutdown: CancellationToken,
 ) {
     let mut messages = subscriber.message_rx();
+    let mut backlog = VecDeque::new();
     loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => return,
-            message = messages.recv() => message,
-        };
-        match message {
-            Ok(message) => {
-                let Some(frame) = frame_bytes(message.value) else {
-                    tracing::warn!(channel = %message.channel, "dropping a non-text pub/sub payload");
-                    continue;
-                };
-                hub.route(&keyspace.from_wire(&message.channel), frame);
+        let arrival = match backlog.pop_front() {
+            Some(arrival) => arrival,
+            None => {
+                // Empty again after a burst: give its memory back.
+                backlog.shrink_to(64);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    message = messages.recv() => match message {
+                        Ok(message) => Arrival::Published(message),
+                        Err(broadcast::error::RecvError::Lagged(missed)) => Arrival::Missed(missed),
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
+        };
+        match arrival {
+            Arrival::Published(message) => match frame_bytes(message.value) {
+                Some(frame) => hub.route(&keyspace.from_wire(&message.channel), frame),
+                None => {
+                    tracing::warn!(channel = %message.channel, "dropping a non-text pub/sub payload");
+                }
+            },
+            Arrival::Missed(missed) => {
                 tracing::error!(
                     missed,
                     "gateway fell behind the pub/sub stream; frames were dropped"
@@ -125,7 +157,18 @@ pub(super) async fn dispatch(
                 hub.repair_later();
                 hub.recheck_everyone();
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+        }
+        while backlog.len() < BACKLOG {
+            match messages.try_recv() {
+                Ok(message) => backlog.push_back(Arrival::Published(message)),
+                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
+                    backlog.push_back(Arrival::Missed(missed));
+                }
+                // Closed: `recv` says so once the backlog is routed.
+                Err(
+                    broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed,
+                ) => break,
+            }
         }
     }
 }
