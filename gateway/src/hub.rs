@@ -64,11 +64,6 @@ pub struct Conn {
     /// only for set operations and the matching registry update, never across an
     /// `.await`.
     rooms: Mutex<Rooms>,
-    /// Cancelled when the socket must close: a close order came
-    /// (`ordered_close`), or a newer connection of its user took its place
-    /// (`replaced`). An overflow and the drain come through the queue
-    /// ([`Inbox::recv`]).
-    pub must_close: CancellationToken,
     /// Set by [`Hub::replace_oldest`]: close with 4008, not as a slow consumer.
     replaced: AtomicBool,
     /// Told by a close order (kick, ban, single session, strikes; see
@@ -307,7 +302,6 @@ impl Hub {
             user_id: user_id.to_owned(),
             outbox: Outbox::new(queue),
             rooms: Mutex::new(Rooms::default()),
-            must_close: CancellationToken::new(),
             replaced: AtomicBool::new(false),
             ordered_close: OnceLock::new(),
             session: Uuid::now_v7(),
@@ -344,7 +338,7 @@ impl Hub {
         let excess = live.saturating_sub(max);
         for conn in members.iter().filter(|c| !c.is_replaced()).take(excess) {
             conn.replaced.store(true, Ordering::Relaxed);
-            conn.must_close.cancel();
+            conn.outbox.must_close();
             metrics::counter!(metric::REPLACED_CONNECTIONS).increment(1);
         }
     }
@@ -357,7 +351,7 @@ impl Hub {
                 continue;
             }
             let _ = conn.ordered_close.set((code, reason.into()));
-            conn.must_close.cancel();
+            conn.outbox.must_close();
         }
     }
 

@@ -39,6 +39,9 @@ struct Queue {
     overflowed: bool,
     /// The pod drains, and the socket's task has not been told yet.
     drain_untold: bool,
+    /// The socket must close (a close order, or a newer connection of its
+    /// user took its place), once the frames queued before are written.
+    must_close: bool,
     /// The socket's task waits while holding its frames: a push wakes it only
     /// once they crowd the queue, not for every frame it would leave queued.
     holding: bool,
@@ -55,6 +58,8 @@ pub enum Delivery {
     Overflowed,
     /// The pod drains: close within the drain window.
     Drain,
+    /// Close now: see [`Conn::ordered_close`] for the code.
+    MustClose,
 }
 
 impl Outbox {
@@ -100,8 +105,17 @@ impl Outbox {
 
     /// Tells the socket's task that the pod drains.
     pub(crate) fn drain(&self) {
+        self.tell(|queue| queue.drain_untold = true);
+    }
+
+    /// Tells the socket's task to close once what is queued is written.
+    pub(crate) fn must_close(&self) {
+        self.tell(|queue| queue.must_close = true);
+    }
+
+    fn tell(&self, what: impl FnOnce(&mut Queue)) {
         let mut queue = self.lock();
-        queue.drain_untold = true;
+        what(&mut queue);
         let waiting = queue.waiting.take();
         drop(queue);
         if let Some(waker) = waiting {
@@ -128,7 +142,8 @@ impl Inbox {
     }
 
     /// Waits for what the socket's task must act on. While `holding`, frames
-    /// stay queued and only a crowded queue, an overflow or the drain wake it.
+    /// stay queued and only a crowded queue, an overflow, the drain or an
+    /// order to close wake it.
     ///
     /// With `yield_first`, the first poll only schedules the task again: the
     /// socket loop polls this first (an outbound frame is the common wake-up),
@@ -150,6 +165,9 @@ impl Inbox {
             if queue.drain_untold {
                 queue.drain_untold = false;
                 return Poll::Ready(Delivery::Drain);
+            }
+            if queue.must_close && (holding || queue.frames.is_empty()) {
+                return Poll::Ready(Delivery::MustClose);
             }
             if holding {
                 if queue.frames.len() * 2 >= capacity {
@@ -205,6 +223,7 @@ mod tests {
             Delivery::Crowded => "crowded".into(),
             Delivery::Overflowed => "overflowed".into(),
             Delivery::Drain => "drain".into(),
+            Delivery::MustClose => "must close".into(),
         }
     }
 
@@ -240,5 +259,18 @@ mod tests {
             Some("frame 2".into())
         );
         assert!(inbox.try_recv().is_none());
+    }
+
+    /// An order to close comes after the frames queued before it, and at once
+    /// while the socket holds its frames (they would never be written).
+    #[tokio::test]
+    async fn an_order_to_close_follows_the_frames_queued_before_it() {
+        let (hub, _events) = Hub::for_tests(1);
+        let (registration, mut inbox) = hub.register("erin", 8).await.expect("registered");
+        registration.conn.push(frame(1));
+        registration.conn.outbox.must_close();
+        assert_eq!(text(inbox.recv(true, false).await), "must close");
+        assert_eq!(text(inbox.recv(false, false).await), "frame 1");
+        assert_eq!(text(inbox.recv(false, false).await), "must close");
     }
 }

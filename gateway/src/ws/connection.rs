@@ -69,7 +69,6 @@ pub fn run(
     inbox: Inbox,
     permit: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
-    let span = tracing::info_span!("ws", conn = registration.conn.id, user = %identity.user_id);
     let throttle = Throttle::new(state.config.frames_per_sec);
     let mut connection = Connection {
         socket,
@@ -81,18 +80,18 @@ pub fn run(
         typing: HashMap::new(),
     };
     async move {
-        tracing::debug!("connected");
+        let conn = registration.conn.id;
+        tracing::debug!(conn, user = %connection.identity.user_id, "connected");
         let end = connection.serve(&registration, inbox).await;
         if let Some((code, reason)) = end {
-            tracing::debug!(code = code.code(), %reason, "closing");
+            tracing::debug!(conn, code = code.code(), %reason, "closing");
             close(&mut connection.socket, code, &reason).await;
         }
         // Leave the hub before the permit frees the slot.
         drop(registration);
         drop(permit);
-        tracing::debug!("disconnected");
+        tracing::debug!(conn, "disconnected");
     }
-    .instrument(span)
 }
 
 struct Connection {
@@ -107,6 +106,14 @@ struct Connection {
 }
 
 impl Connection {
+    /// The span of what this socket logs. Made for each inbound frame, not
+    /// held for the socket's life: a span lives in the tracing registry with
+    /// its fields formatted, a cost every idle socket would carry, and the
+    /// whole task entered it at every wake-up, each delivery's too.
+    fn span(&self, conn: &Conn) -> tracing::Span {
+        tracing::info_span!("ws", conn = conn.id, user = %self.identity.user_id)
+    }
+
     /// Runs until the connection should end; `Some` carries the close to send.
     async fn serve(
         &mut self,
@@ -120,10 +127,6 @@ impl Connection {
             tokio::time::interval(Duration::from_secs(self.state.config.ping_interval_secs));
         heartbeat.tick().await;
         let mut last_heard = Instant::now();
-        // Made once and polled by reference: rebuilt, it would register and
-        // remove a waiter at every wake-up.
-        let must_close = conn.must_close.cancelled();
-        tokio::pin!(must_close);
         // Timers that only some moments need, boxed so that an idle socket's
         // task does not carry them: the end of the hold (the first seconds)
         // and, once the pod drains, this socket's own moment to close.
@@ -167,13 +170,13 @@ impl Connection {
                             closing = close_within_window();
                         }
                     }
-                },
-                () = &mut must_close => {
-                    if let Some((code, reason)) = conn.ordered_close() {
-                        return Some((code, reason.to_owned().into()));
+                    Delivery::MustClose => {
+                        if let Some((code, reason)) = conn.ordered_close() {
+                            return Some((code, reason.to_owned().into()));
+                        }
+                        return Some((CloseCode::NewDevice, "replaced by a newer connection of the same user".into()));
                     }
-                    return Some((CloseCode::NewDevice, "replaced by a newer connection of the same user".into()));
-                }
+                },
                 () = until(&mut closing) => {
                     return Some((CloseCode::ServerShutdown, "server shutting down; reconnect".into()));
                 }
@@ -198,7 +201,8 @@ impl Connection {
                     // handled does. `handle` boxes its large branches, so this
                     // is a small allocation (1.3 KB): a 16 KB one per message cost
                     // glibc's slow path, more of it the more sockets fragmented the heap.
-                    let next = Box::pin(self.handle(message, &conn)).await;
+                    let span = self.span(&conn);
+                    let next = Box::pin(self.handle(message, &conn).instrument(span)).await;
                     // The first frame (normally `Resume`) has been answered: live
                     // frames held since the upgrade may flow now.
                     self.watch.release();
