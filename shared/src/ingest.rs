@@ -63,20 +63,26 @@ const APPEND_LUA: &str = r#"
 -- {'cold'}, {'full'} or {'error', why}.
 local head, dedupe_ttl, max_backlog = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local log_size, log_ttl, publish = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+-- Each stream's length, read once per call (every message of a call goes to
+-- one shard's stream) and counted on from there.
+local lengths = {}
 local function append(k, a)
   local counter, dedupe, stream, log, ended = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5]
   local temp, floor = ARGV[a + 6], ARGV[a + 10]
-  if temp ~= '' then
-    local seen = redis.call('GET', dedupe)
-    if seen then return {'dup', seen} end
-  end
-  local ending = redis.call('GET', ended)
-  if ending then return {'ended', ending} end
-  if redis.call('EXISTS', counter) == 0 then
+  -- One read for what decides the message's fate: a resend of the same temp
+  -- id, an ended chat, a room whose counter Redis does not hold (yet).
+  local known = redis.call('MGET', dedupe, ended, counter)
+  if temp ~= '' and known[1] then return {'dup', known[1]} end
+  if known[2] then return {'ended', known[2]} end
+  if not known[3] then
     if floor == '' then return {'cold'} end
     redis.call('SET', counter, floor, 'NX')
   end
-  if max_backlog > 0 and redis.call('XLEN', stream) >= max_backlog then return {'full'} end
+  if max_backlog > 0 then
+    local length = lengths[stream] or redis.call('XLEN', stream)
+    if length >= max_backlog then return {'full'} end
+    lengths[stream] = length + 1
+  end
   local seq = redis.call('INCR', counter)
   redis.call('XADD', stream, '*', 'id', ARGV[a + 2], 'room', ARGV[a + 3], 'seq', seq,
     'sender', ARGV[a + 4], 'body', ARGV[a + 5], 'temp', temp, 'parent', ARGV[a + 7], 'at', ARGV[a + 8])

@@ -733,3 +733,53 @@ async fn a_message_that_fails_in_redis_fails_alone_in_its_batch() {
         .await
         .expect("the failed message is delivered to no one");
 }
+
+/// `INGEST_MAX_BACKLOG`: past that many unstored messages, sends are refused
+/// `server_busy`, never confirmed. The ingest script reads the stream's length
+/// once per call and counts on, so the bound holds inside one batch too: here
+/// twenty sockets send at once (one or a few calls of the script) into a
+/// backlog of five, with no worker to drain it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_backlog_refuses_the_messages_past_it_within_one_batch() {
+    const SENDERS: usize = 20;
+    const BACKLOG: usize = 5;
+    let cluster = Cluster::builder(binaries!())
+        .workers(0)
+        .env("INGEST_MAX_BACKLOG", BACKLOG.to_string())
+        .start()
+        .await
+        .expect("cluster");
+    let users: Vec<String> = (0..SENDERS).map(|i| format!("full{i}")).collect();
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    ensure_users(&cluster, &refs).await.expect("users");
+    let mut rooms = Vec::new();
+    for user in &refs {
+        rooms.push(create_room(&cluster, 0, user, &[]).await.expect("room"));
+    }
+    let mut sockets = Vec::new();
+    for user in &refs {
+        sockets.push(connect(&cluster, user).await);
+    }
+    let sends = sockets
+        .iter_mut()
+        .zip(&rooms)
+        .enumerate()
+        .map(|(i, (ws, room))| async move {
+            send_and_confirm(ws, room, &format!("m{i}"), &format!("t{i}"))
+                .await
+                .expect("confirmation")
+        });
+    let answers = futures::future::join_all(sends).await;
+    let confirmed = answers.iter().filter(|a| a["confirmed"] == true).count();
+    assert_eq!(confirmed, BACKLOG, "{answers:?}");
+    for answer in answers.iter().filter(|a| a["confirmed"] != true) {
+        assert_eq!(answer["reason"], "server_busy", "{answer}");
+    }
+    let length = cluster
+        .redis()
+        .cmd(&["XLEN", "chatter:ingest"])
+        .await
+        .expect("XLEN")
+        .as_int();
+    assert_eq!(length, Some(BACKLOG as i64));
+}
