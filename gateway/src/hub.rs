@@ -65,6 +65,8 @@ pub struct Conn {
     /// `.await`.
     rooms: Mutex<Rooms>,
     /// Set by [`Hub::replace_oldest`]: close with 4008, not as a slow consumer.
+    /// Both this and `ordered_close` reach the socket's task through its queue
+    /// (`Outbox::must_close`), as the drain and an overflow do.
     replaced: AtomicBool,
     /// Told by a close order (kick, ban, single session, strikes; see
     /// `crate::moderation::orders`): the close code and reason to send.
