@@ -79,13 +79,14 @@ local function append(k, a)
     redis.call('SET', counter, floor, 'NX')
   end
   if max_backlog > 0 then
-    local length = lengths[stream] or redis.call('XLEN', stream)
-    if length >= max_backlog then return {'full'} end
-    lengths[stream] = length + 1
+    lengths[stream] = lengths[stream] or redis.call('XLEN', stream)
+    if lengths[stream] >= max_backlog then return {'full'} end
   end
   local seq = redis.call('INCR', counter)
   redis.call('XADD', stream, '*', 'id', ARGV[a + 2], 'room', ARGV[a + 3], 'seq', seq,
     'sender', ARGV[a + 4], 'body', ARGV[a + 5], 'temp', temp, 'parent', ARGV[a + 7], 'at', ARGV[a + 8])
+  -- Counted once the entry is in: a message that fails before takes no room.
+  if lengths[stream] then lengths[stream] = lengths[stream] + 1 end
   if temp ~= '' then
     redis.call('SET', dedupe, ARGV[a + 2] .. ':' .. seq, 'EX', dedupe_ttl)
   end
