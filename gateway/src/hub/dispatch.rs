@@ -121,7 +121,16 @@ pub(super) async fn dispatch(
     keyspace: Keyspace,
     shutdown: CancellationToken,
 ) {
-    let mut messages = subscriber.message_rx();
+    route_stream(hub, subscriber.message_rx(), keyspace, shutdown).await;
+}
+
+/// [`dispatch`]'s loop, over the subscriber's message stream.
+async fn route_stream(
+    hub: Hub,
+    mut messages: broadcast::Receiver<fred::types::Message>,
+    keyspace: Keyspace,
+    shutdown: CancellationToken,
+) {
     let mut backlog = VecDeque::new();
     loop {
         let arrival = match backlog.pop_front() {
@@ -188,6 +197,66 @@ mod tests {
     use chatter_shared::keyspace;
     use chatter_shared::protocol::ServerFrame;
     use uuid::Uuid;
+
+    fn published(channel: &str, text: String) -> fred::types::Message {
+        fred::types::Message {
+            channel: channel.into(),
+            value: fred::types::Value::String(text.into()),
+            kind: fred::types::MessageKind::Message,
+            server: fred::types::config::Server::new("127.0.0.1", 6379),
+        }
+    }
+
+    async fn texts(inbox: &mut crate::hub::outbox::Inbox, n: usize) -> Vec<String> {
+        let mut texts = Vec::new();
+        while texts.len() < n {
+            match inbox.recv(false, false).await {
+                crate::hub::outbox::Delivery::Frame(frame) => texts.push(frame.as_str().to_owned()),
+                _ => panic!("expected a frame"),
+            }
+        }
+        texts
+    }
+
+    /// The dispatcher takes frames off a ring far smaller than the burst, in
+    /// order, and routes what it took before it stops; a ring that overflowed
+    /// before it could read (lost frames: repaired elsewhere) does not stop it.
+    #[tokio::test]
+    async fn frames_are_routed_in_order_across_refills_and_after_a_loss() {
+        let (hub, _events) = Hub::for_tests(1);
+        let (_registration, mut inbox) = hub.register("carol", 256).await.expect("registered");
+        let channel = keyspace::user_channel("carol");
+        let (ring, messages) = tokio::sync::broadcast::channel(4);
+        // Six into a ring of four before the dispatcher runs: two are lost.
+        for n in 0..6 {
+            ring.send(published(&channel, format!("f{n}")))
+                .expect("sent");
+        }
+        let stop = tokio_util::sync::CancellationToken::new();
+        let dispatcher = tokio::spawn(super::route_stream(
+            hub.clone(),
+            messages,
+            keyspace::Keyspace::Single,
+            stop.clone(),
+        ));
+        assert_eq!(texts(&mut inbox, 4).await, ["f2", "f3", "f4", "f5"]);
+        // Then bursts of the ring's size, each taken whole.
+        for burst in 0..10 {
+            for n in 0..4 {
+                ring.send(published(&channel, format!("b{burst}-{n}")))
+                    .expect("sent");
+            }
+            let expected: Vec<String> = (0..4).map(|n| format!("b{burst}-{n}")).collect();
+            assert_eq!(texts(&mut inbox, 4).await, expected);
+        }
+        // Closed with frames still in the ring: they are routed, then it ends.
+        ring.send(published(&channel, "last".into())).expect("sent");
+        drop(ring);
+        dispatcher
+            .await
+            .expect("the dispatcher ends once its stream does");
+        assert_eq!(texts(&mut inbox, 1).await, ["last"]);
+    }
 
     fn added(room_id: Uuid, user_id: &str) -> Utf8Bytes {
         Utf8Bytes::from(ServerFrame::MemberAdded { room_id, user_id }.to_json())
