@@ -8,6 +8,10 @@
 //! - CPU per process from `/proc` (cores, and µs per message);
 //! - Redis `INFO commandstats` (the window's delta) and `SLOWLOG` (≥ 1 ms);
 //! - the top statements of `pg_stat_statements`;
+//! - the gateways' own `/metrics` (the window's delta, both summed): where a
+//!   message's latency builds up (`chatter_publish_seconds` on the sending
+//!   side, `chatter_delivery_seconds` up to the receiving hub) and every
+//!   counter that moved (repairs, slow consumers, refusals);
 //! - `perf record -e cpu-clock -g` of the first gateway and
 //!   `perf report --no-children --percent-limit 1 --stdio`, when `perf` is installed.
 //!
@@ -121,6 +125,8 @@ pub async fn profile(bench: &Bench, options: &Options) -> Result<String> {
             .execute(&deployment.postgres.pool())
             .await
             .is_ok();
+    let gateway_urls: Vec<String> = deployment.gateways.iter().map(|g| g.http_url()).collect();
+    let metrics_before = scrape_gateways(&gateway_urls).await;
     let perf_data = dir.join("perf.data");
     let perf = start_perf(gateway_pid, options.seconds, &perf_data, &dir);
     let cpu = CpuSampler::start();
@@ -147,6 +153,7 @@ pub async fn profile(bench: &Bench, options: &Options) -> Result<String> {
         Some(step) if !step.cpu.is_empty() => step.cpu.clone(),
         _ => cpu.finish(),
     };
+    let metrics_after = scrape_gateways(&gateway_urls).await;
     let redis_after = commandstats(deployment.redis.one()?).await?;
     let slowlog = deployment
         .redis
@@ -218,6 +225,7 @@ pub async fn profile(bench: &Bench, options: &Options) -> Result<String> {
         step.as_ref().map(|s| s.confirmed),
     );
     slowlog_section(&mut md, slowlog.as_ref());
+    gateway_metrics_section(&mut md, &metrics_before, &metrics_after);
     match (&statements, &pg_note) {
         (Some(rows), _) => statements_table(&mut md, rows),
         (None, Some(why)) => {
@@ -510,4 +518,103 @@ async fn perf_report(data: &Path, extra: &[&str]) -> Result<String, String> {
         }
         other => Err(format!("perf report failed: {other:?}")),
     }
+}
+
+/// Every series of every gateway's `/metrics`, summed over the gateways (a
+/// gateway that does not answer counts as empty: the section says what moved).
+async fn scrape_gateways(urls: &[String]) -> BTreeMap<String, f64> {
+    let mut sum = BTreeMap::new();
+    let Ok(http) = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+    else {
+        return sum;
+    };
+    for url in urls {
+        let Ok(response) = http.get(format!("{url}/metrics")).send().await else {
+            continue;
+        };
+        let Ok(text) = response.text().await else {
+            continue;
+        };
+        for (series, value) in parse_prometheus(&text) {
+            *sum.entry(series).or_default() += value;
+        }
+    }
+    sum
+}
+
+/// `name{labels} value` lines of the Prometheus text format; comments and
+/// lines that do not parse are skipped.
+fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The latency histograms' window delta as shares past a few bounds, then
+/// every other series that moved.
+fn gateway_metrics_section(
+    md: &mut String,
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) {
+    let delta = |series: &str| {
+        after.get(series).copied().unwrap_or(0.0) - before.get(series).copied().unwrap_or(0.0)
+    };
+    let _ = writeln!(
+        md,
+        "## The gateways' `/metrics` during the window (both summed)\n"
+    );
+    let _ = writeln!(
+        md,
+        "`chatter_publish_seconds`: the sending gateway's append (waiting in its appender, then the ingest script's round trip); `chatter_delivery_seconds`: from the message's `created_at`, stamped just before that append, to its hand-off to the receiving gateway's sockets. What the load generator sees beyond those is the sockets' two ends: reading and checking the frame before the append, writing it out after the hand-off.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| histogram | samples | > 5 ms | > 10 ms | > 25 ms | > 50 ms | > 100 ms |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    for name in ["chatter_publish_seconds", "chatter_delivery_seconds"] {
+        let count = delta(&format!("{name}_count"));
+        let share_past = |bound: &str| {
+            let within = delta(&format!("{name}_bucket{{le=\"{bound}\"}}"));
+            if count > 0.0 {
+                format!("{:.2} %", 100.0 * (count - within) / count)
+            } else {
+                "–".into()
+            }
+        };
+        let _ = writeln!(
+            md,
+            "| `{name}` | {} | {} | {} | {} | {} | {} |",
+            int(count),
+            share_past("0.005"),
+            share_past("0.01"),
+            share_past("0.025"),
+            share_past("0.05"),
+            share_past("0.1")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nOther series that moved (histogram buckets left out):\n"
+    );
+    let _ = writeln!(md, "| series | change |");
+    let _ = writeln!(md, "|---|---|");
+    for series in after.keys() {
+        if series.contains("_bucket{") || series.contains("_seconds") {
+            continue;
+        }
+        let change = delta(series);
+        if change != 0.0 {
+            let _ = writeln!(md, "| `{series}` | {change} |");
+        }
+    }
+    let _ = writeln!(md);
 }
