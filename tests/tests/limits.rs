@@ -520,7 +520,7 @@ async fn http_publish_spends_the_senders_message_rate(cluster: &Cluster) -> Resu
     let service = || Auth::Bearer(cluster.service_secret().into());
     let mut sent = 0;
     let mut wait = None;
-    for _round in 0..5 {
+    for round in 0..5 {
         // Spend alice's budget until she is refused: the burst of 4, plus
         // what refilled meanwhile.
         let started = Instant::now();
@@ -543,6 +543,10 @@ async fn http_publish_spends_the_senders_message_rate(cluster: &Cluster) -> Resu
                 started.elapsed()
             );
         };
+        ensure!(
+            round > 0 || accepted >= 4,
+            "alice's first {accepted} messages over HTTP were accepted, not her burst of 4"
+        );
         let refused_at = Instant::now();
         let retry = expect_429("alice's message over her budget over HTTP", &over)?;
         let refill = Duration::from_millis(over.2["error"]["retry_after_ms"].as_u64().unwrap_or(0));
