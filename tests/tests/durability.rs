@@ -775,9 +775,10 @@ async fn killing_a_worker_loses_and_duplicates_nothing() {
         let Resp::Array(Some(entries)) = &entry else {
             panic!("XRANGE {stream_id}: {entry:?}");
         };
-        // The worker deletes an entry before acknowledging it (XDEL, then XACK):
-        // killed between the two, it leaves a pending id whose entry is gone —
-        // stored already; the next XAUTOCLAIM drops it from the group.
+        // The worker trims only below the oldest pending entry, so a pending
+        // entry is still in the stream; one that is gone (deleted by hand, or
+        // by a worker of an earlier release, which deleted before it
+        // acknowledged) was stored already, and the next XAUTOCLAIM drops it.
         let Some(Resp::Array(Some(parts))) = entries.first() else {
             deleted_at_kill += 1;
             continue;

@@ -32,8 +32,9 @@ use tokio_util::task::TaskTracker;
 /// pending for another worker.
 const FINISH_GRACE: Duration = Duration::from_secs(5);
 
-/// `XDEL` then `XACK` in one round trip (the order the ingest stream uses: see
-/// `persist.rs`).
+/// `XDEL` then `XACK` in one round trip: were it ever cut between the two, a
+/// pending id whose entry is gone is dropped by the next `XAUTOCLAIM`, where
+/// the other order would leave an acknowledged entry nothing ever deletes.
 const ACK_LUA: &str = r#"
 -- KEYS: 1 stream. ARGV: 1 group, 2 entry id.
 redis.call('XDEL', KEYS[1], ARGV[2])
@@ -126,7 +127,7 @@ pub async fn run<A: Attempt>(
             // Free slots shared over the streams, at least one each.
             let count = free.div_ceil(plan.streams.len().max(1) as u64);
             let round = streams
-                .read::<String, String>(&reader, &shared.redis, count, &shutdown)
+                .read(&reader, &shared.redis, count, streams::maps, &shutdown)
                 .await;
             for (index, error) in &round.failed {
                 let stream = &plan.streams[*index];

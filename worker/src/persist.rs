@@ -10,25 +10,17 @@
 
 use crate::batch::{Batches, RETRY_MIN, sleep_or_cancel};
 use crate::outbox::Outbox;
-use crate::streams::{self, GroupStreams};
+use crate::streams::{self, GroupStreams, RawEntry};
 use chatter_shared::config::Config;
 use chatter_shared::ingest::IngestEntry;
 use chatter_shared::keyspace::{INGEST_GROUP, Shard};
 use chatter_shared::telemetry::metric;
 use fred::bytes::Bytes;
 use fred::prelude::*;
-use fred::types::Key;
-use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// An entry's fields as Redis holds them: bytes. Read as text, a single field
-/// that is not UTF-8 (only something with direct access to Redis could write
-/// one) would make the whole reply unreadable, and every entry in it would stay
-/// pending for ever; as bytes, that one entry is dead-lettered and the rest go on.
-type Fields = HashMap<Key, Bytes>;
 
 pub struct Persister {
     batches: Batches,
@@ -132,7 +124,13 @@ impl Persister {
                 next_claim = Instant::now() + self.claim_every;
             }
             let round = streams
-                .read::<Key, Bytes>(&self.reader, &self.redis, self.batch_size, shutdown)
+                .read(
+                    &self.reader,
+                    &self.redis,
+                    self.batch_size,
+                    streams::raw,
+                    shutdown,
+                )
                 .await;
             for (index, entries) in round.entries {
                 if !self
@@ -170,9 +168,10 @@ impl Persister {
     ) -> bool {
         let mut cursor = String::from("0-0");
         loop {
-            let claimed: Result<(String, Vec<(String, Fields)>), Error> = self
+            // `[next cursor, entries, ids of entries deleted meanwhile]`.
+            let claimed: Result<Vec<Value>, Error> = self
                 .redis
-                .xautoclaim_values(
+                .xautoclaim(
                     shard.ingest(),
                     INGEST_GROUP,
                     self.consumer.as_str(),
@@ -182,7 +181,7 @@ impl Persister {
                     false,
                 )
                 .await;
-            match claimed {
+            match claimed.and_then(claimed_entries) {
                 Ok((next, entries)) => {
                     if !entries.is_empty() {
                         tracing::info!(
@@ -214,7 +213,7 @@ impl Persister {
     async fn hand_on(
         &self,
         shard: Shard,
-        entries: Vec<(String, Fields)>,
+        entries: Vec<RawEntry>,
         reclaimed: bool,
         to_store: &mpsc::Sender<Read>,
     ) -> bool {
@@ -223,21 +222,18 @@ impl Persister {
         }
         let mut ids = Vec::with_capacity(entries.len());
         let mut batch = Vec::with_capacity(entries.len());
-        for (stream_id, fields) in entries {
-            match parse(&fields) {
+        for raw in entries {
+            match parse(&raw) {
                 Ok(entry) => batch.push(entry),
                 Err(problem) => {
-                    let mut record: Vec<(Bytes, Bytes)> = fields
-                        .into_iter()
-                        .map(|(name, value)| (name.into_bytes(), value))
-                        .collect();
-                    record.push(("stream_id".into(), stream_id.clone().into()));
+                    let mut record: Vec<(Bytes, Bytes)> = raw.fields;
+                    record.push(("stream_id".into(), raw.id.clone().into()));
                     if !self.batches.dead_letters.ingest(record, &problem).await {
                         return true;
                     }
                 }
             }
-            ids.push(stream_id);
+            ids.push(raw.id);
         }
         let read = Read {
             shard,
@@ -303,8 +299,8 @@ impl Persister {
         }
     }
 
-    /// Writes the follow-ups and acknowledges in one script call (XDEL then
-    /// XACK: the stream only holds what is not yet stored; see `outbox.rs`).
+    /// Writes the follow-ups and acknowledges in one script call, which also
+    /// trims the stream of what is stored (see `outbox.rs`).
     async fn commit(
         &self,
         shard: Shard,
@@ -314,10 +310,9 @@ impl Persister {
     ) {
         let mut backoff = RETRY_MIN;
         loop {
-            // The script runs XDEL before XACK: were it ever cut between the two,
-            // a pending id whose entry is gone is dropped by the next XAUTOCLAIM,
-            // where the other order would leave an acknowledged entry in the
-            // stream that nothing ever deletes.
+            // The script acknowledges, then trims the stream below its oldest
+            // entry still pending: were it ever cut between the two, the next
+            // commit trims what this one left.
             match self.outbox.commit(&self.redis, shard, ids, followups).await {
                 Ok(()) => return,
                 Err(error) => {
@@ -351,10 +346,26 @@ struct StoredBatch {
     stored: crate::batch::Stored,
 }
 
-/// The entry in `fields`; `Err` names the field that is missing, not UTF-8
-/// or not of its type.
-fn parse(fields: &Fields) -> Result<IngestEntry, String> {
-    IngestEntry::from_fields(|name| match fields.get(&Key::from_static_str(name)) {
+/// The `XAUTOCLAIM` reply's next cursor and entries.
+fn claimed_entries(reply: Vec<Value>) -> Result<(String, Vec<RawEntry>), Error> {
+    let mut parts = reply.into_iter();
+    match (parts.next().and_then(Value::into_string), parts.next()) {
+        (Some(next), Some(entries)) => Ok((next, streams::raw_entries(entries)?)),
+        _ => Err(Error::new(
+            ErrorKind::Parse,
+            "an XAUTOCLAIM reply without a cursor or entries",
+        )),
+    }
+}
+
+/// The message in a raw entry; `Err` names the field that is missing, not
+/// UTF-8 or not of its type. The fields are read as bytes: read as text, a
+/// single field that is not UTF-8 (only something with direct access to Redis
+/// could write one) would make the whole reply unreadable, and every entry in
+/// it would stay pending for ever; as bytes, that one entry is dead-lettered
+/// and the rest go on.
+fn parse(raw: &RawEntry) -> Result<IngestEntry, String> {
+    IngestEntry::from_fields(|name| match raw.field(name) {
         None => Ok(None),
         Some(value) => std::str::from_utf8(value)
             .map(Some)
