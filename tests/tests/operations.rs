@@ -1,6 +1,7 @@
 //! What an operator sees: a drain that keeps answering HTTP on new connections,
 //! a worker that finishes its batch before it exits, Redis durability warnings,
-//! and metrics that exist from the first second.
+//! metrics that exist from the first second, and old pods that still start
+//! on a database a newer release has migrated.
 //! Cluster only (the drain and the worker are about separate processes; the
 //! embedded mode's drain is in `embedded.rs`).
 
@@ -496,4 +497,50 @@ async fn a_draining_gateway_marks_kept_alive_responses_connection_close() {
         Some("close"),
         "clients are moved off a draining pod"
     );
+}
+
+/// A rolling upgrade: pods of the release before restart while the database
+/// already holds a migration of the release after (sqlx's default is to refuse
+/// to start then, which would crash-loop every old pod until the rollout ends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_and_worker_start_on_a_database_a_newer_release_has_migrated() {
+    let mut cluster = Cluster::builder(binaries!())
+        .gateways(1)
+        .workers(1)
+        .start()
+        .await
+        .expect("cluster");
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (999999, 'a migration of a newer release', true, '\\x00'::bytea, 0)",
+    )
+    .execute(&cluster.db())
+    .await
+    .expect("a newer release's migration");
+    cluster
+        .restart_gateway(0)
+        .await
+        .expect("the gateway starts");
+    cluster.restart_worker(0).await.expect("the worker starts");
+    let token = cluster.token("alice");
+    ensure_users(&cluster, &["alice", "bob"])
+        .await
+        .expect("users");
+    let room = create_room(&cluster, 0, "alice", &["bob"])
+        .await
+        .expect("room");
+    let mut alice = cluster.connect_ws(0, &token).await.expect("socket");
+    send_and_confirm(&mut alice, &room, "after the restart", "t-1")
+        .await
+        .expect("confirmed");
+    let stored = eventually(Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE body = $1")
+            .bind("after the restart")
+            .fetch_one(&cluster.db())
+            .await?;
+        anyhow::ensure!(n == 1, "{n} rows");
+        Ok(n)
+    })
+    .await;
+    assert!(stored.is_ok(), "stored by the restarted worker: {stored:?}");
 }

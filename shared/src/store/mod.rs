@@ -66,7 +66,14 @@ impl Store {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect(url)
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let mut migrations = sqlx::migrate!("./migrations/postgres");
+        // A rolling upgrade runs two releases on one database: a pod of the
+        // older one that restarts after the newer one has applied its
+        // migrations must still come up (sqlx refuses by default). Migrations
+        // are written so that the release before keeps working on them: they
+        // add, or relax (0003, 0006), never take away what it uses.
+        migrations.set_ignore_missing(true);
+        migrations.run(&pool).await?;
         Ok(Store::Postgres(pool))
     }
 
