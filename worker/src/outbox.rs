@@ -158,9 +158,9 @@ impl Outbox {
     }
 
     /// Writes `followups` and acknowledges (`XACK`, then `XTRIM` of what is
-    /// stored) the ingest entries `ids` of `shard`, atomically, in one round trip. The batch's rooms are
-    /// all of `shard`, so its outbox, events and coalescing keys are the
-    /// shard's: one slot on Redis Cluster.
+    /// stored) the ingest entries `ids` of `shard`, atomically, in one round
+    /// trip. The batch's rooms are all of `shard`, so its outbox, events and
+    /// coalescing keys are the shard's: one slot on Redis Cluster.
     pub async fn commit(
         &self,
         redis: &Client,
