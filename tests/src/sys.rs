@@ -1,10 +1,12 @@
 //! Small operating-system helpers shared by the server and process modules:
 //! free ports, signals, and who we are running as.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use rustix::process::{Pid, Signal};
@@ -15,13 +17,28 @@ use rustix::process::{Pid, Signal};
 /// postgres) need a port number up front. Binding port 0 and releasing it leaves
 /// a tiny window where something else could grab it, so callers that start a
 /// server retry with a fresh port when the server fails to bind.
+///
+/// Within this process a port is handed out once: the kernel may give a port
+/// just released to the next bind of port 0, and two servers started at the
+/// same moment (the six nodes of a Redis Cluster) were once both given one
+/// port; the second then found the first listening and counted it as itself.
 pub fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
-    Ok(listener
-        .local_addr()
-        .context("reading the bound port")?
-        .port())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..100 {
+        let listener =
+            TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0 to find a free port")?;
+        let port = listener
+            .local_addr()
+            .context("reading the bound port")?
+            .port();
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if handed_out.insert(port) {
+            return Ok(port);
+        }
+    }
+    bail!("the kernel kept offering ports this process has handed out already")
 }
 
 /// The pids whose parent is `parent` (read from `/proc`).
