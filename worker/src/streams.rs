@@ -120,7 +120,6 @@ fn bytes_of(value: Value) -> Result<Bytes, Error> {
     match value {
         Value::String(text) => Ok(text.into_inner()),
         Value::Bytes(bytes) => Ok(bytes),
-        Value::Integer(number) => Ok(number.to_string().into()),
         other => Err(unexpected("a field name or value", &other)),
     }
 }
