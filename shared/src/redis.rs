@@ -51,6 +51,10 @@ fn builder(url: &str, broadcast: usize) -> Result<Builder, Error> {
         .with_connection_config(|conn| {
             conn.connection_timeout = Duration::from_secs(2);
             conn.internal_command_timeout = Duration::from_secs(2);
+            // fred leaves Nagle's algorithm on: a command written while the
+            // previous one is unacknowledged (the appender keeps several batches
+            // in flight) would wait for that ACK, up to the peer's 40 ms delayed ACK.
+            conn.tcp.nodelay = Some(true);
         })
         // Retry forever, 50 ms doubling up to 2 s: Redis outages end, pods should not.
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2));
