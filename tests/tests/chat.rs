@@ -6,6 +6,7 @@ use chatter_tests::chat::{
     FRAME_WAIT, await_membership, create_room, ensure_users, next_message, send_and_confirm,
     send_message,
 };
+use chatter_tests::ws::Incoming;
 use chatter_tests::{Auth, Cluster, binaries, eventually, process::run_to_exit};
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -35,7 +36,99 @@ chatter_tests::for_each_backend!(
     a_silent_client_is_closed_with_4003_and_a_listening_one_is_not,
     rest_bad_input_gets_json_errors,
     resume_replays_what_a_client_missed_from_the_log_and_the_database,
+    a_burst_as_a_fresh_sockets_first_frames_is_confirmed_and_echoed_once_each_in_order,
 );
+
+/// A new connection that sends a burst before anything else (so its first
+/// frames arrive while the socket still holds live frames for `Resume`): every
+/// message is confirmed once and echoed back once, each confirmation before its
+/// own copy, in seq order, and the peer on the other gateway gets each once.
+/// The confirmation is written in one flush with the frames that queued for the
+/// socket meanwhile, so this is what that batching must not break.
+async fn a_burst_as_a_fresh_sockets_first_frames_is_confirmed_and_echoed_once_each_in_order(
+    backend: Backend,
+) {
+    const BURST: usize = 40;
+    let cluster = backend
+        .builder(binaries!())
+        .gateways(2)
+        .env("FRAMES_PER_SEC", "10000")
+        .start()
+        .await
+        .expect("cluster");
+    ensure_users(&cluster, &["alice", "bob"])
+        .await
+        .expect("users");
+    let room = create_room(&cluster, 0, "alice", &["bob"])
+        .await
+        .expect("room");
+    let mut bob = cluster
+        .connect_ws(1, &cluster.token("bob"))
+        .await
+        .expect("bob");
+    let mut alice = cluster
+        .connect_ws(0, &cluster.token("alice"))
+        .await
+        .expect("alice");
+    for i in 0..BURST {
+        send_message(&mut alice, &room, &format!("burst {i}"), &format!("b-{i}"))
+            .await
+            .expect("sent");
+    }
+    // Alice's frames in arrival order: each temp id's confirmation, then its copy.
+    let mut confirmed: Vec<(String, i64)> = Vec::new();
+    let mut echoed: Vec<(String, i64)> = Vec::new();
+    while echoed.len() < BURST || confirmed.len() < BURST {
+        let frame = match alice.recv(FRAME_WAIT).await.expect("alice's frames") {
+            Incoming::Frame(frame) => frame,
+            Incoming::Closed { code, reason } => panic!("alice closed: {code} {reason}"),
+        };
+        let data = &frame["data"];
+        let temp = data["message_temp_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let seq = data["seq"].as_i64().unwrap_or(-1);
+        match frame["type"].as_str() {
+            Some("MessageSentConfirmation") => {
+                assert_eq!(data["confirmed"], true, "{frame}");
+                confirmed.push((temp, seq));
+            }
+            Some("MessageReceived") if data["room_id"] == room.as_str() => {
+                assert!(
+                    confirmed.iter().any(|(t, _)| *t == temp),
+                    "{temp}'s copy came before its confirmation"
+                );
+                echoed.push((temp, seq));
+            }
+            _ => {}
+        }
+    }
+    let expected: Vec<(String, i64)> = (0..BURST)
+        .map(|i| (format!("b-{i}"), i as i64 + 1))
+        .collect();
+    assert_eq!(
+        confirmed, expected,
+        "one confirmation per message, in order"
+    );
+    assert_eq!(
+        echoed, expected,
+        "one copy per message back to the sender, in order"
+    );
+    alice
+        .expect_silence("MessageReceived", SILENCE)
+        .await
+        .expect("no copy twice");
+    let mut seqs = Vec::new();
+    for _ in 0..BURST {
+        let message = next_message(&mut bob).await.expect("bob's copy");
+        seqs.push(message["seq"].as_i64().unwrap_or(-1));
+    }
+    assert_eq!(seqs, (1..=BURST as i64).collect::<Vec<_>>());
+    bob.expect_silence("MessageReceived", SILENCE)
+        .await
+        .expect("bob gets each once");
+}
 
 async fn message_reaches_every_member_device_on_every_gateway(backend: Backend) {
     let cluster = cluster(backend, 2).await;
